@@ -1,0 +1,68 @@
+"""Shared fixtures: small synthetic datasets on disk, and two logical CPUs for MirroredStrategy."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from PIL import Image  # noqa: E402
+
+# Two logical CPU devices, set before TensorFlow initialises, so the mirrored path runs on CPU.
+tf.config.set_logical_device_configuration(
+    tf.config.list_physical_devices("CPU")[0],
+    [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()],
+)
+
+REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "brain_tumor_dataset"
+
+
+BLOB_CENTRE = (0.3, 0.3)  # tumour blob centre, as fractions of the image size
+BLOB_RADIUS = 0.12
+
+
+def blob_image(rng: np.random.Generator, size: int, tumor: bool) -> np.ndarray:
+    """A 'slice': a disc of random smooth texture; tumour images add a bright blob at BLOB_CENTRE."""
+    yy, xx = np.mgrid[:size, :size] / size
+    image = np.full((size, size), 60.0)
+    for _ in range(6):  # low-frequency structure that differs from image to image
+        cy, cx, width, amplitude = rng.uniform(0.2, 0.8), rng.uniform(0.2, 0.8), rng.uniform(0.06, 0.15), rng.uniform(-50, 150)
+        image += amplitude * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * width**2))
+    image += rng.normal(0, 6, image.shape)
+    image[(yy - 0.5) ** 2 + (xx - 0.5) ** 2 > rng.uniform(0.40, 0.48) ** 2] = 0
+    if tumor:
+        image[(yy - BLOB_CENTRE[0]) ** 2 + (xx - BLOB_CENTRE[1]) ** 2 < BLOB_RADIUS**2] = 235
+    return np.repeat(image.clip(0, 255).astype(np.uint8)[..., None], 3, axis=-1)
+
+
+def write_blob_dataset(root: Path, per_class: int, size: int = 48, seed: int = 0) -> Path:
+    """Class folders `healthy/` and `tumor/` of synthetic blob images as PNG and JPEG."""
+    rng = np.random.default_rng(seed)
+    for label, folder in enumerate(("healthy", "tumor")):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            suffix = ".png" if i % 2 else ".jpg"
+            Image.fromarray(blob_image(rng, size, bool(label))).save(root / folder / f"img{i:03d}{suffix}")
+    return root
+
+
+@pytest.fixture
+def blob_dataset(tmp_path: Path) -> Path:
+    return write_blob_dataset(tmp_path / "data", per_class=40)
+
+
+@pytest.fixture
+def real_data() -> Path:
+    if not REAL_DATA.is_dir():
+        pytest.skip(f"real dataset not found at {REAL_DATA}")
+    return REAL_DATA
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test gets its own decoded-image cache, so no test depends on another's."""
+    monkeypatch.setenv("TUMORCLF_CACHE", str(tmp_path_factory.mktemp("cache")))

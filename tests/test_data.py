@@ -1,0 +1,181 @@
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tumorclf import data
+from tumorclf.data import DataError, DecodeError, decode_image, find_class_folders, load_dataset
+
+
+def encoded(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+GRADIENT = np.tile(np.linspace(0, 255, 64, dtype=np.uint8), (64, 1))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: encoded(Image.fromarray(GRADIENT, "L"), "PNG"),
+        lambda: encoded(Image.fromarray(np.dstack([GRADIENT] * 3 + [np.full_like(GRADIENT, 255)]), "RGBA"), "PNG"),
+        lambda: encoded(Image.fromarray(np.dstack([GRADIENT] * 3)).convert("P"), "PNG"),
+        lambda: encoded(Image.fromarray(np.dstack([GRADIENT] * 3)).convert("CMYK"), "JPEG"),
+        lambda: encoded(Image.fromarray(np.dstack([GRADIENT] * 3)), "TIFF"),
+        lambda: encoded(Image.fromarray(GRADIENT.astype(np.uint16) * 257), "TIFF"),
+        lambda: encoded(Image.fromarray(GRADIENT.astype(np.uint16) * 16), "PNG"),
+    ],
+    ids=["gray", "rgba", "palette", "cmyk-jpeg", "tiff", "tiff-16bit", "png-12bit-in-16"],
+)
+def test_decode_modes_give_rgb_uint8(make):
+    out = decode_image(make(), 32)
+    assert out.shape == (32, 32, 3) and out.dtype == np.uint8
+    # the horizontal gradient survives every conversion: dark left, bright right
+    assert out[:, :4].mean() < 40 and out[:, -4:].mean() > 200
+
+
+def test_palette_transparency_is_composited_on_black():
+    image = Image.new("P", (20, 20), 1)
+    image.putpalette([255, 255, 255, 200, 0, 0] + [0] * 762)
+    image.info["transparency"] = 1  # index 1 (red) is fully transparent
+    out = decode_image(encoded(image, "PNG", transparency=1), 20)
+    assert out.max() == 0
+
+
+def test_exif_orientation_is_applied():
+    array = np.zeros((40, 80, 3), np.uint8)
+    array[:, :40] = 255  # bright left half, landscape
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    raw = encoded(Image.fromarray(array), "JPEG", exif=exif.tobytes(), quality=95)
+    out = decode_image(raw, 40).astype(float)
+    # after the rotation the bright half is at the top
+    assert out[:15].mean() > 200 and out[-15:].mean() < 50
+
+
+def test_extension_does_not_matter(tmp_path: Path):
+    lying = tmp_path / "scan.jpg"
+    lying.write_bytes(encoded(Image.fromarray(GRADIENT, "L"), "PNG"))
+    assert decode_image(lying, 16).shape == (16, 16, 3)
+
+
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        (b"", "not an image"),
+        (b"<html><body>404</body></html>", "not an image"),
+        (bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8)), "not an image"),
+        (encoded(Image.fromarray(np.dstack([GRADIENT] * 3)), "JPEG")[:300], "unreadable"),
+    ],
+    ids=["empty", "html", "random", "truncated"],
+)
+def test_bad_content_raises_decode_error(content, reason):
+    with pytest.raises(DecodeError, match=reason):
+        decode_image(content, 32)
+
+
+def test_too_large_image_is_refused(monkeypatch):
+    monkeypatch.setattr(data, "MAX_PIXELS", 100)
+    with pytest.raises(DecodeError, match="too large"):
+        decode_image(encoded(Image.new("L", (20, 20)), "PNG"), 8)
+
+
+@pytest.mark.parametrize(
+    "names, healthy",
+    [(("Brain Tumor", "Healthy"), "Healthy"), (("yes", "no"), "no"), (("tumor", "Not Cancer"), "Not Cancer"),
+     (("glioma", "normal_scans"), "normal_scans")],
+)
+def test_class_folders_from_names(tmp_path: Path, names, healthy):
+    for name in names:
+        (tmp_path / name).mkdir()
+    folders = find_class_folders(tmp_path)
+    assert folders.healthy.name == healthy and folders.tumor.name != healthy
+
+
+def test_ambiguous_class_folders_need_classes_option(tmp_path: Path):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    with pytest.raises(DataError, match="--classes"):
+        find_class_folders(tmp_path)
+    folders = find_class_folders(tmp_path, ("b", "a"))
+    assert (folders.healthy.name, folders.tumor.name) == ("b", "a")
+    assert "given by --classes" in folders.how
+
+
+@pytest.mark.parametrize("folders", [(), ("only",), ("a", "b", "c")])
+def test_wrong_number_of_class_folders(tmp_path: Path, folders):
+    for name in folders:
+        (tmp_path / name).mkdir()
+    with pytest.raises(DataError, match="expected exactly two class folders"):
+        find_class_folders(tmp_path)
+
+
+def test_missing_folder_and_empty_class(tmp_path: Path):
+    with pytest.raises(DataError, match="not found"):
+        load_dataset(tmp_path / "nope", 32)
+    (tmp_path / "healthy").mkdir()
+    (tmp_path / "tumor").mkdir()
+    (tmp_path / "tumor" / "x.png").write_bytes(encoded(Image.new("L", (8, 8)), "PNG"))
+    with pytest.raises(DataError, match="holds no files"):
+        load_dataset(tmp_path, 32)
+
+
+def test_class_with_only_unreadable_files_is_an_error(blob_dataset: Path):
+    for path in (blob_dataset / "healthy").iterdir():
+        path.write_bytes(b"not an image")
+    with pytest.raises(DataError, match="no readable Healthy images"):
+        load_dataset(blob_dataset, 32)
+
+
+def test_load_dataset_skips_bad_files_and_shares_duplicates(blob_dataset: Path):
+    (blob_dataset / "tumor" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    (blob_dataset / "healthy" / "notes.txt").write_text("not an image")
+    (blob_dataset / "healthy" / ".DS_Store").write_bytes(b"\0")
+    copy = blob_dataset / "tumor" / "copy_of_img000.jpg"
+    copy.write_bytes((blob_dataset / "tumor" / "img000.jpg").read_bytes())
+
+    ds = load_dataset(blob_dataset, 32)
+    assert sorted(p for p, _ in ds.skipped) == ["healthy/notes.txt", "tumor/broken.jpg"]
+    assert all(reason for _, reason in ds.skipped)
+    assert len(ds) == 81 and ds.unique_images.shape == (80, 32, 32, 3)
+    i, j = ds.paths.index("tumor/img000.jpg"), ds.paths.index("tumor/copy_of_img000.jpg")
+    assert ds.image_index[i] == ds.image_index[j]
+    assert np.bincount(ds.labels).tolist() == [40, 41]
+    assert ds.images(np.array([i])).shape == (1, 32, 32, 3)
+
+
+def test_second_load_uses_cache_and_decodes_nothing(blob_dataset: Path, monkeypatch):
+    first = load_dataset(blob_dataset, 24)
+    calls = []
+    monkeypatch.setattr(data, "decode_image", lambda *a: calls.append(a))
+    second = load_dataset(blob_dataset, 24)
+    assert calls == []
+    np.testing.assert_array_equal(first.images(), second.images())
+    # a different size is a different cache entry
+    monkeypatch.undo()
+    assert load_dataset(blob_dataset, 16).unique_images.shape[1:] == (16, 16, 3)
+
+
+def test_cache_follows_content_not_names(blob_dataset: Path):
+    load_dataset(blob_dataset, 24)
+    os.rename(blob_dataset / "tumor" / "img001.png", blob_dataset / "tumor" / "renamed.png")
+    cache = Path(os.environ["TUMORCLF_CACHE"])
+    before = sorted(cache.iterdir())
+    load_dataset(blob_dataset, 24)
+    assert sorted(cache.iterdir()) == before
+
+
+@pytest.mark.dataset
+def test_real_dataset_reads_every_file(real_data: Path):
+    ds = load_dataset(real_data, 32)
+    assert len(ds) + len(ds.skipped) == 4600
+    assert ds.skipped == []
+    assert np.bincount(ds.labels).tolist() == [2087, 2513]
+    assert len(ds) - ds.unique_images.shape[0] == 544  # byte-identical copies

@@ -1,0 +1,144 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import keras
+import numpy as np
+import pytest
+
+from tumorclf.models import (
+    BACKBONES,
+    ImageNetPreprocessing,
+    WeightsError,
+    build_model,
+    resolve_weights,
+    set_trainable,
+)
+from tumorclf.training import compile_model
+
+SHARED_WEIGHTS = Path(__file__).resolve().parents[1].parent / "shared" / "weights"
+VGG16_FILE = SHARED_WEIGHTS / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
+CONFIGURATIONS = [("simplecnn", False)] + [(name, pretrained) for name in BACKBONES for pretrained in (False, True)]
+
+
+@pytest.fixture
+def fake_imagenet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Weight files in Keras' names, made from random models, for backbones without real ones here."""
+
+    def make(name: str, size: int = 32) -> Path:
+        path = tmp_path / BACKBONES[name].weights_file
+        model = BACKBONES[name].constructor(include_top=False, weights=None, input_shape=(size, size, 3))
+        with h5py.File(path, "w") as f:  # Keras' legacy no-top layout, as in the published files
+            f.attrs["layer_names"] = [layer.name.encode() for layer in model.layers]
+            for layer in model.layers:
+                group = f.create_group(layer.name)
+                group.attrs["weight_names"] = [f"{layer.name}/{w.name}".encode() for w in layer.weights]
+                for w in layer.weights:
+                    group[f"{layer.name}/{w.name}"] = w.numpy()
+        return path
+
+    monkeypatch.setenv("TUMORCLF_WEIGHTS_DIR", str(tmp_path))
+    return make
+
+
+def test_eleven_configurations():
+    assert len(CONFIGURATIONS) == 11
+
+
+@pytest.mark.parametrize("name, pretrained", CONFIGURATIONS, ids=[f"{n}-{'imagenet' if p else 'scratch'}" for n, p in CONFIGURATIONS])
+def test_every_configuration_builds_and_trains_one_step(name, pretrained, fake_imagenet):
+    if pretrained and name == "vgg16" and VGG16_FILE.is_file():
+        weights = str(VGG16_FILE)
+    elif pretrained:
+        weights = str(fake_imagenet(name))
+    else:
+        weights = None
+    model = build_model(name, 32, weights)
+    assert model.output_shape == (None, 2)
+    assert model.layers[-1].dtype_policy.compute_dtype == "float32"
+    # flat graph: no nested Functional sub-model, so Grad-CAM tools can reach the last conv layer
+    assert not any(isinstance(layer, keras.Model) for layer in model.layers)
+    compile_model(model, 1e-3, 0.9)
+    x = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    y = np.eye(2, dtype="float32")[[0, 1, 0, 1]]
+    before = [w.numpy().copy() for w in model.trainable_weights[:2]]
+    loss = model.train_on_batch(x, y)
+    assert np.isfinite(loss).all()
+    assert any(not np.allclose(b, w.numpy()) for b, w in zip(before, model.trainable_weights[:2]))
+
+
+@pytest.mark.skipif(not VGG16_FILE.is_file(), reason="shared VGG16 weights not present")
+def test_vgg16_imagenet_loads_exactly_the_files_values():
+    path, origin = resolve_weights("vgg16", True, str(SHARED_WEIGHTS))
+    assert path == str(VGG16_FILE) and "local file" in origin
+    model = build_model("vgg16", 64, path)
+    checked = 0
+    with h5py.File(path, "r") as f:
+        for name in f.attrs["layer_names"]:
+            name = name.decode() if isinstance(name, bytes) else name
+            stored = [np.asarray(f[name][w]) for w in f[name].attrs["weight_names"]]
+            if stored:
+                for kept, expected in zip(model.get_layer(name).get_weights(), stored):
+                    np.testing.assert_array_equal(kept, expected)
+                    checked += 1
+    assert checked == 26  # 13 conv layers, kernel and bias each
+
+
+def test_local_weights_dir_beats_env_and_download(tmp_path, monkeypatch):
+    first, second = tmp_path / "a", tmp_path / "b"
+    for folder in (first, second):
+        folder.mkdir()
+        (folder / BACKBONES["resnet50"].weights_file).write_bytes(b"x")
+    monkeypatch.setenv("TUMORCLF_WEIGHTS_DIR", str(second))
+    assert resolve_weights("resnet50", True, str(first))[0] == str(first / BACKBONES["resnet50"].weights_file)
+    assert resolve_weights("resnet50", True, None)[0] == str(second / BACKBONES["resnet50"].weights_file)
+    assert resolve_weights("resnet50", False, str(first)) == (None, "random initialisation (from scratch)")
+
+
+def test_missing_weights_error_names_the_file(tmp_path, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(keras.utils, "get_file", no_network)
+    monkeypatch.delenv("TUMORCLF_WEIGHTS_DIR", raising=False)
+    with pytest.raises(WeightsError) as info:
+        resolve_weights("densenet121", True, str(tmp_path))
+    message = str(info.value)
+    assert "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
+    assert str(tmp_path) in message and "--weights-dir" in message
+
+
+@pytest.mark.parametrize("mode, application", [
+    ("caffe", keras.applications.vgg16.preprocess_input),
+    ("caffe", keras.applications.resnet.preprocess_input),
+    ("torch", keras.applications.densenet.preprocess_input),
+])
+def test_preprocessing_layer_equals_keras_applications(mode, application):
+    x = np.random.default_rng(1).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+    expected = application(x.copy())
+    np.testing.assert_allclose(np.asarray(ImageNetPreprocessing(mode)(x)), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_saved_model_round_trip_takes_raw_rgb(tmp_path):
+    model = build_model("resnet50", 32)
+    x = np.random.default_rng(2).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+
+
+def test_fine_tuning_policies():
+    model = build_model("vgg16", 32)
+    with_weights = sum(1 for layer in model.layers if layer.weights)
+    assert set_trainable(model, "full") == with_weights
+    assert set_trainable(model, "frozen") == 1  # the softmax layer
+    assert set_trainable(model, "from_layer", "block5") == 4  # block5_conv1-3 and the head
+    assert not model.get_layer("block4_conv3").trainable and model.get_layer("block5_conv1").trainable
+    with pytest.raises(ValueError, match="no layer"):
+        set_trainable(model, "from_layer", "block9")
+
+
+def test_unknown_model():
+    with pytest.raises(ValueError, match="unknown model"):
+        build_model("alexnet", 32)

@@ -1,0 +1,91 @@
+"""Run folders: creation without clobbering, atomic writes, versions and logging."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+
+class RunExistsError(FileExistsError):
+    """The run folder already exists and overwriting was not asked for."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temporary file in the same folder and rename, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, value: object) -> None:
+    atomic_write_text(path, json.dumps(value, indent=2, default=str) + "\n")
+
+
+def csv_text(header: list[str], rows) -> str:
+    """CSV text (properly quoted) from a header and an iterable of rows."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def create_run_dir(run_dir: Path, overwrite: bool) -> Path:
+    """Make a fresh run folder; an existing one is replaced only when `overwrite` is set."""
+    run_dir = Path(run_dir)
+    if run_dir.exists():
+        if not overwrite:
+            raise RunExistsError(
+                f"run folder {run_dir} already exists; pass --overwrite to replace it or --name to choose another"
+            )
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python, the platform and the libraries a result depends on."""
+    out = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for package in ("tumorclf", "tensorflow", "tensorflow-cpu", "keras", "numpy", "pillow", "scipy", "tf-keras-vis"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def attach_log_file(run_dir: Path) -> logging.Handler:
+    """Send the package's log records to `run_dir/run.log` as well as the console."""
+    handler = logging.FileHandler(run_dir / "run.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("tumorclf").addHandler(handler)
+    return handler

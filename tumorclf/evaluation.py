@@ -1,0 +1,106 @@
+"""Test metrics from predicted probabilities, and the report files of a run."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from tumorclf.artifacts import atomic_write_bytes, atomic_write_text, csv_text  # noqa: E402
+
+EPSILON = 1e-7  # Keras' clipping in categorical cross-entropy
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """2x2 counts: rows are true classes (Healthy, Tumor), columns predicted."""
+    return np.bincount(2 * np.asarray(y_true, int) + np.asarray(y_pred, int), minlength=4).reshape(2, 2)
+
+
+def precision_recall_f1(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[float, float, float]:
+    """Precision, recall and F1 of the Tumor class (0.0 where undefined)."""
+    (_, fp), (fn, tp) = confusion_matrix(y_true, y_pred)
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+    return float(precision), float(recall), float(f1)
+
+
+def roc_curve(y_true: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """False- and true-positive rates at every distinct threshold, from (0, 0) to (1, 1)."""
+    order = np.argsort(-np.asarray(score, dtype=np.float64), kind="mergesort")
+    score, y_true = np.asarray(score, dtype=np.float64)[order], np.asarray(y_true)[order]
+    last_of_value = np.r_[np.flatnonzero(np.diff(score)), len(score) - 1]
+    tps = np.cumsum(y_true)[last_of_value]
+    fps = (last_of_value + 1) - tps
+    tpr = np.r_[0.0, tps / max(tps[-1], 1)]
+    fpr = np.r_[0.0, fps / max(fps[-1], 1)]
+    return fpr, tpr, np.r_[np.inf, score[last_of_value]]
+
+
+def roc_auc(y_true: np.ndarray, score: np.ndarray) -> float:
+    """Area under the ROC curve (NaN when only one class is present)."""
+    if len(np.unique(y_true)) < 2:
+        return float("nan")
+    fpr, tpr, _ = roc_curve(y_true, score)
+    return float(np.trapezoid(tpr, fpr))
+
+
+def classification_metrics(y_true: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict:
+    """All test metrics from (n, 2) softmax outputs; Tumor (1) is the positive class."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    probs = np.asarray(probs, dtype=np.float64)
+    y_pred = (probs[:, 1] >= threshold).astype(np.int64)
+    matrix = confusion_matrix(y_true, y_pred)
+    precision, recall, f1 = precision_recall_f1(y_true, y_pred)
+    per_class = matrix.diagonal() / np.maximum(matrix.sum(axis=1), 1)
+    picked = np.clip(probs[np.arange(len(y_true)), y_true] / probs.sum(axis=1), EPSILON, 1 - EPSILON)
+    return {
+        "test_loss": float(-np.mean(np.log(picked))),
+        "accuracy": float(np.mean(y_pred == y_true)),
+        "per_class_accuracy": {"healthy": float(per_class[0]), "tumor": float(per_class[1])},
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "auc": roc_auc(y_true, probs[:, 1]),
+        "confusion_matrix": matrix.tolist(),
+        "threshold": threshold,
+        "n": int(len(y_true)),
+    }
+
+
+def write_reports(run_dir: Path, metrics: dict, y_true: np.ndarray, probs: np.ndarray, title: str) -> None:
+    """metrics.json, roc.csv, roc.png and confusion_matrix.png in `run_dir`, each written atomically."""
+    fpr, tpr, thresholds = roc_curve(y_true, probs[:, 1])
+    atomic_write_text(run_dir / "roc.csv", csv_text(["threshold", "fpr", "tpr"], zip(thresholds, fpr, tpr)))
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot(fpr, tpr, label=f"AUC = {metrics['auc']:.4f}")
+    ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
+    ax.set(xlabel="False positive rate", ylabel="True positive rate", title=f"ROC: {title}")
+    ax.legend(loc="lower right")
+    _save_figure(fig, run_dir / "roc.png")
+
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    matrix = np.asarray(metrics["confusion_matrix"])
+    ax.imshow(matrix, cmap="Blues")
+    for (i, j), count in np.ndenumerate(matrix):
+        ax.text(j, i, str(count), ha="center", va="center", color="white" if count > matrix.max() / 2 else "black")
+    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["Healthy", "Tumor"], yticklabels=["Healthy", "Tumor"])
+    ax.set(xlabel="Predicted", ylabel="True", title=f"Confusion matrix: {title}")
+    _save_figure(fig, run_dir / "confusion_matrix.png")
+
+    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+
+
+def _save_figure(fig: plt.Figure, path: Path) -> None:
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())

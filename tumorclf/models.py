@@ -1,0 +1,170 @@
+"""The study's models as flat functional graphs that take plain 0-255 RGB images."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import keras
+from keras import layers, ops
+
+log = logging.getLogger(__name__)
+
+KERAS_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
+
+
+class WeightsError(RuntimeError):
+    """ImageNet weights were asked for but cannot be found or downloaded."""
+
+
+@dataclass(frozen=True)
+class Backbone:
+    constructor: Callable[..., keras.Model]
+    preprocessing: str  # "caffe" (BGR, ImageNet means) or "torch" (RGB scaled to 0-1, ImageNet mean/std)
+    url_folder: str
+
+    @property
+    def weights_file(self) -> str:
+        """Keras' own file name for the no-top ImageNet weights."""
+        return f"{self.constructor.__name__.lower()}_weights_tf_dim_ordering_tf_kernels_notop.h5"
+
+
+BACKBONES: dict[str, Backbone] = {
+    "vgg16": Backbone(keras.applications.VGG16, "caffe", "vgg16"),
+    "densenet121": Backbone(keras.applications.DenseNet121, "torch", "densenet"),
+    "resnet50": Backbone(keras.applications.ResNet50, "caffe", "resnet"),
+    "resnet101": Backbone(keras.applications.ResNet101, "caffe", "resnet"),
+    "resnet152": Backbone(keras.applications.ResNet152, "caffe", "resnet"),
+}
+
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+_TORCH_MEAN = (0.485, 0.456, 0.406)
+_TORCH_STD = (0.229, 0.224, 0.225)
+
+
+@keras.saving.register_keras_serializable(package="tumorclf")
+class ImageNetPreprocessing(layers.Layer):
+    """keras.applications' `preprocess_input` as a layer, so saved models take 0-255 RGB.
+
+    `mode="caffe"`: RGB to BGR, minus the ImageNet channel means (VGG16, ResNet).
+    `mode="torch"`: scaled to 0-1, minus mean, divided by std, per channel (DenseNet).
+    """
+
+    def __init__(self, mode: str, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        if mode not in ("caffe", "torch"):
+            raise ValueError(f"unknown preprocessing mode {mode!r}")
+        self.mode = mode
+
+    def call(self, inputs):
+        x = ops.cast(inputs, self.compute_dtype)
+        if self.mode == "caffe":
+            return ops.flip(x, axis=-1) - ops.convert_to_tensor(_CAFFE_MEAN_BGR, self.compute_dtype)
+        mean = ops.convert_to_tensor(_TORCH_MEAN, self.compute_dtype)
+        std = ops.convert_to_tensor(_TORCH_STD, self.compute_dtype)
+        return (x / 255.0 - mean) / std
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+def resolve_weights(model: str, imagenet: bool, weights_dir: str | None = None) -> tuple[str | None, str]:
+    """Where the backbone's initial weights come from: (path or None, a description for the config).
+
+    Order: `weights_dir`, then `$TUMORCLF_WEIGHTS_DIR`, then Keras' cache and download.
+    Raises `WeightsError` naming the file to place when none of these has it.
+    """
+    if not imagenet:
+        return None, "random initialisation (from scratch)"
+    if model not in BACKBONES:
+        raise WeightsError(f"{model} has no ImageNet weights")
+    backbone = BACKBONES[model]
+    file_name = backbone.weights_file
+    folders = [d for d in (weights_dir, os.environ.get("TUMORCLF_WEIGHTS_DIR")) if d]
+    for folder in folders:
+        path = Path(folder).expanduser() / file_name
+        if path.is_file():
+            return str(path), f"local file {path}"
+    url = f"{KERAS_WEIGHTS_URL}{backbone.url_folder}/{file_name}"
+    try:
+        path = keras.utils.get_file(file_name, url, cache_subdir="models")
+    except Exception as exc:  # any network or file-system failure of the download
+        looked = ", ".join(str(Path(d).expanduser()) for d in folders) or "no local folder given"
+        raise WeightsError(
+            f"ImageNet weights for {model} not found: place {file_name} in a folder given by "
+            f"--weights-dir or TUMORCLF_WEIGHTS_DIR (looked in: {looked}), or allow Keras to "
+            f"download it from {url} ({type(exc).__name__})"
+        ) from None
+    return str(path), f"keras download/cache {path}"
+
+
+def build_model(
+    name: str,
+    image_size: int,
+    weights: str | None = None,
+    dropout: float = 0.5,
+) -> keras.Model:
+    """One flat functional model: 0-255 RGB in, softmax over (Healthy, Tumor) out, in float32."""
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    if name == "simplecnn":
+        features = _simple_cnn_features(inputs)
+    elif name in BACKBONES:
+        backbone = BACKBONES[name]
+        x = ImageNetPreprocessing(backbone.preprocessing, name="preprocess")(inputs)
+        base = backbone.constructor(include_top=False, weights=None, input_tensor=x)
+        if weights is not None:
+            base.load_weights(weights)
+        features = base.output
+    else:
+        raise ValueError(f"unknown model {name!r}; choose one of: simplecnn, {', '.join(BACKBONES)}")
+    if name == "simplecnn":
+        x = layers.Flatten(name="flatten")(features)
+        x = layers.Dense(128, activation="relu", name="fc1")(x)
+    else:
+        x = layers.GlobalAveragePooling2D(name="avg_pool")(features)
+    x = layers.Dropout(dropout, name="head_dropout")(x)
+    outputs = layers.Dense(2, activation="softmax", dtype="float32", name="predictions")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def _simple_cnn_features(inputs):
+    """The study's baseline body: three conv blocks (conv, batch norm, ReLU, max-pool)."""
+    x = layers.Rescaling(1.0 / 255, name="normalise")(inputs)
+    for i, filters in enumerate((32, 64, 128), start=1):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
+        x = layers.BatchNormalization(momentum=0.9, name=f"bn{i}")(x)
+        x = layers.ReLU(name=f"relu{i}")(x)
+        x = layers.MaxPooling2D(name=f"pool{i}")(x)
+    return x
+
+
+HEAD_LAYERS = ("avg_pool", "flatten", "fc1", "head_dropout", "predictions")
+
+
+def set_trainable(model: keras.Model, policy: str, unfreeze_from: str | None = None) -> int:
+    """Apply a fine-tuning policy; returns how many layers with weights are trainable.
+
+    `full`: everything trains. `frozen`: only the head trains. `from_layer`: the head and
+    every layer from the first whose name starts with `unfreeze_from` (e.g. "block5" or "conv5").
+    """
+    if policy == "full":
+        start = 0
+    elif policy == "frozen":
+        start = len(model.layers)
+    elif policy == "from_layer":
+        matches = [i for i, layer in enumerate(model.layers) if layer.name.startswith(unfreeze_from or "\0")]
+        if not matches:
+            raise ValueError(f"no layer of {model.name} is named {unfreeze_from!r} or starts with it")
+        start = matches[0]
+    else:
+        raise ValueError(f"unknown fine-tuning policy {policy!r}")
+    for i, layer in enumerate(model.layers):
+        layer.trainable = i >= start or layer.name in HEAD_LAYERS
+    return sum(1 for layer in model.layers if layer.trainable and layer.weights)

@@ -1,0 +1,105 @@
+"""One run end to end: data, split, training, test evaluation and the run folder.
+
+Usage: ``python -m tumorclf.run --model simplecnn --data DIR`` (see ``--help``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import keras
+
+from tumorclf.artifacts import (
+    atomic_write_json,
+    atomic_write_text,
+    attach_log_file,
+    create_run_dir,
+    csv_text,
+    versions,
+)
+from tumorclf.config import Config
+from tumorclf.data import CLASS_NAMES, load_dataset
+from tumorclf.evaluation import classification_metrics, write_reports
+from tumorclf.models import build_model, resolve_weights
+from tumorclf.pipeline import make_dataset
+from tumorclf.splits import make_split, manifest_csv
+from tumorclf.training import select_precision, select_strategy, train
+
+log = logging.getLogger(__name__)
+
+
+def run_experiment(cfg: Config) -> Path:
+    """Train and evaluate one configuration; returns the run folder.
+
+    Everything that can fail on bad input (data folder, classes, weights, split sizes, an
+    existing run folder) is checked before the first training step.
+    """
+    started = time.time()
+    weights, weights_origin = resolve_weights(cfg.model, cfg.imagenet, cfg.weights_dir)
+    data = load_dataset(cfg.resolved_data(), cfg.image_size, cfg.classes, cfg.cache_dir, cfg.max_files)
+    split = make_split(cfg.split, data.labels, data.image_index, data.unique_images,
+                       cfg.split_fractions, cfg.seed, cfg.near_duplicate_bits)
+    run_dir = create_run_dir(cfg.run_dir, cfg.overwrite)
+    handler = attach_log_file(run_dir)
+    try:
+        log.info("split %s", split.report)
+        for path, reason in data.skipped:
+            log.warning("skipped %s: %s", path, reason)
+        precision = select_precision(cfg.precision, cfg.model)
+        keras.mixed_precision.set_global_policy(precision)
+        keras.utils.set_random_seed(cfg.seed)
+        strategy = select_strategy(cfg.strategy)
+        atomic_write_json(run_dir / "config.json", {
+            "config": cfg.to_dict(),
+            "resolved": {
+                "data": str(data.root.resolve()),
+                "classes": data.folders.how,
+                "class_names": list(CLASS_NAMES),
+                "weights_origin": weights_origin,
+                "precision": precision,
+                "strategy": type(strategy).__name__,
+                "replicas": strategy.num_replicas_in_sync,
+            },
+            "split": split.report,
+            "skipped_files": len(data.skipped),
+            "versions": versions(),
+        })
+        atomic_write_text(run_dir / "split.csv", manifest_csv(data.paths, data.labels, data.sha256, split))
+        atomic_write_text(run_dir / "skipped.csv", csv_text(["path", "reason"], data.skipped))
+        subsets = {name: split.indices(name) for name in ("train", "val", "test")}
+        datasets = {
+            name: make_dataset(data.images(rows), data.labels[rows], cfg.batch_size,
+                               training=name == "train", augment=cfg.augment, seed=cfg.seed)
+            for name, rows in subsets.items()
+        }
+        train_started = time.time()
+        result = train(cfg, lambda: build_model(cfg.model, cfg.image_size, weights, cfg.dropout), strategy,
+                       datasets["train"], datasets["val"], data.labels[subsets["val"]], run_dir)
+        train_minutes = (time.time() - train_started) / 60
+
+        best = keras.saving.load_model(result.best_checkpoint)
+        test_labels = data.labels[subsets["test"]]
+        probs = best.predict(datasets["test"], verbose=0)
+        metrics = classification_metrics(test_labels, probs)
+        metrics.update(best_epoch=result.best_epoch, best_val_f1=result.best_val_f1, epochs_run=result.epochs_run,
+                       train_minutes=round(train_minutes, 2),
+                       wall_minutes=round((time.time() - started) / 60, 2), model=cfg.model, imagenet=cfg.imagenet,
+                       split=cfg.split, image_size=cfg.image_size)
+        test_paths = [data.paths[i] for i in subsets["test"]]
+        atomic_write_text(run_dir / "test_predictions.csv", csv_text(
+            ["path", "label", "prob_tumor"], zip(test_paths, test_labels.tolist(), probs[:, 1].round(6).tolist())))
+        write_reports(run_dir, metrics, test_labels, probs, cfg.run_name)
+        log.info("test: accuracy %.4f, f1 %.4f, auc %.4f (best epoch %s) -> %s",
+                 metrics["accuracy"], metrics["f1"], metrics["auc"], result.best_epoch, run_dir)
+    finally:
+        logging.getLogger("tumorclf").removeHandler(handler)
+        handler.close()
+    return run_dir
+
+
+if __name__ == "__main__":
+    from tumorclf.cli import main
+
+    raise SystemExit(main())
