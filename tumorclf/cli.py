@@ -39,6 +39,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="decoded-image cache (default $TUMORCLF_CACHE or ~/.cache/tumorclf)")
     p.add_argument("--precision", choices=PRECISIONS)
     p.add_argument("--strategy", choices=STRATEGIES)
+    p.add_argument("--gradcam", dest="gradcam_per_outcome", type=int, metavar="N",
+                   help="after testing, save Grad-CAM overlays of N test images per outcome (TP/FP/FN/TN)")
     p.add_argument("--output", help="parent folder of run folders (default runs/)")
     p.add_argument("--name", help="run folder name (default derived from the config)")
     p.add_argument("--overwrite", action="store_const", const=True, help="replace an existing run folder")

@@ -52,6 +52,7 @@ class Config:
     name: str | None = None
     overwrite: bool = False
     max_files: int | None = None
+    gradcam_per_outcome: int = 0
 
     def __post_init__(self) -> None:
         self.model = self.model.lower()
@@ -97,6 +98,8 @@ class Config:
             raise ConfigError(f"fine_tune=two_phase needs epochs ({self.epochs}) > head_epochs ({self.head_epochs})")
         if self.imagenet and self.model == "simplecnn":
             raise ConfigError("simplecnn has no ImageNet weights; drop --imagenet")
+        if self.gradcam_per_outcome < 0:
+            raise ConfigError(f"gradcam_per_outcome must be >= 0, got {self.gradcam_per_outcome}")
         if self.max_files is not None and self.max_files < 4:
             raise ConfigError(f"max_files must be at least 4, got {self.max_files}")
 

@@ -20,6 +20,7 @@ from PIL import Image, ImageOps
 log = logging.getLogger(__name__)
 
 CLASS_NAMES = ("Healthy", "Tumor")
+TUMOR_WORDS = {"tumor", "tumour", "tumors", "cancer", "yes", "glioma", "meningioma", "pituitary", "positive"}
 HEALTHY_WORDS = {"healthy", "normal", "no", "not", "non", "negative", "none", "notumor", "nontumor", "without"}
 MAX_PIXELS = 50_000_000  # larger than any sane slice; guards against decompression bombs
 DECODER_VERSION = "1"  # bump when decode_image changes, so old caches are not reused
@@ -90,15 +91,33 @@ def find_class_folders(root: Path, classes: tuple[str, str] | None = None) -> Cl
     return ClassFolders(healthy[0], tumor, f"from folder names: healthy={healthy[0].name!r}, tumor={tumor.name!r}")
 
 
+def files_below(folder: Path) -> list[Path]:
+    """Every non-hidden file below `folder` (hidden folders skipped too), sorted."""
+    return sorted(
+        p for p in folder.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
+def expand_inputs(inputs: list[Path]) -> list[Path]:
+    """Files as given, and every non-hidden file below each folder."""
+    return [f for item in inputs for f in (files_below(item) if item.is_dir() else [item])]
+
+
+def label_from_folder(path: Path) -> int | None:
+    """The true label implied by a file's class folder name, or None when the name does not say."""
+    words = set(re.split(r"[^a-z0-9]+", path.parent.name.lower()))
+    if words & HEALTHY_WORDS:
+        return 0
+    if words & TUMOR_WORDS:
+        return 1
+    return None
+
+
 def list_files(folders: ClassFolders) -> list[tuple[Path, int]]:
     """Every non-hidden file below each class folder, with its label, in a stable order."""
     files: list[tuple[Path, int]] = []
     for label, folder in enumerate((folders.healthy, folders.tumor)):
-        found = sorted(
-            p
-            for p in folder.rglob("*")
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-        )
+        found = files_below(folder)
         if not found:
             raise DataError(f"class folder {folder} ({CLASS_NAMES[label]}) holds no files")
         files.extend((p, label) for p in found)

@@ -91,6 +91,12 @@ def run_experiment(cfg: Config) -> Path:
         atomic_write_text(run_dir / "test_predictions.csv", csv_text(
             ["path", "label", "prob_tumor"], zip(test_paths, test_labels.tolist(), probs[:, 1].round(6).tolist())))
         write_reports(run_dir, metrics, test_labels, probs, cfg.run_name)
+        if cfg.gradcam_per_outcome:
+            from tumorclf.explain import save_outcome_overlays
+
+            saved = save_outcome_overlays(result.best_checkpoint, data.images(subsets["test"]), test_labels,
+                                          probs[:, 1], test_paths, cfg.gradcam_per_outcome, run_dir / "gradcam")
+            log.info("saved %d Grad-CAM overlays in %s", saved, run_dir / "gradcam")
         log.info("test: accuracy %.4f, f1 %.4f, auc %.4f (best epoch %s) -> %s",
                  metrics["accuracy"], metrics["f1"], metrics["auc"], result.best_epoch, run_dir)
     finally:

@@ -1,0 +1,243 @@
+"""Grad-CAM explanations (tf-keras-vis): per-image overlays and a side-by-side comparison of runs.
+
+Usage:
+  python -m tumorclf.explain --run RUN_DIR --images PATH... --out DIR [--method gradcam|gradcam++|scorecam]
+  python -m tumorclf.explain --runs RUN_DIR RUN_DIR... --images PATH... --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from tumorclf.artifacts import atomic_write_bytes  # noqa: E402
+from tumorclf.data import CLASS_NAMES, DecodeError, decode_image, expand_inputs, label_from_folder  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+METHODS = ("gradcam", "gradcam++", "scorecam")
+TARGETS = ("predicted", "tumor", "healthy")
+_HEAD_INPUTS = ("avg_pool", "flatten")
+
+
+def target_layer(model, name: str | None = None) -> str:
+    """The layer whose activations Grad-CAM weighs: `name` if given, else the last spatial feature map
+    before the head, taken before a final pooling layer (VGG16 block5_conv3, ResNet conv5_block3_out,
+    DenseNet relu, SimpleCNN relu3)."""
+    if name is not None:
+        model.get_layer(name)  # raises ValueError naming the layer when it does not exist
+        return name
+    head = next(i for i, layer in enumerate(model.layers) if layer.name in _HEAD_INPUTS)
+    for layer in reversed(model.layers[:head]):  # functional layers are in topological order
+        if len(layer.output.shape) == 4 and "pool" not in layer.name.lower():
+            return layer.name
+    raise ValueError(f"{model.name} has no spatial feature map before its head")
+
+
+def heatmaps(model, images: np.ndarray, classes: np.ndarray, method: str = "gradcam",
+             layer: str | None = None) -> np.ndarray:
+    """Class activation maps, shape (n, H, W) at the input size, each normalised to [0, 1].
+
+    `model` is modified in place for gradient methods (softmax replaced by linear), so pass a copy
+    that is not used for anything else.
+    """
+    from tf_keras_vis.gradcam import Gradcam
+    from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
+    from tf_keras_vis.scorecam import Scorecam
+    from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
+    from tf_keras_vis.utils.scores import CategoricalScore
+
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    layer = target_layer(model, layer)
+    score = CategoricalScore([int(c) for c in classes])
+    seed = np.asarray(images, dtype="float32")
+    if method == "scorecam":
+        cams = Scorecam(model, clone=False)(score, seed, penultimate_layer=layer, seek_penultimate_conv_layer=False,
+                                             max_N=16)
+    else:
+        explainer = (Gradcam if method == "gradcam" else GradcamPlusPlus)(
+            model, model_modifier=ReplaceToLinear(), clone=False)
+        cams = explainer(score, seed, penultimate_layer=layer, seek_penultimate_conv_layer=False)
+    cams = np.nan_to_num(np.asarray(cams, dtype="float32").reshape(len(seed), *seed.shape[1:3]))
+    low = cams.min(axis=(1, 2), keepdims=True)
+    span = cams.max(axis=(1, 2), keepdims=True) - low
+    return np.where(span > 0, (cams - low) / np.where(span > 0, span, 1), 0.0)
+
+
+def load_run_model(run_dir: Path):
+    """A fresh copy of a run's best model (explanations modify the model they are given)."""
+    import keras
+
+    best = Path(run_dir) / "best.keras"
+    if not best.is_file():
+        raise FileNotFoundError(f"{run_dir} has no best.keras (not a finished run)")
+    return keras.saving.load_model(best)
+
+
+def run_title(run_dir: Path) -> str:
+    config = json.loads((Path(run_dir) / "config.json").read_text())["config"]
+    weights = "ImageNet" if config["imagenet"] else "scratch"
+    return f"{config['model']} ({weights})"
+
+
+def overlay(ax, image: np.ndarray, cam: np.ndarray) -> None:
+    ax.imshow(image)
+    ax.imshow(cam, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+    ax.axis("off")
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def explain_image_png(image: np.ndarray, cam: np.ndarray, prob_tumor: float, true_label: int | None,
+                      caption: str) -> bytes:
+    """A two-panel PNG: the slice, and the heatmap overlay titled with truth, prediction and probability."""
+    predicted = int(prob_tumor >= 0.5)
+    truth = CLASS_NAMES[true_label] if true_label is not None else "unknown"
+    fig, axes = plt.subplots(1, 2, figsize=(7, 3.8))
+    axes[0].imshow(image)
+    axes[0].set_title(f"true: {truth}")
+    axes[0].axis("off")
+    overlay(axes[1], image, cam)
+    probability = prob_tumor if predicted else 1 - prob_tumor
+    axes[1].set_title(f"predicted: {CLASS_NAMES[predicted]} ({probability:.1%})")
+    fig.suptitle(caption, fontsize=9)
+    return _png(fig)
+
+
+def class_to_explain(target: str, prob_tumor: np.ndarray) -> np.ndarray:
+    if target == "predicted":
+        return (prob_tumor >= 0.5).astype(int)
+    return np.full(len(prob_tumor), 1 if target == "tumor" else 0)
+
+
+def explain_images(run_dir: Path, files: list[Path], out: Path, method: str = "gradcam",
+                   target: str = "predicted", layer: str | None = None) -> list[Path]:
+    """One overlay PNG per readable file in `out`; unreadable files are logged and skipped."""
+    model = load_run_model(run_dir)
+    size = int(model.input_shape[1])
+    images, kept = _decode_all(files, size)
+    if not kept:
+        return []
+    prob_tumor = model.predict(images.astype("float32"), verbose=0)[:, 1]
+    cams = heatmaps(model, images, class_to_explain(target, prob_tumor), method, layer)
+    written = []
+    caption = f"{run_title(run_dir)}, {method} on {target} class"
+    for path, image, cam, p in zip(kept, images, cams, prob_tumor):
+        target_path = out / f"{path.stem}_{method}.png"
+        atomic_write_bytes(target_path, explain_image_png(image, cam, float(p), label_from_folder(path), caption))
+        written.append(target_path)
+    return written
+
+
+def compare_runs(run_dirs: list[Path], files: list[Path], out: Path, method: str = "gradcam",
+                 target: str = "predicted") -> list[Path]:
+    """For each file, one figure: the slice, then each run's overlay side by side (the paper's Figs. 5-8)."""
+    columns = []
+    for run_dir in run_dirs:
+        model = load_run_model(run_dir)
+        images, kept = _decode_all(files, int(model.input_shape[1]))
+        prob_tumor = model.predict(images.astype("float32"), verbose=0)[:, 1]
+        cams = heatmaps(model, images, class_to_explain(target, prob_tumor), method)
+        columns.append((run_title(run_dir), dict(zip(kept, zip(images, cams, prob_tumor)))))
+    written = []
+    for path in files:
+        if not all(path in entries for _, entries in columns):
+            continue
+        fig, axes = plt.subplots(1, len(columns) + 1, figsize=(3.2 * (len(columns) + 1), 3.6))
+        first_image = columns[0][1][path][0]
+        truth = label_from_folder(path)
+        axes[0].imshow(first_image)
+        axes[0].set_title(f"{path.name}\ntrue: {CLASS_NAMES[truth] if truth is not None else 'unknown'}", fontsize=8)
+        axes[0].axis("off")
+        for ax, (title, entries) in zip(axes[1:], columns):
+            image, cam, p = entries[path]
+            overlay(ax, image, cam)
+            ax.set_title(f"{title}\nP(tumor) = {p:.3f}", fontsize=8)
+        target_path = out / f"compare_{path.stem}_{method}.png"
+        atomic_write_bytes(target_path, _png(fig))
+        written.append(target_path)
+    return written
+
+
+def _decode_all(files: list[Path], size: int) -> tuple[np.ndarray, list[Path]]:
+    images, kept = [], []
+    for path in files:
+        try:
+            images.append(decode_image(path, size))
+            kept.append(path)
+        except (DecodeError, OSError) as exc:
+            log.warning("skipped %s: %s", path, exc)
+    return (np.stack(images) if images else np.empty((0, size, size, 3), np.uint8)), kept
+
+
+def save_outcome_overlays(model_path: Path, images: np.ndarray, labels: np.ndarray, prob_tumor: np.ndarray,
+                          paths: list[str], per_outcome: int, out: Path) -> int:
+    """Overlays for up to `per_outcome` test images of each outcome (TP, FP, FN, TN); returns how many."""
+    import keras
+
+    predicted = (prob_tumor >= 0.5).astype(int)
+    outcomes = {"TP": (1, 1), "FP": (0, 1), "FN": (1, 0), "TN": (0, 0)}
+    picks = {name: np.flatnonzero((labels == t) & (predicted == p))[:per_outcome] for name, (t, p) in outcomes.items()}
+    rows = np.concatenate(list(picks.values())).astype(int)
+    if not len(rows):
+        return 0
+    model = keras.saving.load_model(model_path)
+    cams = heatmaps(model, images[rows], predicted[rows])
+    names = [name for name, chosen in picks.items() for _ in chosen]
+    for name, row, cam in zip(names, rows, cams):
+        png = explain_image_png(images[row], cam, float(prob_tumor[row]), int(labels[row]), f"{name}: {paths[row]}")
+        atomic_write_bytes(out / f"{name}_{Path(paths[row]).stem}.png", png)
+    return len(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tumorclf.explain", description=__doc__.splitlines()[0])
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", type=Path, help="explain this run's best model")
+    which.add_argument("--runs", type=Path, nargs="+", help="compare several runs side by side")
+    p.add_argument("--images", type=Path, nargs="+", required=True, help="image files and/or folders")
+    p.add_argument("--limit", type=int, help="at most this many images")
+    p.add_argument("--method", choices=METHODS, default="gradcam")
+    p.add_argument("--target", choices=TARGETS, default="predicted", help="class whose evidence is shown")
+    p.add_argument("--layer", help="explain this layer instead of the automatic choice")
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    missing = [str(i) for i in args.images if not i.exists()]
+    if missing:
+        print(f"tumorclf.explain: error: images not found: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    files = expand_inputs(args.images)[: args.limit]
+    try:
+        if args.run:
+            written = explain_images(args.run, files, args.out, args.method, args.target, args.layer)
+        else:
+            written = compare_runs(args.runs, files, args.out, args.method, args.target)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"tumorclf.explain: error: {exc}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
