@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from tumorclf.config import Config
 from tumorclf.models import build_model
-from tumorclf.pipeline import make_dataset
+from tumorclf.pipeline import make_dataset, make_train_dataset
 from tumorclf.training import F1Checkpoint, _phases, select_precision, select_strategy, train
 
 
@@ -81,7 +81,7 @@ def blob_arrays(n: int, size: int = 32, seed: int = 0):
 def test_train_writes_history_and_best_checkpoint(tmp_path: Path, strategy: str, fine_tune: str):
     images, labels = blob_arrays(48)
     cfg = Config(epochs=3, image_size=32, batch_size=8, learning_rate=1e-2, fine_tune=fine_tune, head_epochs=1)
-    train_ds = make_dataset(images[:32], labels[:32], 8, training=True)
+    train_ds = make_train_dataset(images[:32], labels[:32], 8, seed=0)
     val_ds = make_dataset(images[32:], labels[32:], 8)
     result = train(cfg, lambda: build_model("simplecnn", 32), select_strategy(strategy), train_ds, val_ds,
                    labels[32:], tmp_path)

@@ -59,17 +59,23 @@ def csv_text(header: list[str], rows) -> str:
     return buffer.getvalue()
 
 
-def create_run_dir(run_dir: Path, overwrite: bool) -> Path:
-    """Make a fresh run folder; an existing one is replaced only when `overwrite` is set."""
+def create_run_dir(run_dir: Path, overwrite: bool, resume: bool = False) -> bool:
+    """Make the run folder; returns True when an existing one is kept to resume.
+
+    An existing folder is replaced only with `overwrite`, and reused only with `resume`.
+    """
     run_dir = Path(run_dir)
     if run_dir.exists():
+        if resume:
+            return True
         if not overwrite:
             raise RunExistsError(
-                f"run folder {run_dir} already exists; pass --overwrite to replace it or --name to choose another"
+                f"run folder {run_dir} already exists; pass --resume to continue it, --overwrite to replace it "
+                "or --name to choose another"
             )
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
-    return run_dir
+    return False
 
 
 def versions() -> dict[str, str]:

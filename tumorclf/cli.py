@@ -44,6 +44,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="parent folder of run folders (default runs/)")
     p.add_argument("--name", help="run folder name (default derived from the config)")
     p.add_argument("--overwrite", action="store_const", const=True, help="replace an existing run folder")
+    p.add_argument("--resume", action="store_const", const=True,
+                   help="continue an interrupted run from its last completed epoch (a finished run is left as is)")
+    p.add_argument("--deterministic", action="store_const", const=True,
+                   help="TensorFlow op determinism and sequential augmentation: same seed, same result")
     return p
 
 

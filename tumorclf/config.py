@@ -51,6 +51,8 @@ class Config:
     output: str = "runs"
     name: str | None = None
     overwrite: bool = False
+    resume: bool = False
+    deterministic: bool = False
     max_files: int | None = None
     gradcam_per_outcome: int = 0
 
@@ -98,6 +100,8 @@ class Config:
             raise ConfigError(f"fine_tune=two_phase needs epochs ({self.epochs}) > head_epochs ({self.head_epochs})")
         if self.imagenet and self.model == "simplecnn":
             raise ConfigError("simplecnn has no ImageNet weights; drop --imagenet")
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume and --overwrite contradict each other; choose one")
         if self.gradcam_per_outcome < 0:
             raise ConfigError(f"gradcam_per_outcome must be >= 0, got {self.gradcam_per_outcome}")
         if self.max_files is not None and self.max_files < 4:
@@ -141,6 +145,11 @@ class Config:
 
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes)
+
+    def defining(self) -> dict[str, Any]:
+        """The values that define the run's result (not how it is launched)."""
+        launch = {"resume", "overwrite", "output", "name", "cache_dir", "weights_dir", "data"}
+        return {k: v for k, v in self.to_dict().items() if k not in launch}
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -1,6 +1,14 @@
-"""tf.data input pipelines over decoded images, with train-only Keras augmentation."""
+"""tf.data input pipelines over decoded images, with train-only Keras augmentation.
+
+Training randomness is keyed by (seed, epoch): the order is a stateless shuffle of an epoch
+variable, and `training.EpochSeeding` resets the augmentation layers' seed states at each epoch
+start. An epoch therefore sees the same data whatever ran before it, which is what lets a resumed
+run continue exactly as an uninterrupted one.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import keras
 import numpy as np
@@ -21,32 +29,56 @@ def augmenter(seed: int) -> keras.Sequential:
     )
 
 
-def make_dataset(
+@dataclass
+class TrainData:
+    dataset: tf.data.Dataset
+    epoch: tf.Variable  # set at each epoch start by training.EpochSeeding
+    augmentation: keras.Sequential | None
+
+
+def _gather(images: np.ndarray, labels: np.ndarray):
+    pixels = tf.constant(np.ascontiguousarray(images))
+    one_hot = tf.one_hot(np.asarray(labels, dtype=np.int64), 2)
+    return lambda idx: (tf.cast(tf.gather(pixels, idx), tf.float32), tf.gather(one_hot, idx))
+
+
+def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int) -> tf.data.Dataset:
+    """Evaluation batches of (float32 0-255 RGB, one-hot labels), in file order."""
+    return (
+        tf.data.Dataset.range(len(labels))
+        .batch(batch_size)
+        .map(_gather(images, labels), num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
+def make_train_dataset(
     images: np.ndarray,
     labels: np.ndarray,
     batch_size: int,
-    training: bool = False,
+    seed: int,
     augment: bool = True,
-    seed: int = 42,
-) -> tf.data.Dataset:
-    """Batches of (float32 0-255 RGB, one-hot labels). Training data is shuffled and augmented.
+    deterministic: bool = False,
+) -> TrainData:
+    """Training batches: reshuffled each epoch by (seed, epoch), gathered, cast, augmented, prefetched.
 
-    Images stay uint8 in memory; each batch is gathered by index, cast and (for training)
-    augmented in parallel map calls, and prefetched.
+    With `deterministic`, augmentation runs in one sequential map so its seeds are drawn in a fixed order.
     """
-    pixels = tf.constant(np.ascontiguousarray(images))
-    one_hot = tf.one_hot(np.asarray(labels, dtype=np.int64), 2)
-    order = tf.data.Dataset.range(len(labels))
-    if training:
-        order = order.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-    ds = order.batch(batch_size).map(
-        lambda idx: (tf.cast(tf.gather(pixels, idx), tf.float32), tf.gather(one_hot, idx)),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
-    if training and augment:
-        augmentation = augmenter(seed)
+    n = len(labels)
+    epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="data_epoch")
+
+    def epoch_order(_):
+        key = tf.stack([tf.constant(seed, tf.int64), epoch.read_value()])
+        return tf.data.Dataset.from_tensor_slices(tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), key))
+
+    n_batches = -(-n // batch_size)
+    ds = tf.data.Dataset.range(1).flat_map(epoch_order).batch(batch_size)
+    ds = ds.apply(tf.data.experimental.assert_cardinality(n_batches))
+    ds = ds.map(_gather(images, labels), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    augmentation = augmenter(seed) if augment else None
+    if augmentation is not None:
         ds = ds.map(
             lambda x, y: (augmentation(x, training=True), y),
-            num_parallel_calls=tf.data.AUTOTUNE,
+            num_parallel_calls=None if deterministic else tf.data.AUTOTUNE,
         )
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return TrainData(ds.prefetch(tf.data.AUTOTUNE), epoch, augmentation)

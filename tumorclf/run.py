@@ -5,11 +5,14 @@ Usage: ``python -m tumorclf.run --model simplecnn --data DIR`` (see ``--help``).
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 import time
 from pathlib import Path
 
 import keras
+import tensorflow as tf
 
 from tumorclf.artifacts import (
     atomic_write_json,
@@ -19,11 +22,11 @@ from tumorclf.artifacts import (
     csv_text,
     versions,
 )
-from tumorclf.config import Config
-from tumorclf.data import CLASS_NAMES, load_dataset
+from tumorclf.config import Config, ConfigError
+from tumorclf.data import CLASS_NAMES, DataError, load_dataset
 from tumorclf.evaluation import classification_metrics, write_reports
 from tumorclf.models import build_model, resolve_weights
-from tumorclf.pipeline import make_dataset
+from tumorclf.pipeline import make_dataset, make_train_dataset
 from tumorclf.splits import make_split, manifest_csv
 from tumorclf.training import select_precision, select_strategy, train
 
@@ -41,7 +44,18 @@ def run_experiment(cfg: Config) -> Path:
     data = load_dataset(cfg.resolved_data(), cfg.image_size, cfg.classes, cfg.cache_dir, cfg.max_files)
     split = make_split(cfg.split, data.labels, data.image_index, data.unique_images,
                        cfg.split_fractions, cfg.seed, cfg.near_duplicate_bits)
-    run_dir = create_run_dir(cfg.run_dir, cfg.overwrite)
+    small = {name: len(split.indices(name)) for name in ("train", "val", "test")
+             if len(split.indices(name)) < cfg.batch_size}
+    if small:
+        raise DataError(f"fewer images than one batch ({cfg.batch_size}) in split(s) {small}; "
+                        "use more data or a smaller --batch-size")
+    run_dir = cfg.run_dir
+    resuming = create_run_dir(run_dir, cfg.overwrite, cfg.resume)
+    if resuming:
+        check_same_config(run_dir, cfg)
+        if (run_dir / "metrics.json").is_file():
+            log.info("%s is already finished; nothing to resume", run_dir)
+            return run_dir
     handler = attach_log_file(run_dir)
     try:
         log.info("split %s", split.report)
@@ -50,6 +64,8 @@ def run_experiment(cfg: Config) -> Path:
         precision = select_precision(cfg.precision, cfg.model)
         keras.mixed_precision.set_global_policy(precision)
         keras.utils.set_random_seed(cfg.seed)
+        if cfg.deterministic:
+            tf.config.experimental.enable_op_determinism()
         strategy = select_strategy(cfg.strategy)
         atomic_write_json(run_dir / "config.json", {
             "config": cfg.to_dict(),
@@ -69,14 +85,13 @@ def run_experiment(cfg: Config) -> Path:
         atomic_write_text(run_dir / "split.csv", manifest_csv(data.paths, data.labels, data.sha256, split))
         atomic_write_text(run_dir / "skipped.csv", csv_text(["path", "reason"], data.skipped))
         subsets = {name: split.indices(name) for name in ("train", "val", "test")}
-        datasets = {
-            name: make_dataset(data.images(rows), data.labels[rows], cfg.batch_size,
-                               training=name == "train", augment=cfg.augment, seed=cfg.seed)
-            for name, rows in subsets.items()
-        }
+        train_data = make_train_dataset(data.images(subsets["train"]), data.labels[subsets["train"]], cfg.batch_size,
+                                        cfg.seed, cfg.augment, cfg.deterministic)
+        datasets = {name: make_dataset(data.images(subsets[name]), data.labels[subsets[name]], cfg.batch_size)
+                    for name in ("val", "test")}
         train_started = time.time()
         result = train(cfg, lambda: build_model(cfg.model, cfg.image_size, weights, cfg.dropout), strategy,
-                       datasets["train"], datasets["val"], data.labels[subsets["val"]], run_dir)
+                       train_data, datasets["val"], data.labels[subsets["val"]], run_dir, resume=resuming)
         train_minutes = (time.time() - train_started) / 60
 
         best = keras.saving.load_model(result.best_checkpoint)
@@ -97,12 +112,25 @@ def run_experiment(cfg: Config) -> Path:
             saved = save_outcome_overlays(result.best_checkpoint, data.images(subsets["test"]), test_labels,
                                           probs[:, 1], test_paths, cfg.gradcam_per_outcome, run_dir / "gradcam")
             log.info("saved %d Grad-CAM overlays in %s", saved, run_dir / "gradcam")
+        shutil.rmtree(run_dir / "backup", ignore_errors=True)  # finished: the resume state is no longer needed
         log.info("test: accuracy %.4f, f1 %.4f, auc %.4f (best epoch %s) -> %s",
                  metrics["accuracy"], metrics["f1"], metrics["auc"], result.best_epoch, run_dir)
     finally:
         logging.getLogger("tumorclf").removeHandler(handler)
         handler.close()
     return run_dir
+
+
+def check_same_config(run_dir: Path, cfg: Config) -> None:
+    """Refuse to resume a run folder that was started with different defining values."""
+    saved_path = run_dir / "config.json"
+    if not saved_path.is_file():
+        return  # interrupted before its config was written: nothing trained yet
+    saved = Config.from_dict(json.loads(saved_path.read_text())["config"]).defining()
+    changed = sorted(k for k, v in cfg.defining().items() if saved.get(k) != v)
+    if changed:
+        raise ConfigError(f"{run_dir} was started with other values of {', '.join(changed)}; "
+                          "resume with the same options or choose another --name")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -12,9 +13,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tumorclf.artifacts import atomic_write_json, atomic_write_text
 from tumorclf.config import Config
 from tumorclf.evaluation import precision_recall_f1
 from tumorclf.models import set_trainable
+from tumorclf.pipeline import TrainData
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +71,14 @@ class F1Checkpoint(keras.callbacks.Callback):
     epoch, added to the epoch logs (so History, CSVLogger and TensorBoard record them), and a
     checkpoint saved only when F1 improves."""
 
-    def __init__(self, val_data: tf.data.Dataset, val_labels: np.ndarray, filepath: str | os.PathLike):
+    def __init__(self, val_data: tf.data.Dataset, val_labels: np.ndarray, filepath: str | os.PathLike,
+                 best_f1: float = -np.inf, best_epoch: int | None = None):
         super().__init__()
         self.val_data = val_data
         self.val_labels = np.asarray(val_labels)
         self.filepath = Path(filepath)
-        self.best_f1 = -np.inf
-        self.best_epoch: int | None = None
+        self.best_f1 = best_f1
+        self.best_epoch = best_epoch
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         probs = self.model.predict(self.val_data, verbose=0)
@@ -87,6 +91,68 @@ class F1Checkpoint(keras.callbacks.Callback):
             save_model_atomically(self.model, self.filepath)
         else:
             log.info("epoch %d: val_f1 %.4f (best %.4f at epoch %d)", epoch + 1, f1, self.best_f1, self.best_epoch)
+
+
+def seed_states(obj: keras.Layer) -> list[keras.Variable]:
+    """The random-generator states of a layer or model (its variables that are not weights)."""
+    weights = {id(w) for w in obj.weights}
+    return [v for v in obj.variables if id(v) not in weights]
+
+
+class EpochSeeding(keras.callbacks.Callback):
+    """At each epoch start, set the data epoch and reset every random-generator state (augmentation
+    layers and the model's own, such as dropout) from (seed, epoch), so that an epoch's randomness
+    does not depend on what ran before it in this process."""
+
+    def __init__(self, seed: int, data: TrainData):
+        super().__init__()
+        self.seed = seed
+        self.data = data
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.data.epoch.assign(epoch)
+        states = seed_states(self.data.augmentation) if self.data.augmentation is not None else []
+        for i, state in enumerate(states + seed_states(self.model)):
+            state.assign(np.array([self.seed * 1009 + i, epoch * 100_003], dtype=state.dtype))
+
+
+PROGRESS = "progress.json"
+
+
+class EpochBackup(keras.callbacks.Callback):
+    """Last callback of an epoch: model and optimizer state to `backup/epoch_NNNN.weights.h5`, then
+    `progress.json` (atomically) naming it with the F1 checkpoint's best. Older backups are removed.
+    A crash at any point leaves `progress.json` pointing at a complete backup."""
+
+    def __init__(self, run_dir: Path, checkpoint: F1Checkpoint):
+        super().__init__()
+        self.run_dir = run_dir
+        self.folder = run_dir / "backup"
+        self.checkpoint = checkpoint
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.folder.mkdir(exist_ok=True)
+        path = self.folder / f"epoch_{epoch + 1:04d}.weights.h5"
+        self.model.save_weights(path)
+        atomic_write_json(self.run_dir / PROGRESS, {
+            "epochs_done": epoch + 1, "backup": path.name,
+            "best_val_f1": float(self.checkpoint.best_f1), "best_epoch": self.checkpoint.best_epoch,
+        })
+        for old in self.folder.glob("epoch_*.weights.h5"):
+            if old != path:
+                old.unlink()
+
+
+def read_progress(run_dir: Path) -> dict | None:
+    path = run_dir / PROGRESS
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def truncate_history(path: Path, epochs_done: int) -> None:
+    """Keep the header and the rows of completed epochs (a crash may have logged one more)."""
+    if path.is_file():
+        lines = path.read_text().splitlines(keepends=True)
+        atomic_write_text(path, "".join(lines[: 1 + epochs_done]))
 
 
 def save_model_atomically(model: keras.Model, path: Path) -> None:
@@ -120,31 +186,50 @@ def train(
     cfg: Config,
     build: Callable[[], keras.Model],
     strategy: tf.distribute.Strategy,
-    train_data: tf.data.Dataset,
+    train_data: TrainData,
     val_data: tf.data.Dataset,
     val_labels: np.ndarray,
     run_dir: Path,
+    resume: bool = False,
 ) -> TrainResult:
     """Build inside the strategy's scope, fit with the configured fine-tuning policy, and keep
-    the best model by validation F1 at `run_dir/best.keras`."""
-    checkpoint = F1Checkpoint(val_data, val_labels, run_dir / "best.keras")
+    the best model by validation F1 at `run_dir/best.keras`. With `resume`, continue after the
+    last completed epoch recorded in `progress.json`, with its weights and optimizer state."""
+    progress = read_progress(run_dir) if resume else None
+    done = progress["epochs_done"] if progress else 0
+    if progress:
+        log.info("resuming after epoch %d (best val_f1 %.4f at epoch %s)", done, progress["best_val_f1"],
+                 progress["best_epoch"])
+        truncate_history(run_dir / "history.csv", done)
+        checkpoint = F1Checkpoint(val_data, val_labels, run_dir / "best.keras", progress["best_val_f1"],
+                                  progress["best_epoch"])
+    else:
+        checkpoint = F1Checkpoint(val_data, val_labels, run_dir / "best.keras")
     callbacks = [
-        checkpoint,  # first, so the loggers below see val_f1
+        EpochSeeding(cfg.seed, train_data),
+        checkpoint,  # before the loggers, so they see val_f1
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
         keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), write_graph=False),
+        EpochBackup(run_dir, checkpoint),  # last: marks the epoch complete
     ]
     with strategy.scope():
         model = build()
-        phases = _phases(cfg)
         start = 0
-        for policy, epochs, learning_rate in phases:
-            trainable = set_trainable(model, policy, cfg.unfreeze_from)
-            log.info("phase %s: %d layers with weights trainable, lr %g, epochs %d-%d",
-                     policy, trainable, learning_rate, start + 1, start + epochs)
-            compile_model(model, learning_rate, cfg.momentum)
-            model.fit(train_data, validation_data=val_data, initial_epoch=start, epochs=start + epochs,
-                      callbacks=callbacks, shuffle=False, verbose=2)
-            start += epochs
+        for policy, epochs, learning_rate in _phases(cfg):
+            end = start + epochs
+            if done < end:
+                if done == start and done > 0:  # resuming at a phase boundary: weights, fresh optimizer
+                    model.load_weights(run_dir / "backup" / progress["backup"])
+                trainable = set_trainable(model, policy, cfg.unfreeze_from)
+                log.info("phase %s: %d layers with weights trainable, lr %g, epochs %d-%d",
+                         policy, trainable, learning_rate, max(start, done) + 1, end)
+                compile_model(model, learning_rate, cfg.momentum)
+                if done > start:  # resuming inside this phase: weights and optimizer state
+                    model.optimizer.build(model.trainable_variables)
+                    model.load_weights(run_dir / "backup" / progress["backup"])
+                model.fit(train_data.dataset, validation_data=val_data, initial_epoch=max(start, done), epochs=end,
+                          callbacks=callbacks, shuffle=False, verbose=2)
+            start = end
     return TrainResult(checkpoint.filepath, checkpoint.best_epoch, float(checkpoint.best_f1), start)
 
 
