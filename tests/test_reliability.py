@@ -77,3 +77,12 @@ def test_fewer_images_than_a_batch_stops_before_training(blob_dataset: Path, tmp
     assert main(args) == 2
     assert "fewer images than one batch" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+
+def test_multiworker_stops_cleanly_with_the_upstream_reason(blob_dataset: Path, tmp_path: Path, capsys):
+    args = ["--data", str(blob_dataset), "--output", str(tmp_path / "runs"), "--strategy", "multiworker"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "keras-team/keras#20585" in err[0]
+    assert not (tmp_path / "runs").exists()

@@ -40,6 +40,12 @@ def run_experiment(cfg: Config) -> Path:
     existing run folder) is checked before the first training step.
     """
     started = time.time()
+    precision = select_precision(cfg.precision, cfg.model)
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        strategy = select_strategy(cfg.strategy)  # the first TensorFlow op, as tf.distribute expects
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     weights, weights_origin = resolve_weights(cfg.model, cfg.imagenet, cfg.weights_dir)
     data = load_dataset(cfg.resolved_data(), cfg.image_size, cfg.classes, cfg.cache_dir, cfg.max_files)
     split = make_split(cfg.split, data.labels, data.image_index, data.unique_images,
@@ -61,12 +67,9 @@ def run_experiment(cfg: Config) -> Path:
         log.info("split %s", split.report)
         for path, reason in data.skipped:
             log.warning("skipped %s: %s", path, reason)
-        precision = select_precision(cfg.precision, cfg.model)
-        keras.mixed_precision.set_global_policy(precision)
         keras.utils.set_random_seed(cfg.seed)
         if cfg.deterministic:
             tf.config.experimental.enable_op_determinism()
-        strategy = select_strategy(cfg.strategy)
         atomic_write_json(run_dir / "config.json", {
             "config": cfg.to_dict(),
             "resolved": {

@@ -50,7 +50,16 @@ def select_precision(
 
 
 def select_strategy(requested: str) -> tf.distribute.Strategy:
-    """The tf.distribute strategy. `auto`: MirroredStrategy when more than one GPU is visible."""
+    """The tf.distribute strategy. `auto`: MirroredStrategy when more than one GPU is visible.
+
+    Call it before any other TensorFlow op, as tf.distribute expects.
+    """
+    if requested == "multiworker":
+        raise ValueError(
+            "--strategy multiworker is not available: Keras 3's Model.fit fails under "
+            "tf.distribute.MultiWorkerMirroredStrategy (keras-team/keras#20585, still failing with "
+            f"Keras {keras.__version__} / TensorFlow {tf.__version__}); use mirrored or default"
+        )
     gpus = tf.config.list_logical_devices("GPU")
     if requested == "auto":
         requested = "mirrored" if len(gpus) > 1 else "default"
@@ -59,10 +68,6 @@ def select_strategy(requested: str) -> tf.distribute.Strategy:
     if requested == "mirrored":
         devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices=devices)
-    if requested == "multiworker":
-        if "TF_CONFIG" not in os.environ:
-            raise ValueError("--strategy multiworker needs the TF_CONFIG environment variable")
-        return tf.distribute.MultiWorkerMirroredStrategy()
     raise ValueError(f"unknown strategy {requested!r}")
 
 
