@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import keras
@@ -90,3 +91,19 @@ def test_train_writes_history_and_best_checkpoint(tmp_path: Path, strategy: str,
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
     assert max(float(r["val_f1"]) for r in rows) == pytest.approx(result.best_val_f1)
     assert any((tmp_path / "tensorboard").rglob("events.out.tfevents*"))
+
+
+def test_patience_stops_training_early(tmp_path: Path):
+    images, labels = blob_arrays(32)
+    cfg = Config(epochs=6, image_size=32, batch_size=8, learning_rate=1e-12, patience=2, augment=False)
+
+    def frozen_in_place() -> keras.Model:  # no batch norm, negligible steps: val F1 cannot change
+        inputs = keras.Input((32, 32, 3))
+        pooled = keras.layers.GlobalAveragePooling2D(name="avg_pool")(inputs)
+        return keras.Model(inputs, keras.layers.Dense(2, activation="softmax", name="predictions")(pooled))
+
+    result = train(cfg, frozen_in_place, select_strategy("default"),
+                   make_train_dataset(images[:16], labels[:16], 8, seed=0), make_dataset(images[16:], labels[16:], 8),
+                   labels[16:], tmp_path)
+    assert result.best_epoch == 1 and result.epochs_run == 3
+    assert json.loads((tmp_path / "progress.json").read_text())["stopped_early"] is True

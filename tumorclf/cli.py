@@ -26,6 +26,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="folder with two class folders (default: $TUMORCLF_DATA)")
     p.add_argument("--classes", nargs=2, metavar=("HEALTHY", "TUMOR"), help="name the two class folders")
     p.add_argument("--epochs", type=int)
+    p.add_argument("--patience", type=int, help="stop after this many epochs without a better validation F1")
     p.add_argument("--image-size", type=int, help="square input size in px (default 224)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--learning-rate", type=float)

@@ -34,6 +34,7 @@ class Config:
     head_epochs: int = 1
     fine_tune_lr_factor: float = 0.1
     epochs: int = 50
+    patience: int | None = None
     image_size: int = 224
     batch_size: int = 32
     learning_rate: float = 1e-4
@@ -100,6 +101,8 @@ class Config:
             raise ConfigError(f"fine_tune=two_phase needs epochs ({self.epochs}) > head_epochs ({self.head_epochs})")
         if self.imagenet and self.model == "simplecnn":
             raise ConfigError("simplecnn has no ImageNet weights; drop --imagenet")
+        if self.patience is not None and self.patience < 1:
+            raise ConfigError(f"patience must be a positive number of epochs, got {self.patience}")
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other; choose one")
         if self.gradcam_per_outcome < 0:

@@ -74,16 +74,19 @@ def select_strategy(requested: str) -> tf.distribute.Strategy:
 class F1Checkpoint(keras.callbacks.Callback):
     """Validation precision, recall and F1 (Tumor positive) on the whole validation set each
     epoch, added to the epoch logs (so History, CSVLogger and TensorBoard record them), and a
-    checkpoint saved only when F1 improves."""
+    checkpoint saved only when F1 improves. With `patience`, training stops once that many epochs
+    pass without improvement (`stopped` is then True)."""
 
     def __init__(self, val_data: tf.data.Dataset, val_labels: np.ndarray, filepath: str | os.PathLike,
-                 best_f1: float = -np.inf, best_epoch: int | None = None):
+                 best_f1: float = -np.inf, best_epoch: int | None = None, patience: int | None = None):
         super().__init__()
         self.val_data = val_data
         self.val_labels = np.asarray(val_labels)
         self.filepath = Path(filepath)
         self.best_f1 = best_f1
         self.best_epoch = best_epoch
+        self.patience = patience
+        self.stopped = False
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         probs = self.model.predict(self.val_data, verbose=0)
@@ -96,6 +99,10 @@ class F1Checkpoint(keras.callbacks.Callback):
             save_model_atomically(self.model, self.filepath)
         else:
             log.info("epoch %d: val_f1 %.4f (best %.4f at epoch %d)", epoch + 1, f1, self.best_f1, self.best_epoch)
+        if self.patience is not None and epoch + 1 - self.best_epoch >= self.patience:
+            log.info("no better val_f1 for %d epochs: stopping early", self.patience)
+            self.stopped = True
+            self.model.stop_training = True
 
 
 def seed_states(obj: keras.Layer) -> list[keras.Variable]:
@@ -142,6 +149,7 @@ class EpochBackup(keras.callbacks.Callback):
         atomic_write_json(self.run_dir / PROGRESS, {
             "epochs_done": epoch + 1, "backup": path.name,
             "best_val_f1": float(self.checkpoint.best_f1), "best_epoch": self.checkpoint.best_epoch,
+            "stopped_early": self.checkpoint.stopped,
         })
         for old in self.folder.glob("epoch_*.weights.h5"):
             if old != path:
@@ -207,9 +215,10 @@ def train(
                  progress["best_epoch"])
         truncate_history(run_dir / "history.csv", done)
         checkpoint = F1Checkpoint(val_data, val_labels, run_dir / "best.keras", progress["best_val_f1"],
-                                  progress["best_epoch"])
+                                  progress["best_epoch"], cfg.patience)
+        checkpoint.stopped = progress.get("stopped_early", False)
     else:
-        checkpoint = F1Checkpoint(val_data, val_labels, run_dir / "best.keras")
+        checkpoint = F1Checkpoint(val_data, val_labels, run_dir / "best.keras", patience=cfg.patience)
     callbacks = [
         EpochSeeding(cfg.seed, train_data),
         checkpoint,  # before the loggers, so they see val_f1
@@ -219,23 +228,27 @@ def train(
     ]
     with strategy.scope():
         model = build()
+        backup = run_dir / "backup" / progress["backup"] if progress else None
         start = 0
         for policy, epochs, learning_rate in _phases(cfg):
             end = start + epochs
-            if done < end:
-                if done == start and done > 0:  # resuming at a phase boundary: weights, fresh optimizer
-                    model.load_weights(run_dir / "backup" / progress["backup"])
+            if done < end and not checkpoint.stopped:
+                if backup is not None and done == start:  # resuming at a phase boundary: weights only
+                    model.load_weights(backup)
+                    backup = None
                 trainable = set_trainable(model, policy, cfg.unfreeze_from)
                 log.info("phase %s: %d layers with weights trainable, lr %g, epochs %d-%d",
                          policy, trainable, learning_rate, max(start, done) + 1, end)
                 compile_model(model, learning_rate, cfg.momentum)
-                if done > start:  # resuming inside this phase: weights and optimizer state
+                if backup is not None:  # resuming inside this phase: weights and optimizer state
                     model.optimizer.build(model.trainable_variables)
-                    model.load_weights(run_dir / "backup" / progress["backup"])
-                model.fit(train_data.dataset, validation_data=val_data, initial_epoch=max(start, done), epochs=end,
-                          callbacks=callbacks, shuffle=False, verbose=2)
+                    model.load_weights(backup)
+                    backup = None
+                history = model.fit(train_data.dataset, validation_data=val_data, initial_epoch=max(start, done),
+                                    epochs=end, callbacks=callbacks, shuffle=False, verbose=2)
+                done = max(start, done) + len(history.epoch)
             start = end
-    return TrainResult(checkpoint.filepath, checkpoint.best_epoch, float(checkpoint.best_f1), start)
+    return TrainResult(checkpoint.filepath, checkpoint.best_epoch, float(checkpoint.best_f1), done)
 
 
 def _phases(cfg: Config) -> list[tuple[str, int, float]]:
