@@ -42,6 +42,16 @@ def _umask() -> int:
     return mask
 
 
+def figure_png(fig) -> bytes:
+    """A matplotlib figure as PNG bytes (closed afterwards), ready for an atomic write."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 

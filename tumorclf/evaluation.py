@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -12,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tumorclf.artifacts import atomic_write_bytes, atomic_write_text, csv_text  # noqa: E402
+from tumorclf.artifacts import atomic_write_bytes, atomic_write_text, csv_text, figure_png  # noqa: E402
 
 EPSILON = 1e-7  # Keras' clipping in categorical cross-entropy
 
@@ -84,7 +83,7 @@ def write_reports(run_dir: Path, metrics: dict, y_true: np.ndarray, probs: np.nd
     ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
     ax.set(xlabel="False positive rate", ylabel="True positive rate", title=f"ROC: {title}")
     ax.legend(loc="lower right")
-    _save_figure(fig, run_dir / "roc.png")
+    atomic_write_bytes(run_dir / "roc.png", figure_png(fig))
 
     fig, ax = plt.subplots(figsize=(4.5, 4))
     matrix = np.asarray(metrics["confusion_matrix"])
@@ -93,14 +92,7 @@ def write_reports(run_dir: Path, metrics: dict, y_true: np.ndarray, probs: np.nd
         ax.text(j, i, str(count), ha="center", va="center", color="white" if count > matrix.max() / 2 else "black")
     ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["Healthy", "Tumor"], yticklabels=["Healthy", "Tumor"])
     ax.set(xlabel="Predicted", ylabel="True", title=f"Confusion matrix: {title}")
-    _save_figure(fig, run_dir / "confusion_matrix.png")
+    atomic_write_bytes(run_dir / "confusion_matrix.png", figure_png(fig))
 
     atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
 
-
-def _save_figure(fig: plt.Figure, path: Path) -> None:
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())

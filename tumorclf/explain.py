@@ -8,7 +8,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import os
@@ -21,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tumorclf.artifacts import atomic_write_bytes  # noqa: E402
+from tumorclf.artifacts import atomic_write_bytes, figure_png  # noqa: E402
 from tumorclf.data import CLASS_NAMES, DecodeError, decode_image, expand_inputs, label_from_folder  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -98,13 +97,6 @@ def overlay(ax, image: np.ndarray, cam: np.ndarray) -> None:
     ax.axis("off")
 
 
-def _png(fig) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return buffer.getvalue()
-
-
 def explain_image_png(image: np.ndarray, cam: np.ndarray, prob_tumor: float, true_label: int | None,
                       caption: str) -> bytes:
     """A two-panel PNG: the slice, and the heatmap overlay titled with truth, prediction and probability."""
@@ -118,7 +110,7 @@ def explain_image_png(image: np.ndarray, cam: np.ndarray, prob_tumor: float, tru
     probability = prob_tumor if predicted else 1 - prob_tumor
     axes[1].set_title(f"predicted: {CLASS_NAMES[predicted]} ({probability:.1%})")
     fig.suptitle(caption, fontsize=9)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def class_to_explain(target: str, prob_tumor: np.ndarray) -> np.ndarray:
@@ -171,7 +163,7 @@ def compare_runs(run_dirs: list[Path], files: list[Path], out: Path, method: str
             overlay(ax, image, cam)
             ax.set_title(f"{title}\nP(tumor) = {p:.3f}", fontsize=8)
         target_path = out / f"compare_{path.stem}_{method}.png"
-        atomic_write_bytes(target_path, _png(fig))
+        atomic_write_bytes(target_path, figure_png(fig))
         written.append(target_path)
     return written
 

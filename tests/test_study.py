@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import keras
+
+from tumorclf.study import main
+
+
+def test_study_runs_skips_finished_and_reports_unavailable_weights(blob_dataset: Path, tmp_path: Path, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(keras.utils, "get_file", no_network)
+    monkeypatch.delenv("TUMORCLF_WEIGHTS_DIR", raising=False)
+    study = tmp_path / "study.yaml"
+    study.write_text(f"""
+output: {tmp_path / 'runs'}
+results: {tmp_path / 'results'}
+splits: [paper, grouped]
+defaults: {{epochs: 2, image_size: 32, batch_size: 8, learning_rate: 0.01, weights_dir: {tmp_path}}}
+runs:
+  - {{model: simplecnn}}
+  - {{model: resnet50, imagenet: true}}
+""")
+    args = ["--config", str(study), "--data", str(blob_dataset)]
+    assert main(args) == 0
+    with open(tmp_path / "results" / "results.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["model"], r["split"], r["status"][:11]) for r in rows] == [
+        ("simplecnn", "paper", "finished"), ("simplecnn", "grouped", "finished"),
+        ("resnet50", "paper", "unavailable"), ("resnet50", "grouped", "unavailable")]
+    assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in rows[2]["status"]
+    assert 0 <= float(rows[0]["accuracy"]) <= 1 and float(rows[0]["train_minutes"]) >= 0
+    tables = (tmp_path / "results" / "tables.md").read_text()
+    assert "### Table 2" in tables and "| simplecnn | 0.7710 |" in tables
+    assert (tmp_path / "results" / "roc_paper.png").is_file() and (tmp_path / "results" / "roc_grouped.png").is_file()
+    assert list((tmp_path / "results" / "gradcam").glob("compare_*.png"))
+
+    # a second invocation trains nothing: finished runs are kept as they are
+    metrics = tmp_path / "runs" / "simplecnn_scratch_paper_32px_seed42" / "metrics.json"
+    before = metrics.stat().st_mtime_ns
+    assert main(args) == 0
+    assert metrics.stat().st_mtime_ns == before
+
+
+def test_study_file_errors(tmp_path: Path, capsys):
+    study = tmp_path / "bad.yaml"
+    study.write_text("runs: []\n")
+    assert main(["--config", str(study)]) == 2
+    assert "non-empty `runs`" in capsys.readouterr().err
