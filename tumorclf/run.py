@@ -92,17 +92,15 @@ def run_experiment(cfg: Config) -> Path:
                                         cfg.seed, cfg.augment, cfg.deterministic)
         datasets = {name: make_dataset(data.images(subsets[name]), data.labels[subsets[name]], cfg.batch_size)
                     for name in ("val", "test")}
-        train_started = time.time()
         result = train(cfg, lambda: build_model(cfg.model, cfg.image_size, weights, cfg.dropout), strategy,
                        train_data, datasets["val"], data.labels[subsets["val"]], run_dir, resume=resuming)
-        train_minutes = (time.time() - train_started) / 60
 
         best = keras.saving.load_model(result.best_checkpoint)
         test_labels = data.labels[subsets["test"]]
         probs = best.predict(datasets["test"], verbose=0)
         metrics = classification_metrics(test_labels, probs)
         metrics.update(best_epoch=result.best_epoch, best_val_f1=result.best_val_f1, epochs_run=result.epochs_run,
-                       train_minutes=round(train_minutes, 2),
+                       train_minutes=round(result.train_seconds / 60, 2),
                        wall_minutes=round((time.time() - started) / 60, 2), model=cfg.model, imagenet=cfg.imagenet,
                        split=cfg.split, image_size=cfg.image_size)
         test_paths = [data.paths[i] for i in subsets["test"]]

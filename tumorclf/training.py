@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -136,11 +137,17 @@ class EpochBackup(keras.callbacks.Callback):
     `progress.json` (atomically) naming it with the F1 checkpoint's best. Older backups are removed.
     A crash at any point leaves `progress.json` pointing at a complete backup."""
 
-    def __init__(self, run_dir: Path, checkpoint: F1Checkpoint):
+    def __init__(self, run_dir: Path, checkpoint: F1Checkpoint, seconds_before: float = 0.0):
         super().__init__()
         self.run_dir = run_dir
         self.folder = run_dir / "backup"
         self.checkpoint = checkpoint
+        self.seconds_before = seconds_before  # training time of earlier, interrupted processes
+        self.started = time.time()
+
+    @property
+    def train_seconds(self) -> float:
+        return self.seconds_before + time.time() - self.started
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self.folder.mkdir(exist_ok=True)
@@ -149,7 +156,7 @@ class EpochBackup(keras.callbacks.Callback):
         atomic_write_json(self.run_dir / PROGRESS, {
             "epochs_done": epoch + 1, "backup": path.name,
             "best_val_f1": float(self.checkpoint.best_f1), "best_epoch": self.checkpoint.best_epoch,
-            "stopped_early": self.checkpoint.stopped,
+            "stopped_early": self.checkpoint.stopped, "train_seconds": round(self.train_seconds, 1),
         })
         for old in self.folder.glob("epoch_*.weights.h5"):
             if old != path:
@@ -193,6 +200,7 @@ class TrainResult:
     best_epoch: int | None
     best_val_f1: float
     epochs_run: int
+    train_seconds: float  # including earlier, interrupted processes of the same run
 
 
 def train(
@@ -219,12 +227,13 @@ def train(
         checkpoint.stopped = progress.get("stopped_early", False)
     else:
         checkpoint = F1Checkpoint(val_data, val_labels, run_dir / "best.keras", patience=cfg.patience)
+    epoch_backup = EpochBackup(run_dir, checkpoint, progress.get("train_seconds", 0.0) if progress else 0.0)
     callbacks = [
         EpochSeeding(cfg.seed, train_data),
         checkpoint,  # before the loggers, so they see val_f1
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
         keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), write_graph=False),
-        EpochBackup(run_dir, checkpoint),  # last: marks the epoch complete
+        epoch_backup,  # last: marks the epoch complete
     ]
     with strategy.scope():
         model = build()
@@ -248,7 +257,8 @@ def train(
                                     epochs=end, callbacks=callbacks, shuffle=False, verbose=2)
                 done = max(start, done) + len(history.epoch)
             start = end
-    return TrainResult(checkpoint.filepath, checkpoint.best_epoch, float(checkpoint.best_f1), done)
+    return TrainResult(checkpoint.filepath, checkpoint.best_epoch, float(checkpoint.best_f1), done,
+                       epoch_backup.train_seconds)
 
 
 def _phases(cfg: Config) -> list[tuple[str, int, float]]:
