@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -67,3 +66,17 @@ def test_run_saves_outcome_overlays_when_asked(blob_dataset: Path, tmp_path: Pat
     assert run_main(args) == 0
     names = [p.name.split("_")[0] for p in (tmp_path / "g" / "gradcam").glob("*.png")]
     assert 1 <= len(names) <= 4 and set(names) <= {"TP", "FP", "FN", "TN"}
+
+
+def test_mixed_precision_models_are_explained_in_float32():
+    import keras
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = build_model("vgg16", 32)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    images = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    cams = heatmaps(model, images, np.array([1, 0]))
+    assert cams.dtype == np.float32 and cams.shape == (2, 32, 32) and 0 <= cams.min() <= cams.max() <= 1
+    assert model.get_layer("block1_conv1").compute_dtype == "bfloat16"  # the caller's model is untouched

@@ -65,3 +65,19 @@ def test_bad_arguments(trained_run: Path, tmp_path: Path, capsys):
     assert main(["--model", str(trained_run / "best.keras"), str(tmp_path / "missing")]) == 2
     assert "inputs not found" in capsys.readouterr().err
     assert main(["--model", str(trained_run / "best.keras"), str(tmp_path), "--out", "x.txt"]) == 2
+
+
+def test_a_backbone_model_loads_in_a_fresh_process(tmp_path: Path, trained_run: Path):
+    """Custom layers (ImageNetPreprocessing) must be registered wherever a model is loaded."""
+    import subprocess
+    import sys
+
+    from tumorclf.models import build_model
+
+    build_model("resnet50", 48).save(tmp_path / "resnet.keras")
+    image = sorted((trained_run.parents[1] / "data" / "tumor").iterdir())[0]
+    out = tmp_path / "p.csv"
+    result = subprocess.run([sys.executable, "-m", "tumorclf.predict", "--model", str(tmp_path / "resnet.keras"),
+                             str(image), "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-1500:]
+    assert read_csv(out)[0]["error"] == "" and float(read_csv(out)[0]["prob_tumor"]) >= 0

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import keras
-import pytest
 
 from tumorclf.cli import main
 

@@ -57,8 +57,11 @@ def heatmaps(model, images: np.ndarray, classes: np.ndarray, method: str = "grad
     from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
     from tf_keras_vis.utils.scores import CategoricalScore
 
+    from tumorclf.models import to_float32
+
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    model = to_float32(model)
     layer = target_layer(model, layer)
     score = CategoricalScore([int(c) for c in classes])
     seed = np.asarray(images, dtype="float32")
@@ -77,12 +80,12 @@ def heatmaps(model, images: np.ndarray, classes: np.ndarray, method: str = "grad
 
 def load_run_model(run_dir: Path):
     """A fresh copy of a run's best model (explanations modify the model they are given)."""
-    import keras
+    from tumorclf.models import load_model
 
     best = Path(run_dir) / "best.keras"
     if not best.is_file():
         raise FileNotFoundError(f"{run_dir} has no best.keras (not a finished run)")
-    return keras.saving.load_model(best)
+    return load_model(best)
 
 
 def run_title(run_dir: Path) -> str:
@@ -182,7 +185,7 @@ def _decode_all(files: list[Path], size: int) -> tuple[np.ndarray, list[Path]]:
 def save_outcome_overlays(model_path: Path, images: np.ndarray, labels: np.ndarray, prob_tumor: np.ndarray,
                           paths: list[str], per_outcome: int, out: Path) -> int:
     """Overlays for up to `per_outcome` test images of each outcome (TP, FP, FN, TN); returns how many."""
-    import keras
+    from tumorclf.models import load_model
 
     predicted = (prob_tumor >= 0.5).astype(int)
     outcomes = {"TP": (1, 1), "FP": (0, 1), "FN": (1, 0), "TN": (0, 0)}
@@ -190,7 +193,7 @@ def save_outcome_overlays(model_path: Path, images: np.ndarray, labels: np.ndarr
     rows = np.concatenate(list(picks.values())).astype(int)
     if not len(rows):
         return 0
-    model = keras.saving.load_model(model_path)
+    model = load_model(model_path)
     cams = heatmaps(model, images[rows], predicted[rows])
     names = [name for name, chosen in picks.items() for _ in chosen]
     for name, row, cam in zip(names, rows, cams):

@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from tumorclf.artifacts import RunExistsError, atomic_write_json, atomic_write_text, versions
+from tumorclf.models import load_model
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ def export_run(run_dir: Path, out: Path | None = None, threshold: float = 0.5, o
         if not overwrite:
             raise RunExistsError(f"{out} already exists; pass --overwrite to replace it or --out to choose another")
         shutil.rmtree(out)
-    model = keras.saving.load_model(best)
+    model = load_model(best)
     staging = out.with_name(f".{out.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

@@ -75,6 +75,30 @@ class ImageNetPreprocessing(layers.Layer):
         return {**super().get_config(), "mode": self.mode}
 
 
+def load_model(path: str | os.PathLike) -> keras.Model:
+    """Load a `.keras` model saved by tumorclf; this module registers its custom layers."""
+    return keras.saving.load_model(path)
+
+
+def to_float32(model: keras.Model) -> keras.Model:
+    """A float32 copy of a mixed-precision model (same weights), e.g. for gradient-based explanations."""
+    if all(layer.dtype_policy.compute_dtype == "float32" for layer in model.layers):
+        return model
+
+    def float32_policies(node):
+        if isinstance(node, dict):
+            if node.get("class_name") == "DTypePolicy":
+                return {**node, "config": {**node["config"], "name": "float32"}}
+            return {key: float32_policies(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [float32_policies(item) for item in node]
+        return node
+
+    copy = keras.Model.from_config(float32_policies(model.get_config()))
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def resolve_weights(model: str, imagenet: bool, weights_dir: str | None = None) -> tuple[str | None, str]:
     """Where the backbone's initial weights come from: (path or None, a description for the config).
 

@@ -6,7 +6,6 @@ Usage: ``python -m tumorclf.predict --model PATH INPUT... [--out preds.csv|preds
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -25,8 +24,9 @@ Predictor = Callable[[np.ndarray], np.ndarray]
 
 def load_predictor(path: Path) -> tuple[Predictor, int]:
     """A function from float32 0-255 RGB batches to [Healthy, Tumor] probabilities, and the image size."""
-    import keras
     import tensorflow as tf
+
+    from tumorclf.models import load_model
 
     if path.is_dir() and (path / "saved_model.pb").is_file():
         serve = tf.saved_model.load(str(path)).signatures["serve"]
@@ -34,7 +34,7 @@ def load_predictor(path: Path) -> tuple[Predictor, int]:
         output = next(iter(serve.structured_outputs))
         return (lambda batch: serve(images=tf.constant(batch))[output].numpy()), size
     if path.is_file() and path.suffix == ".keras":
-        model = keras.saving.load_model(path)
+        model = load_model(path)
         return (lambda batch: model.predict(batch, verbose=0)), int(model.input_shape[1])
     raise FileNotFoundError(f"{path} is neither a .keras file nor a SavedModel folder")
 

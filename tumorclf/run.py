@@ -25,7 +25,7 @@ from tumorclf.artifacts import (
 from tumorclf.config import Config, ConfigError
 from tumorclf.data import CLASS_NAMES, DataError, load_dataset
 from tumorclf.evaluation import classification_metrics, write_reports
-from tumorclf.models import build_model, resolve_weights
+from tumorclf.models import build_model, load_model, resolve_weights
 from tumorclf.pipeline import make_dataset, make_train_dataset
 from tumorclf.splits import make_split, manifest_csv
 from tumorclf.training import select_precision, select_strategy, train
@@ -95,7 +95,7 @@ def run_experiment(cfg: Config) -> Path:
         result = train(cfg, lambda: build_model(cfg.model, cfg.image_size, weights, cfg.dropout), strategy,
                        train_data, datasets["val"], data.labels[subsets["val"]], run_dir, resume=resuming)
 
-        best = keras.saving.load_model(result.best_checkpoint)
+        best = load_model(result.best_checkpoint)
         test_labels = data.labels[subsets["test"]]
         probs = best.predict(datasets["test"], verbose=0)
         metrics = classification_metrics(test_labels, probs)
