@@ -122,16 +122,20 @@ def class_to_explain(target: str, prob_tumor: np.ndarray) -> np.ndarray:
     return np.full(len(prob_tumor), 1 if target == "tumor" else 0)
 
 
+def explain_run(run_dir: Path, files: list[Path], method: str, target: str, layer: str | None = None):
+    """Decode `files` at the run's size, predict, and compute heatmaps: (kept files, images, P(tumor), maps)."""
+    model = load_run_model(run_dir)
+    images, kept = _decode_all(files, int(model.input_shape[1]))
+    if not kept:
+        return [], images, np.empty(0), np.empty((0, *images.shape[1:3]))
+    prob_tumor = model.predict(images.astype("float32"), verbose=0)[:, 1]
+    return kept, images, prob_tumor, heatmaps(model, images, class_to_explain(target, prob_tumor), method, layer)
+
+
 def explain_images(run_dir: Path, files: list[Path], out: Path, method: str = "gradcam",
                    target: str = "predicted", layer: str | None = None) -> list[Path]:
     """One overlay PNG per readable file in `out`; unreadable files are logged and skipped."""
-    model = load_run_model(run_dir)
-    size = int(model.input_shape[1])
-    images, kept = _decode_all(files, size)
-    if not kept:
-        return []
-    prob_tumor = model.predict(images.astype("float32"), verbose=0)[:, 1]
-    cams = heatmaps(model, images, class_to_explain(target, prob_tumor), method, layer)
+    kept, images, prob_tumor, cams = explain_run(run_dir, files, method, target, layer)
     written = []
     caption = f"{run_title(run_dir)}, {method} on {target} class"
     for path, image, cam, p in zip(kept, images, cams, prob_tumor):
@@ -146,10 +150,7 @@ def compare_runs(run_dirs: list[Path], files: list[Path], out: Path, method: str
     """For each file, one figure: the slice, then each run's overlay side by side (the paper's Figs. 5-8)."""
     columns = []
     for run_dir in run_dirs:
-        model = load_run_model(run_dir)
-        images, kept = _decode_all(files, int(model.input_shape[1]))
-        prob_tumor = model.predict(images.astype("float32"), verbose=0)[:, 1]
-        cams = heatmaps(model, images, class_to_explain(target, prob_tumor), method)
+        kept, images, prob_tumor, cams = explain_run(run_dir, files, method, target)
         columns.append((run_title(run_dir), dict(zip(kept, zip(images, cams, prob_tumor)))))
     written = []
     for path in files:
