@@ -77,7 +77,7 @@ def bench_model(name: str, image_size: int, batch_size: int, steps: int, precisi
     from tumorclf.models import build_model
     from tumorclf.training import compile_model, select_precision
 
-    policy = select_precision(precision, name)
+    policy = select_precision(precision)
     keras.mixed_precision.set_global_policy(policy)
     model = build_model(name, image_size)
     compile_model(model, 1e-4, 0.9)
@@ -137,7 +137,7 @@ def bench_fit_real_vs_synthetic(name: str, data_dir: Path, image_size: int, batc
     from tumorclf.pipeline import make_train_dataset
     from tumorclf.training import compile_model, select_precision
 
-    keras.mixed_precision.set_global_policy(select_precision(precision, name))
+    keras.mixed_precision.set_global_policy(select_precision(precision))
     data = load_dataset(data_dir, image_size)
     n = (steps + 1) * batch_size
     real = make_train_dataset(data.images(np.arange(n)), data.labels[:n], batch_size, seed=0).dataset

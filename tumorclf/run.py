@@ -40,7 +40,7 @@ def run_experiment(cfg: Config) -> Path:
     existing run folder) is checked before the first training step.
     """
     started = time.time()
-    precision = select_precision(cfg.precision, cfg.model)
+    precision = select_precision(cfg.precision)
     keras.mixed_precision.set_global_policy(precision)
     try:
         strategy = select_strategy(cfg.strategy)  # the first TensorFlow op, as tf.distribute expects

@@ -32,22 +32,19 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def select_precision(
-    requested: str, model: str, gpus: int | None = None, bf16_cpu: bool | None = None
-) -> str:
+def select_precision(requested: str, gpus: int | None = None, bf16_cpu: bool | None = None) -> str:
     """The Keras dtype policy to use.
 
-    `auto`: mixed_float16 on a GPU. On a CPU with native bf16, mixed_bfloat16 for the
-    keras.applications backbones (VGG16 trained 2.7x faster) but float32 for SimpleCNN, whose
-    small convolutions ran 20% slower in bf16 (README, "Precision"). float32 otherwise.
+    `auto`: mixed_float16 on a GPU; mixed_bfloat16 on a CPU with native bf16, where
+    `python -m tumorclf.bench` measured every model faster (VGG16 training 1.9x, SimpleCNN 1.24x;
+    README, "Precision"); float32 otherwise.
     """
     if requested != "auto":
         return requested
     gpus = len(tf.config.list_physical_devices("GPU")) if gpus is None else gpus
     if gpus:
         return "mixed_float16"
-    bf16_cpu = cpu_has_bf16() if bf16_cpu is None else bf16_cpu
-    return "mixed_bfloat16" if bf16_cpu and model != "simplecnn" else "float32"
+    return "mixed_bfloat16" if (cpu_has_bf16() if bf16_cpu is None else bf16_cpu) else "float32"
 
 
 def select_strategy(requested: str) -> tf.distribute.Strategy:
