@@ -146,9 +146,6 @@ class Config:
             raise ConfigError(f"unknown config keys: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
         return cls(**{k.replace("-", "_"): v for k, v in values.items()})
 
-    def replace(self, **changes: Any) -> "Config":
-        return dataclasses.replace(self, **changes)
-
     def defining(self) -> dict[str, Any]:
         """The values that define the run's result (not how it is launched)."""
         launch = {"resume", "overwrite", "output", "name", "cache_dir", "weights_dir", "data"}

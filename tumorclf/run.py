@@ -50,8 +50,8 @@ def run_experiment(cfg: Config) -> Path:
     data = load_dataset(cfg.resolved_data(), cfg.image_size, cfg.classes, cfg.cache_dir, cfg.max_files)
     split = make_split(cfg.split, data.labels, data.image_index, data.unique_images,
                        cfg.split_fractions, cfg.seed, cfg.near_duplicate_bits)
-    small = {name: len(split.indices(name)) for name in ("train", "val", "test")
-             if len(split.indices(name)) < cfg.batch_size}
+    subsets = {name: split.indices(name) for name in ("train", "val", "test")}
+    small = {name: len(rows) for name, rows in subsets.items() if len(rows) < cfg.batch_size}
     if small:
         raise DataError(f"fewer images than one batch ({cfg.batch_size}) in split(s) {small}; "
                         "use more data or a smaller --batch-size")
@@ -87,7 +87,6 @@ def run_experiment(cfg: Config) -> Path:
         })
         atomic_write_text(run_dir / "split.csv", manifest_csv(data.paths, data.labels, data.sha256, split))
         atomic_write_text(run_dir / "skipped.csv", csv_text(["path", "reason"], data.skipped))
-        subsets = {name: split.indices(name) for name in ("train", "val", "test")}
         train_data = make_train_dataset(data.images(subsets["train"]), data.labels[subsets["train"]], cfg.batch_size,
                                         cfg.seed, cfg.augment, cfg.deterministic)
         datasets = {name: make_dataset(data.images(subsets[name]), data.labels[subsets[name]], cfg.batch_size)
