@@ -72,14 +72,12 @@ def run_study(configs: list[Config], results: Path, run: bool = True) -> list[di
             resolve_weights(cfg.model, cfg.imagenet, cfg.weights_dir)
         except WeightsError as exc:
             rows.append(row_for(cfg, f"unavailable: {exc}"))
-            continue
-        if run and not (cfg.run_dir / "metrics.json").is_file():
-            log.info("study %d/%d: %s", i + 1, len(configs), cfg.run_name)
-            run_experiment(cfg)
-        status = "partial" if (cfg.run_dir / "progress.json").is_file() else "pending"
-        rows.append(row_for(cfg, status))
+        else:
+            if run and not (cfg.run_dir / "metrics.json").is_file():
+                log.info("study %d/%d: %s", i + 1, len(configs), cfg.run_name)
+                run_experiment(cfg)
+            rows.append(row_for(cfg, "partial" if (cfg.run_dir / "progress.json").is_file() else "pending"))
         write_results(rows, results)
-    write_results(rows, results)
     return rows
 
 
