@@ -33,8 +33,17 @@ def test_bench_writes_json_with_the_fields(blob_dataset: Path, tmp_path: Path):
     assert {"train_img_per_s", "infer_img_per_s", "efficiency"} <= set(row)
     assert row["train_img_per_s"] > 0 and 0 < row["efficiency"] < 1.5
     assert result["matmul_gflop_per_s"]["float32"] > 0 and result["pipeline"]["images"] == 80
-    assert result["fit"]["real_over_synthetic"] > 0 and result["peak_rss_mib"] > 0
+    assert result["fit"][0]["model"] == "simplecnn" and result["fit"][0]["real_over_synthetic"] > 0
+    assert result["peak_rss_mib"] > 0 and row["jit_compile"] is False
 
 
 def test_bench_rejects_unknown_models():
     assert main(["--models", "alexnet"]) == 2
+
+
+def test_bench_measures_xla_when_asked(tmp_path: Path):
+    out = tmp_path / "xla.json"
+    assert main(["--models", "simplecnn", "--image-size", "32", "--batch-size", "4", "--steps", "1", "--jit-compile",
+                 "--out", str(out)]) == 0
+    row = json.loads(out.read_text())["models"][0]
+    assert row["jit_compile"] is True and row["train_img_per_s"] > 0

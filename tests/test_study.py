@@ -25,6 +25,12 @@ runs:
   - {{model: resnet50, imagenet: true}}
 """)
     args = ["--config", str(study), "--data", str(blob_dataset)]
+    assert main([*args, "--status"]) == 0  # reports every row, trains nothing
+    with open(tmp_path / "results" / "results.csv") as handle:
+        assert [r["status"][:11] for r in csv.DictReader(handle)] == ["pending"] * 2 + ["unavailable"] * 2
+    assert main([*args, "--only", "resnet50"]) == 0  # nothing of resnet50 can run; the other rows are kept
+    with open(tmp_path / "results" / "results.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == 4
     assert main(args) == 0
     with open(tmp_path / "results" / "results.csv") as handle:
         rows = list(csv.DictReader(handle))
@@ -34,7 +40,7 @@ runs:
     assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in rows[2]["status"]
     assert 0 <= float(rows[0]["accuracy"]) <= 1 and float(rows[0]["train_minutes"]) >= 0
     tables = (tmp_path / "results" / "tables.md").read_text()
-    assert "### Table 2" in tables and "| simplecnn | 0.7710 |" in tables
+    assert "### Table 2" in tables and "| simplecnn (32 px, ≤2 epochs) | 0.7710 |" in tables
     assert (tmp_path / "results" / "roc_paper.png").is_file() and (tmp_path / "results" / "roc_grouped.png").is_file()
     assert list((tmp_path / "results" / "gradcam").glob("compare_*.png"))
 

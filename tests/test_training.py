@@ -12,7 +12,15 @@ import tensorflow as tf
 from tumorclf.config import Config
 from tumorclf.models import build_model
 from tumorclf.pipeline import make_dataset, make_train_dataset
-from tumorclf.training import F1Checkpoint, _phases, select_precision, select_strategy, train
+from tumorclf.training import (
+    Clock,
+    F1Checkpoint,
+    HeldOutCurve,
+    _phases,
+    select_precision,
+    select_strategy,
+    train,
+)
 
 
 def tiny_classifier() -> keras.Model:
@@ -53,11 +61,12 @@ def test_select_precision():
     assert select_precision("auto", gpus=0, bf16_cpu=False) == "float32"
 
 
-def test_select_strategy():
+def test_select_strategy(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
     assert select_strategy("default") is tf.distribute.get_strategy()
     assert select_strategy("auto") is tf.distribute.get_strategy()  # no GPUs here
     assert select_strategy("mirrored").num_replicas_in_sync == 2  # two logical CPUs (conftest)
-    with pytest.raises(ValueError, match="keras-team/keras#20585"):
+    with pytest.raises(ValueError, match="needs TF_CONFIG"):
         select_strategy("multiworker")
 
 
@@ -105,3 +114,37 @@ def test_patience_stops_training_early(tmp_path: Path):
                    labels[16:], tmp_path)
     assert result.best_epoch == 1 and result.epochs_run == 3
     assert json.loads((tmp_path / "progress.json").read_text())["stopped_early"] is True
+
+
+def test_time_limit_stops_training_and_holds_on_resume(tmp_path: Path):
+    images, labels = blob_arrays(32)
+    cfg = Config(epochs=5, image_size=32, batch_size=8, max_minutes=1e-6, track_test=True)
+    args = (lambda: build_model("simplecnn", 32), select_strategy("default"),
+            make_train_dataset(images[:16], labels[:16], 8, seed=0), make_dataset(images[16:], labels[16:], 8),
+            labels[16:], tmp_path)
+    result = train(cfg, *args, test=(make_dataset(images[16:], labels[16:], 8), labels[16:]))
+    assert result.epochs_run == 1 and result.train_seconds > 0
+    with open(tmp_path / "history.csv") as handle:
+        row = next(csv.DictReader(handle))
+    assert float(row["elapsed_minutes"]) > 0 and "test_accuracy" in row
+    assert train(cfg, *args, resume=True).epochs_run == 1  # the spent budget is remembered
+
+
+def test_clock_and_test_tracker_logs():
+    clock = Clock(seconds_before=120.0, limit_minutes=3)
+    clock.set_model(tiny_classifier())
+    clock.model.stop_training = False
+    logs: dict = {}
+    clock.on_epoch_end(0, logs)
+    assert 2.0 <= logs["elapsed_minutes"] < 2.1 and not clock.model.stop_training
+    clock.seconds_before = 180.0
+    clock.on_epoch_end(1, logs)
+    assert clock.model.stop_training
+
+    x = np.array([[-1], [1], [-1], [1]], "float32")
+    model = tiny_classifier()
+    set_behaviour(model, "right")
+    tracker = HeldOutCurve(x, np.array([0, 1, 1, 1]))
+    tracker.set_model(model)
+    tracker.on_epoch_end(0, logs)
+    assert logs["test_accuracy"] == 0.75 and logs["test_f1"] == pytest.approx(0.8)

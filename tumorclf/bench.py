@@ -70,7 +70,8 @@ def peak_memory_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bench_model(name: str, image_size: int, batch_size: int, steps: int, precision: str, limits: dict) -> dict:
+def bench_model(name: str, image_size: int, batch_size: int, steps: int, precision: str, limits: dict,
+                jit_compile: bool = False) -> dict:
     """Training and inference images/s on synthetic data, FLOPs per image and efficiency vs the matmul limit."""
     import keras
 
@@ -80,7 +81,7 @@ def bench_model(name: str, image_size: int, batch_size: int, steps: int, precisi
     policy = select_precision(precision)
     keras.mixed_precision.set_global_policy(policy)
     model = build_model(name, image_size)
-    compile_model(model, 1e-4, 0.9)
+    compile_model(model, 1e-4, 0.9, jit_compile)
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (batch_size, image_size, image_size, 3)).astype("float32")
     y = np.eye(2, dtype="float32")[rng.integers(0, 2, batch_size)]
@@ -98,7 +99,8 @@ def bench_model(name: str, image_size: int, batch_size: int, steps: int, precisi
     limit = limits["bfloat16" if policy == "mixed_bfloat16" else "float32"] * 1e9
     keras.mixed_precision.set_global_policy("float32")
     return {
-        "model": name, "precision": policy, "image_size": image_size, "batch_size": batch_size,
+        "model": name, "precision": policy, "jit_compile": jit_compile, "image_size": image_size,
+        "batch_size": batch_size,
         "train_img_per_s": round(train_rate, 2), "infer_img_per_s": round(infer_rate, 2),
         "forward_gflops_per_img": round(flops / 1e9, 3),
         # training ~ 3x the forward FLOPs (forward, input gradients, weight gradients)
@@ -169,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", choices=PRECISIONS, default="auto")
     p.add_argument("--data", type=Path, default=os.environ.get("TUMORCLF_DATA"),
                    help="real dataset for the pipeline and fit() measurements (default $TUMORCLF_DATA; skipped if unset)")
+    p.add_argument("--jit-compile", action="store_true", help="XLA-compile the synthetic train steps")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     args = p.parse_args(argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -189,16 +192,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'model':<12} {'precision':<15} {'train img/s':>11} {'infer img/s':>11} {'GFLOP/img':>9} "
           f"{'efficiency':>10} {'peak MiB':>9}")
     for name in models:
-        row = bench_model(name, args.image_size, args.batch_size, args.steps, args.precision, limits)
+        row = bench_model(name, args.image_size, args.batch_size, args.steps, args.precision, limits, args.jit_compile)
         results["models"].append(row)
         print(f"{name:<12} {row['precision']:<15} {row['train_img_per_s']:>11} {row['infer_img_per_s']:>11} "
               f"{row['forward_gflops_per_img']:>9} {row['efficiency']:>10} {row['peak_rss_mib']:>9}", flush=True)
     if args.data:
         results["pipeline"] = bench_pipeline(Path(args.data), args.image_size, args.batch_size)
         print(f"input pipeline: {results['pipeline']}")
-        results["fit"] = bench_fit_real_vs_synthetic(models[0], Path(args.data), args.image_size, args.batch_size,
-                                                     args.steps, args.precision)
-        print(f"fit on real data vs synthetic: {results['fit']}")
+        results["fit"] = []
+        for name in models:
+            row = bench_fit_real_vs_synthetic(name, Path(args.data), args.image_size, args.batch_size, args.steps,
+                                              args.precision)
+            results["fit"].append(row)
+            print(f"fit on real data vs synthetic: {row}", flush=True)
     results["peak_rss_mib"] = round(peak_memory_mib(), 0)
     if args.out:
         atomic_write_json(args.out, results)

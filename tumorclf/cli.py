@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from tumorclf.config import FINE_TUNE, MODELS, PRECISIONS, SPLITS, STRATEGIES, Config, ConfigError, build_config
+from tumorclf.config import FINE_TUNE, MODELS, PRECISIONS, RECIPES, SPLITS, STRATEGIES, Config, ConfigError, build_config
 
 
 def parser() -> argparse.ArgumentParser:
@@ -19,6 +19,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML file of config keys (flags given here override it)")
     p.add_argument("--model", choices=MODELS)
     p.add_argument("--imagenet", action="store_const", const=True, help="start from ImageNet weights")
+    p.add_argument("--recipe", choices=RECIPES,
+                   help="paper (default: the study's SGD recipe) or fast (with --imagenet: cached frozen features, "
+                   "then the last stage and head; see README)")
+    p.add_argument("--feature-views", type=int, help="with --recipe fast: cached views per training image (default 3)")
     p.add_argument("--weights-dir", help="folder holding Keras' ImageNet weight files (also TUMORCLF_WEIGHTS_DIR)")
     p.add_argument("--fine-tune", choices=FINE_TUNE, help="full (default), frozen, from_layer or two_phase")
     p.add_argument("--unfreeze-from", help="with --fine-tune from_layer: first layer/block to train, e.g. block5")
@@ -27,6 +31,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", nargs=2, metavar=("HEALTHY", "TUMOR"), help="name the two class folders")
     p.add_argument("--epochs", type=int)
     p.add_argument("--patience", type=int, help="stop after this many epochs without a better validation F1")
+    p.add_argument("--max-minutes", type=float, help="stop after the epoch that passes this much training time")
+    p.add_argument("--track-test", action="store_const", const=True,
+                   help="log test accuracy each epoch for time-to-accuracy curves (never used to choose the epoch)")
     p.add_argument("--image-size", type=int, help="square input size in px (default 224)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--learning-rate", type=float)
@@ -40,6 +47,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="decoded-image cache (default $TUMORCLF_CACHE or ~/.cache/tumorclf)")
     p.add_argument("--precision", choices=PRECISIONS)
     p.add_argument("--strategy", choices=STRATEGIES)
+    p.add_argument("--jit-compile", action="store_const", const=True,
+                   help="compile the train step with XLA (measure first: python -m tumorclf.bench --jit-compile)")
     p.add_argument("--gradcam", dest="gradcam_per_outcome", type=int, metavar="N",
                    help="after testing, save Grad-CAM overlays of N test images per outcome (TP/FP/FN/TN)")
     p.add_argument("--output", help="parent folder of run folders (default runs/)")

@@ -15,6 +15,7 @@ SPLITS = ("grouped", "paper")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
 FINE_TUNE = ("full", "frozen", "from_layer", "two_phase")
+RECIPES = ("paper", "fast")
 
 
 class ConfigError(ValueError):
@@ -28,6 +29,8 @@ class Config:
     model: str = "simplecnn"
     data: str | None = None
     imagenet: bool = False
+    recipe: str = "paper"  # "fast": cached frozen features, then the top stage and head (tumorclf.fast)
+    feature_views: int = 3  # fast recipe: cached views of each training image (the first unaugmented)
     weights_dir: str | None = None
     fine_tune: str = "full"
     unfreeze_from: str | None = None
@@ -35,6 +38,8 @@ class Config:
     fine_tune_lr_factor: float = 0.1
     epochs: int = 50
     patience: int | None = None
+    max_minutes: float | None = None  # stop after the epoch that passes this much training time
+    track_test: bool = False  # log test accuracy each epoch, for time-to-accuracy curves (never to choose)
     image_size: int = 224
     batch_size: int = 32
     learning_rate: float = 1e-4
@@ -48,6 +53,7 @@ class Config:
     classes: tuple[str, str] | None = None
     cache_dir: str | None = None
     precision: str = "auto"
+    jit_compile: bool = False  # XLA; optional because it measured slower for VGG16 on a 2-core CPU
     strategy: str = "auto"
     output: str = "runs"
     name: str | None = None
@@ -72,6 +78,7 @@ class Config:
         _choice("precision", self.precision, PRECISIONS)
         _choice("strategy", self.strategy, STRATEGIES)
         _choice("fine_tune", self.fine_tune, FINE_TUNE)
+        _choice("recipe", self.recipe, RECIPES)
         for name in ("epochs", "image_size", "batch_size", "head_epochs"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
@@ -101,6 +108,17 @@ class Config:
             raise ConfigError(f"fine_tune=two_phase needs epochs ({self.epochs}) > head_epochs ({self.head_epochs})")
         if self.imagenet and self.model == "simplecnn":
             raise ConfigError("simplecnn has no ImageNet weights; drop --imagenet")
+        if self.recipe == "fast":
+            if self.model == "simplecnn":
+                raise ConfigError("recipe fast fine-tunes a pretrained backbone; simplecnn has none")
+            if not self.imagenet:
+                raise ConfigError("recipe fast fine-tunes a pretrained backbone: add --imagenet")
+            if self.fine_tune != "full":
+                raise ConfigError("recipe fast sets its own fine-tuning (the top stage and head); drop --fine-tune")
+        if self.feature_views < 1:
+            raise ConfigError(f"feature_views must be a positive integer, got {self.feature_views}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ConfigError(f"max_minutes must be > 0, got {self.max_minutes}")
         if self.patience is not None and self.patience < 1:
             raise ConfigError(f"patience must be a positive number of epochs, got {self.patience}")
         if self.resume and self.overwrite:
@@ -118,7 +136,8 @@ class Config:
         weights = "imagenet" if self.imagenet else "scratch"
         if self.model == "simplecnn":
             weights = "scratch"
-        return f"{self.model}_{weights}_{self.split}_{self.image_size}px_seed{self.seed}"
+        recipe = "_fast" if self.recipe == "fast" else ""
+        return f"{self.model}_{weights}_{self.split}_{self.image_size}px_seed{self.seed}{recipe}"
 
     @property
     def run_dir(self) -> Path:

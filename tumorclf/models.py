@@ -40,6 +40,16 @@ BACKBONES: dict[str, Backbone] = {
     "resnet152": Backbone(keras.applications.ResNet152, "caffe", "resnet"),
 }
 
+# The fast recipe's cut: the last layer of the frozen part, the output of each backbone's
+# second-to-last stage. Everything after it (the last stage and the head) is trained.
+FAST_CUT: dict[str, str] = {
+    "vgg16": "block4_pool",
+    "densenet121": "pool4_pool",
+    "resnet50": "conv4_block6_out",
+    "resnet101": "conv4_block23_out",
+    "resnet152": "conv4_block36_out",
+}
+
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 _TORCH_MEAN = (0.485, 0.456, 0.406)
 _TORCH_STD = (0.229, 0.224, 0.225)

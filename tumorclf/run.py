@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,10 +26,11 @@ from tumorclf.artifacts import (
 from tumorclf.config import Config, ConfigError
 from tumorclf.data import CLASS_NAMES, DataError, load_dataset
 from tumorclf.evaluation import classification_metrics, write_reports
+from tumorclf.fast import train_fast
 from tumorclf.models import build_model, load_model, resolve_weights
 from tumorclf.pipeline import make_dataset, make_train_dataset
 from tumorclf.splits import make_split, manifest_csv
-from tumorclf.training import select_precision, select_strategy, train
+from tumorclf.training import is_chief, is_multiworker, select_precision, select_strategy, train
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +57,14 @@ def run_experiment(cfg: Config) -> Path:
     if small:
         raise DataError(f"fewer images than one batch ({cfg.batch_size}) in split(s) {small}; "
                         "use more data or a smaller --batch-size")
-    run_dir = cfg.run_dir
-    resuming = create_run_dir(run_dir, cfg.overwrite, cfg.resume)
+    if is_multiworker(strategy) and (cfg.resume or cfg.recipe == "fast"):
+        raise ConfigError("--strategy multiworker supports neither --resume nor --recipe fast")
+    if is_chief(strategy):
+        run_dir = cfg.run_dir
+        resuming = create_run_dir(run_dir, cfg.overwrite, cfg.resume)
+    else:  # a non-chief worker trains in step with the chief but writes only to a folder it then removes
+        run_dir, resuming = Path(tempfile.mkdtemp(prefix="tumorclf_worker_")), False
+        log.info("non-chief worker: the chief writes %s", cfg.run_dir)
     if resuming:
         check_same_config(run_dir, cfg)
         if (run_dir / "metrics.json").is_file():
@@ -87,12 +95,18 @@ def run_experiment(cfg: Config) -> Path:
         })
         atomic_write_text(run_dir / "split.csv", manifest_csv(data.paths, data.labels, data.sha256, split))
         atomic_write_text(run_dir / "skipped.csv", csv_text(["path", "reason"], data.skipped))
-        train_data = make_train_dataset(data.images(subsets["train"]), data.labels[subsets["train"]], cfg.batch_size,
-                                        cfg.seed, cfg.augment, cfg.deterministic)
+        build = lambda: build_model(cfg.model, cfg.image_size, weights, cfg.dropout)  # noqa: E731
         datasets = {name: make_dataset(data.images(subsets[name]), data.labels[subsets[name]], cfg.batch_size)
                     for name in ("val", "test")}
-        result = train(cfg, lambda: build_model(cfg.model, cfg.image_size, weights, cfg.dropout), strategy,
-                       train_data, datasets["val"], data.labels[subsets["val"]], run_dir, resume=resuming)
+        if cfg.recipe == "fast":
+            result = train_fast(cfg, build, strategy, {k: data.images(v) for k, v in subsets.items()},
+                                {k: data.labels[v] for k, v in subsets.items()}, run_dir, resume=resuming)
+        else:
+            train_data = make_train_dataset(data.images(subsets["train"]), data.labels[subsets["train"]],
+                                            cfg.batch_size, cfg.seed, cfg.augment, cfg.deterministic)
+            test = (datasets["test"], data.labels[subsets["test"]]) if cfg.track_test else None
+            result = train(cfg, build, strategy, train_data, datasets["val"], data.labels[subsets["val"]], run_dir,
+                           resume=resuming, test=test)
 
         best = load_model(result.best_checkpoint)
         test_labels = data.labels[subsets["test"]]
@@ -118,7 +132,9 @@ def run_experiment(cfg: Config) -> Path:
     finally:
         logging.getLogger("tumorclf").removeHandler(handler)
         handler.close()
-    return run_dir
+        if run_dir != cfg.run_dir:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    return cfg.run_dir
 
 
 def check_same_config(run_dir: Path, cfg: Config) -> None:

@@ -26,7 +26,7 @@ from tumorclf.config import Config, ConfigError, load_yaml  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["model", "imagenet", "split", "image_size", "epochs", "test_loss", "accuracy", "precision", "recall",
+COLUMNS = ["model", "imagenet", "recipe", "split", "image_size", "epochs", "test_loss", "accuracy", "precision", "recall",
            "f1", "auc", "train_minutes", "epochs_run", "best_epoch", "status"]
 # The study's own numbers, where this project's issues quote them (accuracy as a fraction).
 PAPER = {("simplecnn", False): {"accuracy": 0.771}, ("vgg16", True): {"accuracy": 0.9783, "f1": 0.9759}}
@@ -51,8 +51,8 @@ def study_configs(spec: dict, data: str | None) -> list[Config]:
 
 
 def row_for(cfg: Config, status: str) -> dict:
-    row = {"model": cfg.model, "imagenet": cfg.imagenet, "split": cfg.split, "image_size": cfg.image_size,
-           "epochs": cfg.epochs, "status": status}
+    row = {"model": cfg.model, "imagenet": cfg.imagenet, "recipe": cfg.recipe, "split": cfg.split,
+           "image_size": cfg.image_size, "epochs": cfg.epochs, "status": status}
     metrics_path = cfg.run_dir / "metrics.json"
     if metrics_path.is_file():
         metrics = json.loads(metrics_path.read_text())
@@ -61,23 +61,27 @@ def row_for(cfg: Config, status: str) -> dict:
     return row
 
 
-def run_study(configs: list[Config], results: Path, run: bool = True) -> list[dict]:
-    """Run (or, with `run=False`, only report) each configuration; results.csv after every one."""
+def run_study(configs: list[Config], results: Path, run: bool = True, only: list[str] | None = None) -> list[dict]:
+    """Report every configuration, run those not finished (of models in `only`, when given; none with
+    `run=False`), and rewrite results.csv after each run, so an interrupted study loses no row."""
     from tumorclf.models import WeightsError, resolve_weights
     from tumorclf.run import run_experiment
 
-    rows: list[dict] = []
-    for i, cfg in enumerate(configs):
+    def status(cfg: Config) -> dict:
         try:
             resolve_weights(cfg.model, cfg.imagenet, cfg.weights_dir)
         except WeightsError as exc:
-            rows.append(row_for(cfg, f"unavailable: {exc}"))
-        else:
-            if run and not (cfg.run_dir / "metrics.json").is_file():
-                log.info("study %d/%d: %s", i + 1, len(configs), cfg.run_name)
-                run_experiment(cfg)
-            rows.append(row_for(cfg, "partial" if (cfg.run_dir / "progress.json").is_file() else "pending"))
-        write_results(rows, results)
+            return row_for(cfg, f"unavailable: {exc}")
+        return row_for(cfg, "partial" if (cfg.run_dir / "progress.json").is_file() else "pending")
+
+    rows = [status(cfg) for cfg in configs]
+    write_results(rows, results)
+    for i, cfg in enumerate(configs):
+        if run and rows[i]["status"] in ("pending", "partial") and (only is None or cfg.model in only):
+            log.info("study %d/%d: %s", i + 1, len(configs), cfg.run_name)
+            run_experiment(cfg)
+            rows[i] = status(cfg)
+            write_results(rows, results)
     return rows
 
 
@@ -100,18 +104,25 @@ def tables_markdown(rows: list[dict]) -> str:
         out += [f"### Table {number}: {title}", "",
                 "| model | paper acc | paper F1 | paper-split acc | paper-split F1 | paper-split AUC "
                 "| grouped acc | grouped F1 | grouped AUC |", "|---" * 9 + "|"]
-        models = dict.fromkeys(r["model"] for r in rows if r["imagenet"] == imagenet)
-        for model in models:
-            by_split = {r["split"]: r for r in rows if r["model"] == model and r["imagenet"] == imagenet}
+        variants = dict.fromkeys(_variant(r) for r in rows if r["imagenet"] == imagenet)
+        for variant in variants:
+            by_split = {r["split"]: r for r in rows if _variant(r) == variant and r["imagenet"] == imagenet}
+            model, recipe, size, epochs = variant
             paper = PAPER.get((model, imagenet), {})
             cells = [f"{paper[k]:.4f}" if k in paper else "-" for k in ("accuracy", "f1")]
             for split in ("paper", "grouped"):
                 cells += [cell(by_split.get(split), k) for k in ("accuracy", "f1", "auc")]
-            out.append(f"| {model} | " + " | ".join(cells) + " |")
+            name = f"{model} ({size} px, {'fast recipe, ' if recipe == 'fast' else ''}≤{epochs} epochs)"
+            out.append(f"| {name} | " + " | ".join(cells) + " |")
         unavailable = {r["model"]: r["status"] for r in rows if r["imagenet"] == imagenet
                        and r["status"].startswith("unavailable")}
         out += [""] + [f"- {m}: {s}" for m, s in unavailable.items()] + [""]
     return "\n".join(out)
+
+
+def _variant(row: dict) -> tuple:
+    """What distinguishes one table line from another of the same model."""
+    return row["model"], row.get("recipe", "paper"), row["image_size"], row["epochs"]
 
 
 def roc_figure(configs: list[Config], split: str) -> bytes | None:
@@ -124,7 +135,8 @@ def roc_figure(configs: list[Config], split: str) -> bytes | None:
             continue
         fpr, tpr = np.loadtxt(roc, delimiter=",", skiprows=1, usecols=(1, 2), unpack=True)
         auc = json.loads(metrics.read_text())["auc"]
-        ax.plot(fpr, tpr, label=f"{cfg.model}{' (ImageNet)' if cfg.imagenet else ''}: AUC {auc:.3f}")
+        label = f"{cfg.model}{' ImageNet' if cfg.imagenet else ''} {cfg.image_size}px{' fast' if cfg.recipe == 'fast' else ''}"
+        ax.plot(fpr, tpr, label=f"{label}: AUC {auc:.3f}")
         plotted += 1
     if not plotted:
         plt.close(fig)
@@ -145,7 +157,7 @@ def write_report(configs: list[Config], rows: list[dict], results: Path) -> None
     finished = [c for c in configs if (c.run_dir / "metrics.json").is_file()]
     for cfg in finished:
         if cfg.model == "vgg16" and cfg.imagenet:
-            atomic_write_bytes(results / f"confusion_matrix_vgg16_imagenet_{cfg.split}.png",
+            atomic_write_bytes(results / f"confusion_matrix_{cfg.run_name}.png",
                                (cfg.run_dir / "confusion_matrix.png").read_bytes())
     grouped = [c for c in finished if c.split == "grouped"]
     if grouped:
@@ -183,17 +195,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = load_yaml(args.config)
         configs = study_configs(spec, args.data)
-        if args.only:
-            configs = [c for c in configs if c.model in args.only]
         results = Path(spec.get("results", "experiments/results"))
-        rows = run_study(configs, results, run=not args.status)
+        rows = run_study(configs, results, run=not args.status, only=args.only)
         write_report(configs, rows, results)
     except (ConfigError, DataError, RunExistsError) as exc:
         print(f"tumorclf.study: error: {exc}", file=sys.stderr)
         return 2
     for row in rows:
         accuracy = f"{row['accuracy']:.4f}" if row.get("accuracy") is not None else "-"
-        print(f"{row['model']:<12} {'imagenet' if row['imagenet'] else 'scratch':<9} {row['split']:<8} "
+        print(f"{row['model']:<12} {'imagenet' if row['imagenet'] else 'scratch':<9} {row['recipe']:<6} {row['split']:<8} "
               f"acc {accuracy:<7} {row['status'][:90]}")
     return 0
 

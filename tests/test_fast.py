@@ -1,0 +1,89 @@
+"""The fast recipe: the cut model, cached-feature batches, and a whole run on blob images."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import h5py
+import keras
+import numpy as np
+import pytest
+
+from tumorclf.cli import main
+from tumorclf.config import Config, ConfigError
+from tumorclf.fast import CachedFeatures, split_model
+from tumorclf.models import FAST_CUT, build_model
+
+VGG16_FILE = (Path(__file__).resolve().parents[1].parent / "shared" / "weights"
+              / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5")
+
+
+@pytest.mark.parametrize("name", ["vgg16", "resnet50", "densenet121"])
+def test_stem_then_top_is_the_whole_model(name):
+    model = build_model(name, 32)
+    stem, top = split_model(model, FAST_CUT[name])
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(top(stem(x)), model(x), atol=1e-5)
+    # the top trains the model's own layers, and none of the stem's
+    assert all(layer is model.get_layer(layer.name) for layer in top.layers[1:])
+    assert not {layer.name for layer in stem.layers[1:]} & {layer.name for layer in top.layers[1:]}
+
+
+def test_cached_features_shuffle_by_epoch_and_cycle_views():
+    views = [np.arange(10, dtype="float32")[:, None] + 100 * v for v in range(2)]
+    labels = np.array([0, 1] * 5)
+    data = CachedFeatures(views, labels, batch_size=4, seed=3)
+    assert len(data) == 3
+    epochs = []
+    for epoch in range(3):
+        data.epoch.assign(epoch)
+        x = np.concatenate([data[i][0] for i in range(len(data))])[:, 0]
+        y = np.concatenate([data[i][1] for i in range(len(data))])
+        assert sorted(x % 100) == list(range(10))  # every image once per epoch
+        assert np.all(x // 100 == epoch % 2)  # the epoch's view
+        np.testing.assert_array_equal(y.argmax(1), labels[(x % 100).astype(int)])  # labels follow the rows
+        epochs.append((x % 100).tolist())
+    assert epochs[0] != epochs[2]  # reshuffled
+    data.epoch.assign(0)
+    again = np.concatenate([data[i][0] for i in range(len(data))])[:, 0]
+    assert again.tolist() == epochs[0]  # keyed by (seed, epoch), not by what ran before
+
+
+def test_fast_recipe_needs_a_pretrained_backbone():
+    with pytest.raises(ConfigError, match="add --imagenet"):
+        Config(model="vgg16", recipe="fast")
+    with pytest.raises(ConfigError, match="simplecnn has none"):
+        Config(model="simplecnn", recipe="fast")
+    with pytest.raises(ConfigError, match="drop --fine-tune"):
+        Config(model="vgg16", imagenet=True, recipe="fast", fine_tune="frozen")
+    assert Config(model="vgg16", imagenet=True, recipe="fast").run_name.endswith("_fast")
+
+
+@pytest.mark.skipif(not VGG16_FILE.is_file(), reason="shared VGG16 ImageNet weights not found")
+def test_fast_run_trains_only_the_top_and_saves_the_whole_model(blob_dataset: Path, tmp_path: Path):
+    args = ["--data", str(blob_dataset), "--output", str(tmp_path / "runs"), "--name", "fast", "--model", "vgg16",
+            "--imagenet", "--weights-dir", str(VGG16_FILE.parent), "--recipe", "fast", "--feature-views", "2",
+            "--epochs", "3", "--image-size", "32", "--batch-size", "8", "--learning-rate", "0.001",
+            "--track-test"]
+    assert main(args) == 0
+    run = tmp_path / "runs" / "fast"
+    with open(run / "history.csv") as handle:
+        history = list(csv.DictReader(handle))
+    assert len(history) == 3
+    minutes = [float(row["elapsed_minutes"]) for row in history]
+    assert minutes == sorted(minutes) and minutes[0] > 0
+    assert all(0 <= float(row["test_accuracy"]) <= 1 and 0 <= float(row["val_f1"]) <= 1 for row in history)
+
+    model = keras.saving.load_model(run / "best.keras")
+    assert model.input_shape == (None, 32, 32, 3) and len(model.layers) == len(build_model("vgg16", 32).layers)
+    with h5py.File(VGG16_FILE, "r") as f:
+        def file_kernel(layer: str) -> np.ndarray:
+            return f[layer][f[layer].attrs["weight_names"][0]][()]
+
+        np.testing.assert_array_equal(model.get_layer("block4_conv3").kernel.numpy(), file_kernel("block4_conv3"))
+        assert not np.array_equal(model.get_layer("block5_conv3").kernel.numpy(), file_kernel("block5_conv3"))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["best_epoch"] in (1, 2, 3) and metrics["train_minutes"] >= minutes[metrics["best_epoch"] - 1]
+    assert json.loads((run / "config.json").read_text())["config"]["recipe"] == "fast"
