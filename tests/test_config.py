@@ -32,6 +32,9 @@ def test_yaml_then_flags(tmp_path: Path):
     ({"model": "simplecnn", "imagenet": True}, "no ImageNet weights"),
     ({"fine_tune": "from_layer"}, "unfreeze_from"),
     ({"model": "vgg16", "fine_tune": "two_phase", "epochs": 1}, "head_epochs"),
+    ({"max_minutes": 0}, "max_minutes must be > 0"),
+    ({"feature_views": 0}, "feature_views must be a positive"),
+    ({"recipe": "quick"}, "unknown recipe"),
     ({"colour": "red"}, "unknown config keys: colour"),
 ])
 def test_bad_values_are_refused(values, message):

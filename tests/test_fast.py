@@ -87,3 +87,31 @@ def test_fast_run_trains_only_the_top_and_saves_the_whole_model(blob_dataset: Pa
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["best_epoch"] in (1, 2, 3) and metrics["train_minutes"] >= minutes[metrics["best_epoch"] - 1]
     assert json.loads((run / "config.json").read_text())["config"]["recipe"] == "fast"
+
+
+def test_fast_training_resumes_from_its_backup(tmp_path: Path, caplog):
+    from conftest import blob_image
+
+    from tumorclf.fast import train_fast
+    from tumorclf.training import select_strategy
+
+    rng = np.random.default_rng(0)
+    labels = {name: np.arange(n) % 2 for name, n in (("train", 24), ("val", 8), ("test", 8))}
+    images = {name: np.stack([blob_image(rng, 32, bool(y)) for y in y_all]) for name, y_all in labels.items()}
+
+    def build() -> keras.Model:
+        return build_model("vgg16", 32)
+
+    def config(epochs: int) -> Config:
+        return Config(model="vgg16", imagenet=True, recipe="fast", feature_views=2, epochs=epochs, image_size=32,
+                      batch_size=8, learning_rate=1e-3)
+
+    first = train_fast(config(1), build, select_strategy("default"), images, labels, tmp_path)
+    assert first.epochs_run == 1 and (tmp_path / "backup" / "epoch_0001.weights.h5").is_file()
+    with caplog.at_level("INFO", logger="tumorclf"):
+        second = train_fast(config(3), build, select_strategy("default"), images, labels, tmp_path, resume=True)
+    assert "resuming after epoch 1" in caplog.text
+    assert second.epochs_run == 3 and second.train_seconds > first.train_seconds
+    assert json.loads((tmp_path / "progress.json").read_text())["epochs_done"] == 3
+    with open(tmp_path / "history.csv") as handle:
+        assert [int(row["epoch"]) for row in csv.DictReader(handle)] == [0, 1, 2]

@@ -46,6 +46,7 @@ def curves_figure(curves: dict[str, list[dict]], target: float | None = None) ->
                   label=f"{name} ({key.split('_')[0]})")
     if target is not None:
         axis.axhline(target, color="gray", linestyle="--", linewidth=1, label=f"target {target:.2%}")
+    axis.set_xlim(left=0)
     axis.set_xlabel("training wall time (minutes)")
     axis.set_ylabel("accuracy after the epoch")
     axis.set_title("Time to accuracy")
