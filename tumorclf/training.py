@@ -86,15 +86,14 @@ class F1Checkpoint(keras.callbacks.Callback):
     pass without improvement (`stopped` is then True)."""
 
     def __init__(self, val_data: tf.data.Dataset, val_labels: np.ndarray, filepath: str | os.PathLike,
-                 best_f1: float = -np.inf, best_epoch: int | None = None, patience: int | None = None,
-                 save: keras.Model | None = None):
+                 patience: int | None = None, save: keras.Model | None = None):
         super().__init__()
         self.save = save  # the model to save, when it is not the one being fitted (the fast recipe's top)
         self.val_data = val_data
         self.val_labels = np.asarray(val_labels)
         self.filepath = Path(filepath)
-        self.best_f1 = best_f1
-        self.best_epoch = best_epoch
+        self.best_f1 = -np.inf  # a resumed run sets these from progress.json
+        self.best_epoch: int | None = None
         self.patience = patience
         self.stopped = False
 
