@@ -3,7 +3,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from tumorclf.pipeline import make_dataset, make_train_dataset
+from tumorclf.pipeline import RandomAffine, make_dataset, make_train_dataset
 from tumorclf.training import EpochSeeding
 
 
@@ -59,3 +59,55 @@ def test_augmentation_is_reproducible_per_epoch_and_train_only():
     assert not np.array_equal(runs[0], runs[1])
     plain, _ = collect(make_dataset(images, labels, batch_size=20))
     np.testing.assert_array_equal(plain, images.astype(np.float32))
+
+
+def square(size=33, half=4):
+    image = np.zeros((1, size, size, 3), np.float32)
+    image[:, size // 2 - half:size // 2 + half + 1, size // 2 - half:size // 2 + half + 1] = 255.0
+    return np.repeat(image, 64, axis=0)
+
+
+def test_random_affine_with_zero_ranges_is_the_identity_or_a_flip():
+    images, _ = arrays(n=64)
+    x = images.astype(np.float32)
+    still = RandomAffine(rotation=0, zoom=0, shift=0, flip=False, seed=0)
+    np.testing.assert_allclose(still(x, training=True), x, atol=1e-3)
+    flipped = np.asarray(RandomAffine(rotation=0, zoom=0, shift=0, flip=True, seed=0)(x, training=True))
+    is_flip = [np.allclose(f, i[:, ::-1], atol=1e-3) for f, i in zip(flipped, x)]
+    is_same = [np.allclose(f, i, atol=1e-3) for f, i in zip(flipped, x)]
+    assert all(a or b for a, b in zip(is_flip, is_same)) and 10 < sum(is_flip) < 54
+    np.testing.assert_array_equal(RandomAffine(seed=0)(x, training=False), x)  # inference: untouched
+
+
+def test_random_affine_ranges_move_and_scale_a_square_as_configured():
+    x = square()
+    area = (x[0, ..., 0] > 127).sum()
+
+    def moments(out):
+        mask = np.asarray(out)[..., 0] > 127
+        ys, xs = np.indices(mask.shape[1:])
+        counts = mask.sum(axis=(1, 2))
+        return counts, (mask * xs).sum(axis=(1, 2)) / counts, (mask * ys).sum(axis=(1, 2)) / counts
+
+    counts, cx, cy = moments(RandomAffine(rotation=0, zoom=0, shift=0.1, seed=1)(x, training=True))
+    assert np.abs(counts - area).max() <= 9 and np.abs(cx - 16).max() <= 3.4 and np.abs(cy - 16).max() <= 3.4
+    assert np.abs(cx - 16).max() > 1.5  # it does move
+    counts, cx, cy = moments(RandomAffine(rotation=0, zoom=0.2, shift=0, flip=False, seed=2)(x, training=True))
+    assert np.allclose(cx, 16) and np.allclose(cy, 16)
+    assert counts.min() >= area / 1.2**2 - 2 * 9 and counts.max() <= area / 0.8**2 + 2 * 9 and counts.std() > 5
+    counts, cx, cy = moments(RandomAffine(rotation=0.25, zoom=0, shift=0, flip=False, seed=3)(x, training=True))
+    assert np.allclose(cx, 16, atol=0.2) and np.allclose(cy, 16, atol=0.2)  # rotation about the centre
+
+
+def test_random_affine_round_trips_through_its_config():
+    layer = RandomAffine(rotation=0.1, zoom=0.2, shift=0.03, flip=False, seed=5)
+    clone = keras.layers.deserialize(keras.layers.serialize(layer))
+    assert isinstance(clone, RandomAffine)
+    assert (clone.rotation, clone.zoom, clone.shift, clone.flip, clone.seed) == (0.1, 0.2, 0.03, False, 5)
+
+
+def test_pipelines_run_without_the_tf_data_autotuner():
+    # its optimisation thread stalls every iterator release for seconds (README, Benchmarks)
+    images, labels = arrays()
+    for dataset in (make_dataset(images, labels, 8), make_train_dataset(images, labels, 8, seed=0).dataset):
+        assert dataset.options().autotune.enabled is False

@@ -21,7 +21,7 @@ results: {tmp_path / 'results'}
 splits: [paper, grouped]
 defaults: {{epochs: 2, image_size: 32, batch_size: 8, learning_rate: 0.01, weights_dir: {tmp_path}}}
 runs:
-  - {{model: simplecnn}}
+  - {{model: simplecnn, max_minutes: 30}}
   - {{model: resnet50, imagenet: true}}
 """)
     args = ["--config", str(study), "--data", str(blob_dataset)]
@@ -39,8 +39,9 @@ runs:
         ("resnet50", "paper", "unavailable"), ("resnet50", "grouped", "unavailable")]
     assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in rows[2]["status"]
     assert 0 <= float(rows[0]["accuracy"]) <= 1 and float(rows[0]["train_minutes"]) >= 0
+    assert float(rows[0]["max_minutes"]) == 30 and rows[2]["max_minutes"] == ""
     tables = (tmp_path / "results" / "tables.md").read_text()
-    assert "### Table 2" in tables and "| simplecnn (32 px, ≤2 epochs) | 0.7710 |" in tables
+    assert "### Table 2" in tables and "| simplecnn (32 px, ≤2 epochs or ~30 min) | 0.7710 |" in tables
     assert (tmp_path / "results" / "roc_paper.png").is_file() and (tmp_path / "results" / "roc_grouped.png").is_file()
     assert list((tmp_path / "results" / "gradcam").glob("compare_*.png"))
 

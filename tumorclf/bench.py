@@ -136,7 +136,7 @@ def bench_fit_real_vs_synthetic(name: str, data_dir: Path, image_size: int, batc
 
     from tumorclf.data import load_dataset
     from tumorclf.models import build_model
-    from tumorclf.pipeline import make_train_dataset
+    from tumorclf.pipeline import make_train_dataset, untuned
     from tumorclf.training import compile_model, select_precision
 
     keras.mixed_precision.set_global_policy(select_precision(precision))
@@ -144,10 +144,10 @@ def bench_fit_real_vs_synthetic(name: str, data_dir: Path, image_size: int, batc
     n = (steps + 1) * batch_size
     real = make_train_dataset(data.images(np.arange(n)), data.labels[:n], batch_size, seed=0).dataset
     rng = np.random.default_rng(0)
-    synthetic = tf.data.Dataset.from_tensors((
+    synthetic = untuned(tf.data.Dataset.from_tensors((
         rng.uniform(0, 255, (batch_size, image_size, image_size, 3)).astype("float32"),
         np.eye(2, dtype="float32")[rng.integers(0, 2, batch_size)],
-    )).repeat(steps + 1)
+    )).repeat(steps + 1))
     rates = {}
     for label, dataset in (("synthetic", synthetic), ("real", real)):
         model = build_model(name, image_size)

@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from tumorclf.config import Config
 from tumorclf.models import FAST_CUT
-from tumorclf.pipeline import augmenter, make_dataset
+from tumorclf.pipeline import PARALLEL_CALLS, PREFETCH_BATCHES, augmenter, make_dataset, untuned
 from tumorclf.training import TrainResult, start_session
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,8 @@ def extract_features(stem: keras.Model, images: np.ndarray, batch_size: int,
     ds = make_dataset(images, np.zeros(len(images), np.int64), batch_size).map(lambda x, y: x)
     if augmentation is not None:
         ds = ds.map(lambda x: augmentation(x, training=True),
-                    num_parallel_calls=None if deterministic else tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+                    num_parallel_calls=None if deterministic else PARALLEL_CALLS).prefetch(PREFETCH_BATCHES)
+        ds = untuned(ds)
     return stem.predict(ds, verbose=0)
 
 

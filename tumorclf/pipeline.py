@@ -8,25 +8,84 @@ run continue exactly as an uninterrupted one.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import keras
 import numpy as np
 import tensorflow as tf
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="tumorclf")
+class RandomAffine(keras.layers.Layer):
+    """Random horizontal flip, rotation, zoom and shift of a batch, as one affine resampling.
+
+    The same transforms as Keras' RandomFlip, RandomRotation, RandomZoom and RandomTranslation with
+    the same ranges (rotation as a fraction of a full turn, zoom and shift as fractions of the size),
+    composed into one matrix per image: one bilinear interpolation instead of three, about 3x less work
+    and less blur. Identity outside training.
+    """
+
+    def __init__(self, rotation: float = 0.05, zoom: float = 0.1, shift: float = 0.05, flip: bool = True,
+                 seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.rotation, self.zoom, self.shift, self.flip, self.seed = rotation, zoom, shift, flip, seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images, training: bool = True):
+        if not training:
+            return images
+        n = ops.shape(images)[0]
+        height, width = ops.cast(ops.shape(images)[1], "float32"), ops.cast(ops.shape(images)[2], "float32")
+
+        def uniform(limit):
+            return keras.random.uniform((n,), -limit, limit, seed=self.seed_generator)
+
+        angle = uniform(2 * np.pi * self.rotation)
+        scale = 1.0 + uniform(self.zoom)  # > 1 samples a larger area: zooms out
+        flip = ops.where(keras.random.uniform((n,), seed=self.seed_generator) < 0.5, -1.0, 1.0) if self.flip \
+            else ops.ones((n,))
+        shift_x, shift_y = uniform(self.shift) * width, uniform(self.shift) * height
+        # output pixel (x, y) samples input centre + M (x - cx, y - cy) + shift, M = scale * R(angle) * diag(flip, 1)
+        cos, sin = ops.cos(angle) * scale, ops.sin(angle) * scale
+        a0, a1, b0, b1 = cos * flip, -sin, sin * flip, cos
+        cx, cy = (width - 1) / 2, (height - 1) / 2
+        a2 = cx + shift_x - a0 * cx - a1 * cy
+        b2 = cy + shift_y - b0 * cx - b1 * cy
+        zeros = ops.zeros((n,))
+        transform = ops.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
+        return ops.image.affine_transform(images, transform, interpolation="bilinear", fill_mode="constant")
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "rotation": self.rotation, "zoom": self.zoom, "shift": self.shift,
+                "flip": self.flip, "seed": self.seed}
 
 
 def augmenter(seed: int) -> keras.Sequential:
-    """The train-time augmentation: flips, small rotations, zooms, shifts and contrast changes."""
+    """The train-time augmentation: flips, small rotations, zooms and shifts (one affine resampling),
+    then contrast changes."""
     return keras.Sequential(
-        [
-            keras.layers.RandomFlip("horizontal", seed=seed),
-            keras.layers.RandomRotation(0.05, fill_mode="constant", seed=seed + 1),
-            keras.layers.RandomZoom(0.1, fill_mode="constant", seed=seed + 2),
-            keras.layers.RandomTranslation(0.05, 0.05, fill_mode="constant", seed=seed + 3),
-            keras.layers.RandomContrast(0.1, seed=seed + 4),
-        ],
+        [RandomAffine(rotation=0.05, zoom=0.1, shift=0.05, seed=seed), keras.layers.RandomContrast(0.1, seed=seed + 4)],
         name="augmentation",
     )
+
+
+# Fixed parallelism instead of tf.data's autotuner: its optimisation thread makes destroying an
+# iterator wait for it, a stall of 3-10 s at the end of every fit, predict and epoch (measured in
+# the README's Performance section), which on a 2-core CPU costs more than tuning gains.
+PARALLEL_CALLS = os.cpu_count() or 1
+PREFETCH_BATCHES = 2
+
+
+def untuned(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """`dataset` with tf.data autotuning off (see PARALLEL_CALLS)."""
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)
 
 
 @dataclass
@@ -44,11 +103,11 @@ def _gather(images: np.ndarray, labels: np.ndarray):
 
 def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int) -> tf.data.Dataset:
     """Evaluation batches of (float32 0-255 RGB, one-hot labels), in file order."""
-    return (
+    return untuned(
         tf.data.Dataset.range(len(labels))
         .batch(batch_size)
-        .map(_gather(images, labels), num_parallel_calls=tf.data.AUTOTUNE)
-        .prefetch(tf.data.AUTOTUNE)
+        .map(_gather(images, labels), num_parallel_calls=PARALLEL_CALLS)
+        .prefetch(PREFETCH_BATCHES)
     )
 
 
@@ -74,11 +133,11 @@ def make_train_dataset(
     n_batches = -(-n // batch_size)
     ds = tf.data.Dataset.range(1).flat_map(epoch_order).batch(batch_size)
     ds = ds.apply(tf.data.experimental.assert_cardinality(n_batches))
-    ds = ds.map(_gather(images, labels), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(_gather(images, labels), num_parallel_calls=PARALLEL_CALLS, deterministic=True)
     augmentation = augmenter(seed) if augment else None
     if augmentation is not None:
         ds = ds.map(
             lambda x, y: (augmentation(x, training=True), y),
-            num_parallel_calls=None if deterministic else tf.data.AUTOTUNE,
+            num_parallel_calls=None if deterministic else PARALLEL_CALLS,
         )
-    return TrainData(ds.prefetch(tf.data.AUTOTUNE), epoch, augmentation)
+    return TrainData(untuned(ds.prefetch(PREFETCH_BATCHES)), epoch, augmentation)

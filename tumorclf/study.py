@@ -26,7 +26,7 @@ from tumorclf.config import Config, ConfigError, load_yaml  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["model", "imagenet", "recipe", "split", "image_size", "epochs", "test_loss", "accuracy", "precision", "recall",
+COLUMNS = ["model", "imagenet", "recipe", "split", "image_size", "epochs", "max_minutes", "test_loss", "accuracy", "precision", "recall",
            "f1", "auc", "train_minutes", "epochs_run", "best_epoch", "status"]
 # The study's own numbers, where this project's issues quote them (accuracy as a fraction).
 PAPER = {("simplecnn", False): {"accuracy": 0.771}, ("vgg16", True): {"accuracy": 0.9783, "f1": 0.9759}}
@@ -52,7 +52,7 @@ def study_configs(spec: dict, data: str | None) -> list[Config]:
 
 def row_for(cfg: Config, status: str) -> dict:
     row = {"model": cfg.model, "imagenet": cfg.imagenet, "recipe": cfg.recipe, "split": cfg.split,
-           "image_size": cfg.image_size, "epochs": cfg.epochs, "status": status}
+           "image_size": cfg.image_size, "epochs": cfg.epochs, "max_minutes": cfg.max_minutes, "status": status}
     metrics_path = cfg.run_dir / "metrics.json"
     if metrics_path.is_file():
         metrics = json.loads(metrics_path.read_text())
@@ -107,12 +107,13 @@ def tables_markdown(rows: list[dict]) -> str:
         variants = dict.fromkeys(_variant(r) for r in rows if r["imagenet"] == imagenet)
         for variant in variants:
             by_split = {r["split"]: r for r in rows if _variant(r) == variant and r["imagenet"] == imagenet}
-            model, recipe, size, epochs = variant
+            model, recipe, size, epochs, minutes = variant
             paper = PAPER.get((model, imagenet), {})
             cells = [f"{paper[k]:.4f}" if k in paper else "-" for k in ("accuracy", "f1")]
             for split in ("paper", "grouped"):
                 cells += [cell(by_split.get(split), k) for k in ("accuracy", "f1", "auc")]
-            name = f"{model} ({size} px, {'fast recipe, ' if recipe == 'fast' else ''}≤{epochs} epochs)"
+            budget = f"≤{epochs} epochs" + (f" or ~{minutes:g} min" if minutes else "")
+            name = f"{model} ({size} px, {'fast recipe, ' if recipe == 'fast' else ''}{budget})"
             out.append(f"| {name} | " + " | ".join(cells) + " |")
         unavailable = {r["model"]: r["status"] for r in rows if r["imagenet"] == imagenet
                        and r["status"].startswith("unavailable")}
@@ -122,7 +123,7 @@ def tables_markdown(rows: list[dict]) -> str:
 
 def _variant(row: dict) -> tuple:
     """What distinguishes one table line from another of the same model."""
-    return row["model"], row.get("recipe", "paper"), row["image_size"], row["epochs"]
+    return row["model"], row.get("recipe", "paper"), row["image_size"], row["epochs"], row.get("max_minutes")
 
 
 def roc_figure(configs: list[Config], split: str) -> bytes | None:
