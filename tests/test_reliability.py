@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import write_blob_dataset
 from tumorclf.cli import main
 
@@ -100,6 +102,24 @@ def test_multiworker_without_tf_config_stops_cleanly(blob_dataset: Path, tmp_pat
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "TF_CONFIG" in err[0]
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("extra", [["--resume"], ["--model", "vgg16", "--imagenet", "--recipe", "fast"]])
+def test_multiworker_refuses_resume_and_the_fast_recipe(blob_dataset: Path, tmp_path: Path, extra: list[str]):
+    # its own process: a collective-ops strategy can be set up only once per process
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5").write_bytes(b"not read before the refusal")
+    env = {**os.environ, "TUMORCLF_CACHE": str(tmp_path / "cache"),
+           "TF_CONFIG": json.dumps({"cluster": {"worker": [f"127.0.0.1:{free_port()}"]},
+                                    "task": {"type": "worker", "index": 0}})}
+    args = [sys.executable, "-m", "tumorclf.run", "--data", str(blob_dataset), "--output", str(tmp_path / "runs"),
+            "--strategy", "multiworker", "--image-size", "32", "--batch-size", "8", "--weights-dir", str(weights),
+            *extra]
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "tumorclf: error: --strategy multiworker supports neither --resume nor --recipe fast" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "runs").exists()
 
 
 def test_two_workers_on_localhost_train_together_and_only_the_chief_writes(tmp_path: Path):
