@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from tumorclf.config import Config
 from tumorclf.models import FAST_CUT
-from tumorclf.pipeline import PARALLEL_CALLS, PREFETCH_BATCHES, augmenter, make_dataset, untuned
+from tumorclf.pipeline import PARALLEL_CALLS, PREFETCH_BATCHES, augmenter, make_dataset
 from tumorclf.training import TrainResult, start_session
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,6 @@ def extract_features(stem: keras.Model, images: np.ndarray, batch_size: int,
     if augmentation is not None:
         ds = ds.map(lambda x: augmentation(x, training=True),
                     num_parallel_calls=None if deterministic else PARALLEL_CALLS).prefetch(PREFETCH_BATCHES)
-        ds = untuned(ds)
     return stem.predict(ds, verbose=0)
 
 
