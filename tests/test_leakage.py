@@ -35,3 +35,12 @@ def test_kinds_and_accuracies(tmp_path: Path, capsys):
 def test_unfinished_run_is_refused(tmp_path: Path, capsys):
     assert main([str(tmp_path)]) == 2
     assert "not a finished run" in capsys.readouterr().err
+
+
+def test_predictions_that_do_not_match_the_split_are_refused(tmp_path: Path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    write_csv(run / "split.csv", ["path", "label", "split", "group", "sha256"], [["a.png", 1, "test", 0, "s1"]])
+    write_csv(run / "test_predictions.csv", ["path", "label", "prob_tumor"], [["other.png", 1, 0.9]])
+    assert main([str(run)]) == 2
+    assert "1 test images of split.csv have no prediction, e.g. a.png" in capsys.readouterr().err

@@ -30,6 +30,9 @@ def leakage_rows(run_dir: Path) -> list[dict]:
         rows = list(csv.DictReader(handle))
     with open(run_dir / "test_predictions.csv") as handle:
         predictions = {row["path"]: row for row in csv.DictReader(handle)}
+    missing = [row["path"] for row in rows if row["split"] == "test" and row["path"] not in predictions]
+    if missing:
+        raise ValueError(f"{run_dir}: {len(missing)} test images of split.csv have no prediction, e.g. {missing[0]}")
     train_sha = {row["sha256"] for row in rows if row["split"] == "train"}
     train_groups = {row["group"] for row in rows if row["split"] == "train"}
     counts = {kind: [0, 0] for kind in (*KINDS, "leaked")}
@@ -53,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         rows = [row for run in args.runs for row in leakage_rows(run)]
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:
         print(f"tumorclf.leakage: error: {exc}", file=sys.stderr)
         return 2
     for row in rows:
