@@ -14,7 +14,8 @@ import pytest
 from tumorclf.cli import main
 from tumorclf.config import Config, ConfigError
 from tumorclf.fast import CachedFeatures, split_model
-from tumorclf.models import FAST_CUT, build_model
+from tumorclf.models import build_model
+from tumorclf.registry import MODELS
 
 VGG16_FILE = (Path(__file__).resolve().parents[1].parent / "shared" / "weights"
               / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5")
@@ -23,7 +24,7 @@ VGG16_FILE = (Path(__file__).resolve().parents[1].parent / "shared" / "weights"
 @pytest.mark.parametrize("name", ["vgg16", "resnet50", "densenet121"])
 def test_stem_then_top_is_the_whole_model(name):
     model = build_model(name, 32)
-    stem, top = split_model(model, FAST_CUT[name])
+    stem, top = split_model(model, MODELS[name].fast_cut)
     x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
     np.testing.assert_allclose(top(stem(x)), model(x), atol=1e-5)
     # the top trains the model's own layers, and none of the stem's

@@ -8,14 +8,16 @@ import numpy as np
 import pytest
 
 from tumorclf.models import (
-    BACKBONES,
     ImageNetPreprocessing,
     WeightsError,
     build_model,
     resolve_weights,
     set_trainable,
 )
+from tumorclf.registry import MODELS
 from tumorclf.training import compile_model
+
+BACKBONES = {name: entry for name, entry in MODELS.items() if entry.pretrainable}
 
 SHARED_WEIGHTS = Path(__file__).resolve().parents[1].parent / "shared" / "weights"
 VGG16_FILE = SHARED_WEIGHTS / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
@@ -28,7 +30,7 @@ def fake_imagenet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
     def make(name: str, size: int = 32) -> Path:
         path = tmp_path / BACKBONES[name].weights_file
-        model = BACKBONES[name].constructor(include_top=False, weights=None, input_shape=(size, size, 3))
+        model = getattr(keras.applications, BACKBONES[name].application)(include_top=False, weights=None, input_shape=(size, size, 3))
         with h5py.File(path, "w") as f:  # Keras' legacy no-top layout, as in the published files
             f.attrs["layer_names"] = [layer.name.encode() for layer in model.layers]
             for layer in model.layers:

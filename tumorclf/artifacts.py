@@ -1,22 +1,16 @@
-"""Run folders: creation without clobbering, atomic writes, versions and logging."""
+"""Atomic writes, CSV text, figures as PNG bytes, and the versions a result depends on."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
-import logging
 import os
 import platform
-import shutil
 import sys
 import tempfile
 from importlib import metadata
 from pathlib import Path
-
-
-class RunExistsError(FileExistsError):
-    """The run folder already exists and overwriting was not asked for."""
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -69,25 +63,6 @@ def csv_text(header: list[str], rows) -> str:
     return buffer.getvalue()
 
 
-def create_run_dir(run_dir: Path, overwrite: bool, resume: bool = False) -> bool:
-    """Make the run folder; returns True when an existing one is kept to resume.
-
-    An existing folder is replaced only with `overwrite`, and reused only with `resume`.
-    """
-    run_dir = Path(run_dir)
-    if run_dir.exists():
-        if resume:
-            return True
-        if not overwrite:
-            raise RunExistsError(
-                f"run folder {run_dir} already exists; pass --resume to continue it, --overwrite to replace it "
-                "or --name to choose another"
-            )
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
-    return False
-
-
 def versions() -> dict[str, str]:
     """Versions of Python, the platform and the libraries a result depends on."""
     out = {"python": sys.version.split()[0], "platform": platform.platform()}
@@ -97,11 +72,3 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return out
-
-
-def attach_log_file(run_dir: Path) -> logging.Handler:
-    """Send the package's log records to `run_dir/run.log` as well as the console."""
-    handler = logging.FileHandler(run_dir / "run.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger("tumorclf").addHandler(handler)
-    return handler

@@ -1,24 +1,24 @@
 """Benchmark this machine: matmul limit, per-model training/inference speed, input pipeline, fit on real data.
 
-Usage: ``python -m tumorclf.bench [--models simplecnn,vgg16] [--image-size 224] [--batch-size 32] [--out FILE.json]``
+Usage: ``tumorclf bench [--models simplecnn,vgg16] [--image-size 224] [--batch-size 32] [--out FILE.json]``
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import logging
 import os
 import platform
 import resource
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from tumorclf.artifacts import atomic_write_json, versions
-from tumorclf.config import MODELS, PRECISIONS
+from tumorclf.config import PRECISIONS
+from tumorclf.errors import UsageError
+from tumorclf.registry import MODELS
 
 log = logging.getLogger(__name__)
 
@@ -162,8 +162,7 @@ def bench_fit_real_vs_synthetic(name: str, data_dir: Path, image_size: int, batc
             "real_over_synthetic": round(rates["real"] / rates["synthetic"], 3)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tumorclf.bench", description=__doc__.splitlines()[0])
+def add_arguments(p) -> None:
     p.add_argument("--models", default="simplecnn,vgg16", help=f"comma-separated, from: {', '.join(MODELS)}")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--batch-size", type=int, default=32)
@@ -173,17 +172,17 @@ def main(argv: list[str] | None = None) -> int:
                    help="real dataset for the pipeline and fit() measurements (default $TUMORCLF_DATA; skipped if unset)")
     p.add_argument("--jit-compile", action="store_true", help="XLA-compile the synthetic train steps")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
-    args = p.parse_args(argv)
+
+
+def run(args) -> int:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in models if m not in MODELS]
-    if unknown or args.steps < 1 or args.batch_size < 1 or args.image_size < 32:
-        print(f"tumorclf.bench: error: unknown models {unknown} or bad sizes", file=sys.stderr)
-        return 2
+    if unknown:
+        raise UsageError(f"unknown models {', '.join(unknown)}; choose from: {', '.join(MODELS)}")
+    if args.steps < 1 or args.batch_size < 1 or args.image_size < 32:
+        raise UsageError("--steps and --batch-size must be positive and --image-size at least 32")
     if args.data is not None and not Path(args.data).is_dir():
-        print(f"tumorclf.bench: error: data folder not found: {args.data}", file=sys.stderr)
-        return 2
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        raise UsageError(f"data folder not found: {args.data}")
 
     limits = {dtype: round(matmul_gflops(dtype), 1) for dtype in ("float32", "bfloat16")}
     print(f"matmul limit: float32 {limits['float32']} GFLOP/s, bfloat16 {limits['bfloat16']} GFLOP/s")
@@ -213,4 +212,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from tumorclf.cli import alias
+
+    raise SystemExit(alias("tumorclf.bench"))

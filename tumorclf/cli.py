@@ -1,86 +1,94 @@
-"""Command line of `python -m tumorclf.run` and the `tumorclf` console command."""
+"""The one command line: `tumorclf COMMAND ...`, with one logging set-up and one error wrapper.
+
+Each command lives in its own module, which provides `add_arguments(parser)` and `run(args) -> int`.
+Only the chosen command's module is imported, so `tumorclf --help` does not load TensorFlow. Bad
+input of any command ends in one `tumorclf: error: ...` line and exit code 2. `python -m
+tumorclf.<module>` is an alias of `tumorclf <command>` (see `alias`).
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
 
-from tumorclf.config import FINE_TUNE, MODELS, PRECISIONS, RECIPES, SPLITS, STRATEGIES, Config, ConfigError, build_config
+from tumorclf.errors import UsageError, UserError
+
+# command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("tumorclf.run", "train one configuration, keep the best epoch by validation F1, test it"),
+    "evaluate": ("tumorclf.evaluate", "score a finished run on its test split or on other class folders"),
+    "predict": ("tumorclf.predict", "P(tumour) of image files and folders with a .keras model or a SavedModel"),
+    "explain": ("tumorclf.explain", "Grad-CAM overlays of images, for one run or several side by side"),
+    "export": ("tumorclf.export", "SavedModel with serve and serve_bytes signatures, and a model card"),
+    "study": ("tumorclf.study", "a resumable study of several configurations from a YAML file"),
+    "bench": ("tumorclf.bench", "machine limit and per-model training/inference speed"),
+    "leakage": ("tumorclf.leakage", "test accuracy of runs on leaked vs clean test images"),
+    "curves": ("tumorclf.curves", "time-to-accuracy curves of runs"),
+}
+MODULE_COMMAND = {module: command for command, (module, _) in COMMANDS.items()}
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="tumorclf",
-        description="Train a brain-MRI Healthy/Tumor classifier, keep the best epoch by validation F1, "
-        "and evaluate it on the test split. Flags override --config; unset flags keep the paper's defaults.",
-    )
-    p.add_argument("--config", help="YAML file of config keys (flags given here override it)")
-    p.add_argument("--model", choices=MODELS)
-    p.add_argument("--imagenet", action="store_const", const=True, help="start from ImageNet weights")
-    p.add_argument("--recipe", choices=RECIPES,
-                   help="paper (default: the study's SGD recipe) or fast (with --imagenet: cached frozen features, "
-                   "then the last stage and head; see README)")
-    p.add_argument("--feature-views", type=int, help="with --recipe fast: cached views per training image (default 3)")
-    p.add_argument("--weights-dir", help="folder holding Keras' ImageNet weight files (also TUMORCLF_WEIGHTS_DIR)")
-    p.add_argument("--fine-tune", choices=FINE_TUNE, help="full (default), frozen, from_layer or two_phase")
-    p.add_argument("--unfreeze-from", help="with --fine-tune from_layer: first layer/block to train, e.g. block5")
-    p.add_argument("--head-epochs", type=int, help="with --fine-tune two_phase: epochs of head-only training")
-    p.add_argument("--data", help="folder with two class folders (default: $TUMORCLF_DATA)")
-    p.add_argument("--classes", nargs=2, metavar=("HEALTHY", "TUMOR"), help="name the two class folders")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--patience", type=int, help="stop after this many epochs without a better validation F1")
-    p.add_argument("--max-minutes", type=float, help="stop after the epoch that passes this much training time")
-    p.add_argument("--track-test", action="store_const", const=True,
-                   help="log test accuracy each epoch for time-to-accuracy curves (never used to choose the epoch)")
-    p.add_argument("--image-size", type=int, help="square input size in px (default 224)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--learning-rate", type=float)
-    p.add_argument("--momentum", type=float)
-    p.add_argument("--dropout", type=float)
-    p.add_argument("--no-augment", dest="augment", action="store_const", const=False)
-    p.add_argument("--split", choices=SPLITS, help="grouped (leak-free, default) or paper (over files)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--near-duplicate-bits", type=int, help="pHash distance that counts as a near-duplicate")
-    p.add_argument("--max-files", type=int, help="use a random subset of this many files (quick trials)")
-    p.add_argument("--cache-dir", help="decoded-image cache (default $TUMORCLF_CACHE or ~/.cache/tumorclf)")
-    p.add_argument("--precision", choices=PRECISIONS)
-    p.add_argument("--strategy", choices=STRATEGIES)
-    p.add_argument("--jit-compile", action="store_const", const=True,
-                   help="compile the train step with XLA (measure first: python -m tumorclf.bench --jit-compile)")
-    p.add_argument("--gradcam", dest="gradcam_per_outcome", type=int, metavar="N",
-                   help="after testing, save Grad-CAM overlays of N test images per outcome (TP/FP/FN/TN)")
-    p.add_argument("--output", help="parent folder of run folders (default runs/)")
-    p.add_argument("--name", help="run folder name (default derived from the config)")
-    p.add_argument("--overwrite", action="store_const", const=True, help="replace an existing run folder")
-    p.add_argument("--resume", action="store_const", const=True,
-                   help="continue an interrupted run from its last completed epoch (a finished run is left as is)")
-    p.add_argument("--deterministic", action="store_const", const=True,
-                   help="TensorFlow op determinism and sequential augmentation: same seed, same result")
-    return p
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors become a `UsageError` (one line from the wrapper) instead of usage + exit."""
+
+    def error(self, message: str):
+        command = self.prog.removeprefix("tumorclf").strip()
+        raise UsageError(f"{command}: {message}" if command else message)
 
 
-def config_from_args(argv: list[str] | None = None) -> Config:
-    args = vars(parser().parse_args(argv))
-    yaml_path = args.pop("config")
-    return build_config(yaml_path, **args)
+def parser(command: str | None = None) -> Parser:
+    """The top-level parser; with `command`, that command's sub-parser gets its arguments."""
+    top = Parser(prog="tumorclf", description="Brain-MRI Healthy/Tumor classification with Keras 3: train, "
+                 "evaluate, predict, explain, export, study, benchmark. `tumorclf COMMAND --help` for a command.")
+    commands = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    for name, (module, help_text) in COMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        if name == command:
+            importlib.import_module(module).add_arguments(sub)
+    return top
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit code (2 and one line on bad input)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from tumorclf.artifacts import RunExistsError
-    from tumorclf.data import DataError
-    from tumorclf.models import WeightsError
-
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("tumorclf").setLevel(logging.INFO)
+    command = argv[0] if argv and argv[0] in COMMANDS else None
+    if command and not {"-h", "--help"} & set(argv):
+        import_tensorflow_quietly()
     try:
-        cfg = config_from_args(argv)
-        from tumorclf.run import run_experiment
-
-        run_dir = run_experiment(cfg)
-    except (ConfigError, DataError, WeightsError, RunExistsError) as exc:
-        print(f"tumorclf: error: {exc}", file=sys.stderr)
+        args = parser(command).parse_args(argv)
+        if args.command is None:
+            parser().print_help()
+            return 2
+        return int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)
+    except UserError as exc:
+        print(f"tumorclf: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
-    print(run_dir)
-    return 0
+    except KeyboardInterrupt:
+        print("tumorclf: interrupted", file=sys.stderr)
+        return 130
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow with file descriptor 2 closed: its C++ start-up notices (oneDNN, absl) ignore
+    TF_CPP_MIN_LOG_LEVEL and would otherwise precede every one-line error. Python errors still surface."""
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import keras  # noqa: F401
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def alias(module: str) -> int:
+    """`python -m tumorclf.<module> ARGS` runs `tumorclf <its command> ARGS`."""
+    return main([MODULE_COMMAND[module], *sys.argv[1:]])

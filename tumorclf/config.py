@@ -1,16 +1,25 @@
-"""One typed configuration object shared by the CLI, YAML files and the study runner."""
+"""One typed configuration: the `Config` dataclass that flags, YAML files, studies and `config.json` derive from.
+
+Each field carries its help text, its choices, and whether it defines the run's result or only how it
+is launched (`launch=True`). Values from any source go through `coerce`, so YAML's `1e-4` (a string to
+PyYAML) is a float and `epochs: ten` is a one-line `ConfigError` naming the key and the expected type.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, fields
+import types
+import typing
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-MODELS = ("simplecnn", "vgg16", "densenet121", "resnet50", "resnet101", "resnet152")
+from tumorclf.errors import UserError
+from tumorclf.registry import MODELS
+
 SPLITS = ("grouped", "paper")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
@@ -18,69 +27,81 @@ FINE_TUNE = ("full", "frozen", "from_layer", "two_phase")
 RECIPES = ("paper", "fast")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration value is missing or invalid; the message says which and why."""
+
+
+def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, launch: bool = False,
+           flag: str | None = None, metavar: str | None = None) -> Any:
+    """A Config field with what the CLI and the run folder need to know about it."""
+    return field(default=default, metadata={"help": help, "choices": choices, "launch": launch, "flag": flag,
+                                            "metavar": metavar})
 
 
 @dataclass
 class Config:
-    """Everything that defines a run. Defaults follow the paper's recipe."""
+    """Everything that defines a run, and how it is launched. Defaults follow the paper's recipe."""
 
-    model: str = "simplecnn"
-    data: str | None = None
-    imagenet: bool = False
-    recipe: str = "paper"  # "fast": cached frozen features, then the top stage and head (tumorclf.fast)
-    feature_views: int = 3  # fast recipe: cached views of each training image (the first unaugmented)
-    weights_dir: str | None = None
-    fine_tune: str = "full"
-    unfreeze_from: str | None = None
-    head_epochs: int = 1
-    fine_tune_lr_factor: float = 0.1
-    epochs: int = 50
-    patience: int | None = None
-    max_minutes: float | None = None  # stop after the epoch that passes this much training time
-    track_test: bool = False  # log test accuracy each epoch, for time-to-accuracy curves (never to choose)
-    image_size: int = 224
-    batch_size: int = 32
-    learning_rate: float = 1e-4
-    momentum: float = 0.9
-    dropout: float = 0.5
-    augment: bool = True
-    split: str = "grouped"
-    seed: int = 42
-    split_fractions: tuple[float, float, float] = (0.70, 0.15, 0.15)
-    near_duplicate_bits: int = 4
-    classes: tuple[str, str] | None = None
-    cache_dir: str | None = None
-    precision: str = "auto"
-    jit_compile: bool = False  # XLA; optional because it measured slower for VGG16 on a 2-core CPU
-    strategy: str = "auto"
-    output: str = "runs"
-    name: str | None = None
-    overwrite: bool = False
-    resume: bool = False
-    deterministic: bool = False
-    max_files: int | None = None
-    gradcam_per_outcome: int = 0
+    model: str = option("simplecnn", "architecture", choices=tuple(MODELS))
+    data: str | None = option(None, "folder with two class folders (default: $TUMORCLF_DATA)", launch=True)
+    imagenet: bool = option(False, "start from ImageNet weights")
+    recipe: str = option("paper", "paper (the study's SGD recipe) or fast (with --imagenet: cached frozen "
+                         "features, then the last stage and head)", choices=RECIPES)
+    feature_views: int = option(3, "fast recipe: cached views of each training image (the first unaugmented)")
+    weights_dir: str | None = option(None, "folder holding Keras' ImageNet weight files (also "
+                                     "$TUMORCLF_WEIGHTS_DIR)", launch=True)
+    fine_tune: str = option("full", "fine-tuning policy", choices=FINE_TUNE)
+    unfreeze_from: str | None = option(None, "with fine_tune from_layer: first layer/block to train, e.g. block5")
+    head_epochs: int = option(1, "with fine_tune two_phase: epochs of head-only training")
+    fine_tune_lr_factor: float = option(0.1, "with fine_tune two_phase: learning-rate factor of the second phase")
+    epochs: int = option(50, "maximum number of epochs")
+    patience: int | None = option(None, "stop after this many epochs without a better validation F1")
+    max_minutes: float | None = option(None, "stop after the epoch that passes this much training time")
+    track_test: bool = option(False, "log test accuracy each epoch for time-to-accuracy curves "
+                              "(never used to choose the epoch)")
+    image_size: int = option(224, "square input size in px")
+    batch_size: int = option(32, "global batch size")
+    learning_rate: float = option(1e-4, "learning rate (SGD for the paper recipe, Adam for the fast one)")
+    momentum: float = option(0.9, "SGD momentum")
+    dropout: float = option(0.5, "dropout before the classifier")
+    augment: bool = option(True, "train-time augmentation (--no-augment turns it off)")
+    split: str = option("grouped", "grouped (leak-free) or paper (over files)", choices=SPLITS)
+    seed: int = option(42, "seed of the split, the data order, augmentation and initialisation")
+    split_fractions: tuple[float, float, float] = option((0.70, 0.15, 0.15), "train, val and test fractions",
+                                                         metavar="F")
+    near_duplicate_bits: int = option(4, "pHash distance that counts as a near-duplicate (-1: byte identity only)")
+    classes: tuple[str, str] | None = option(None, "name the two class folders: HEALTHY TUMOR", metavar="DIR")
+    cache_dir: str | None = option(None, "decoded-image cache (default $TUMORCLF_CACHE or ~/.cache/tumorclf)",
+                                   launch=True)
+    precision: str = option("auto", "Keras dtype policy (auto: bf16 on bf16 CPUs, float16 on GPUs)",
+                            choices=PRECISIONS)
+    jit_compile: bool = option(False, "compile the train step with XLA (measure first: tumorclf bench --jit-compile)")
+    strategy: str = option("auto", "tf.distribute strategy (auto: mirrored on several GPUs)", choices=STRATEGIES)
+    output: str = option("runs", "parent folder of run folders", launch=True)
+    name: str | None = option(None, "run folder name (default derived from the config)", launch=True)
+    overwrite: bool = option(False, "replace an existing run folder", launch=True)
+    resume: bool = option(False, "continue an interrupted run from its last completed epoch", launch=True)
+    deterministic: bool = option(False, "TensorFlow op determinism and sequential augmentation: same seed, same "
+                                 "result")
+    max_files: int | None = option(None, "use a random subset of this many files (quick trials)")
+    gradcam_per_outcome: int = option(0, "after testing, save Grad-CAM overlays of N test images per outcome",
+                                      flag="--gradcam", metavar="N")
 
     def __post_init__(self) -> None:
+        hints = _hints()
+        for f in fields(self):
+            setattr(self, f.name, coerce(f.name, getattr(self, f.name), hints[f.name]))
         self.model = self.model.lower()
-        if self.split_fractions is not None:
-            self.split_fractions = tuple(float(f) for f in self.split_fractions)
-        if self.classes is not None:
-            self.classes = tuple(self.classes)
         self.validate()
 
     def validate(self) -> None:
         """Raise `ConfigError` with one clear line for the first invalid value."""
-        _choice("model", self.model, MODELS)
-        _choice("split", self.split, SPLITS)
-        _choice("precision", self.precision, PRECISIONS)
-        _choice("strategy", self.strategy, STRATEGIES)
-        _choice("fine_tune", self.fine_tune, FINE_TUNE)
-        _choice("recipe", self.recipe, RECIPES)
+        for f in fields(self):
+            choices = f.metadata["choices"]
+            if choices and getattr(self, f.name) not in choices:
+                raise ConfigError(f"unknown {f.name} {getattr(self, f.name)!r}; choose one of: {', '.join(choices)}")
         for name in ("epochs", "image_size", "batch_size", "head_epochs"):
-            if int(getattr(self, name)) < 1:
+            if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.image_size < 32:
             raise ConfigError(f"image_size must be at least 32 px, got {self.image_size}")
@@ -90,9 +111,7 @@ class Config:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
-        if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1) > 1e-6 or min(
-            self.split_fractions
-        ) <= 0:
+        if abs(sum(self.split_fractions) - 1) > 1e-6 or min(self.split_fractions) <= 0:
             raise ConfigError(
                 f"split_fractions must be three positive numbers summing to 1, got {self.split_fractions}"
             )
@@ -100,17 +119,15 @@ class Config:
             raise ConfigError(
                 f"near_duplicate_bits must be in [-1, 32] (-1: byte-identical only), got {self.near_duplicate_bits}"
             )
-        if self.classes is not None and len(self.classes) != 2:
-            raise ConfigError(f"classes must name two folders (healthy, tumor), got {self.classes}")
         if self.fine_tune == "from_layer" and not self.unfreeze_from:
             raise ConfigError("fine_tune=from_layer needs unfreeze_from (a layer or block name)")
         if self.fine_tune == "two_phase" and self.epochs <= self.head_epochs:
             raise ConfigError(f"fine_tune=two_phase needs epochs ({self.epochs}) > head_epochs ({self.head_epochs})")
-        if self.imagenet and self.model == "simplecnn":
-            raise ConfigError("simplecnn has no ImageNet weights; drop --imagenet")
+        if self.imagenet and not MODELS[self.model].pretrainable:
+            raise ConfigError(f"{self.model} has no ImageNet weights; drop --imagenet")
         if self.recipe == "fast":
-            if self.model == "simplecnn":
-                raise ConfigError("recipe fast fine-tunes a pretrained backbone; simplecnn has none")
+            if not MODELS[self.model].fast_cut:
+                raise ConfigError(f"recipe fast fine-tunes a pretrained backbone; {self.model} has none")
             if not self.imagenet:
                 raise ConfigError("recipe fast fine-tunes a pretrained backbone: add --imagenet")
             if self.fine_tune != "full":
@@ -134,8 +151,6 @@ class Config:
         if self.name:
             return self.name
         weights = "imagenet" if self.imagenet else "scratch"
-        if self.model == "simplecnn":
-            weights = "scratch"
         recipe = "_fast" if self.recipe == "fast" else ""
         return f"{self.model}_{weights}_{self.split}_{self.image_size}px_seed{self.seed}{recipe}"
 
@@ -152,42 +167,105 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        for key, value in out.items():
-            if isinstance(value, tuple):
-                out[key] = list(value)
-        return out
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in out.items()}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "Config":
+        """A Config from a mapping of field names (dashes or underscores), each value coerced to its type."""
+        values = {str(k).replace("-", "_"): v for k, v in values.items()}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"unknown config keys: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        return cls(**{k.replace("-", "_"): v for k, v in values.items()})
+        return cls(**values)
 
     def defining(self) -> dict[str, Any]:
         """The values that define the run's result (not how it is launched)."""
-        launch = {"resume", "overwrite", "output", "name", "cache_dir", "weights_dir", "data"}
-        return {k: v for k, v in self.to_dict().items() if k not in launch}
+        return {f.name: v for f, v in zip(fields(self), self.to_dict().values()) if not f.metadata["launch"]}
 
 
-def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}")
+def _hints() -> dict[str, Any]:
+    return typing.get_type_hints(Config)
+
+
+def type_name(hint: Any) -> str:
+    """How an expected type reads in an error message."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if _is_optional(hint):
+        return f"{type_name(args[0])} or null"
+    if typing.get_origin(hint) is tuple:
+        return f"a list of {len(args)} {type_name(args[0])} values"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[hint]
+
+
+def _is_optional(hint: Any) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)
+
+
+_TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
+
+
+def coerce(key: str, value: Any, hint: Any) -> Any:
+    """`value` as the type `hint` says, or a ConfigError naming `key` and the expected type."""
+    if _is_optional(hint):
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
+            return None
+        return coerce(key, value, next(a for a in typing.get_args(hint) if a is not type(None)))
+
+    def bad() -> ConfigError:
+        return ConfigError(f"{key}: expected {type_name(hint)}, got {value!r}")
+
+    if typing.get_origin(hint) is tuple:
+        items = typing.get_args(hint)
+        if isinstance(value, str) or not isinstance(value, (list, tuple)) or len(value) != len(items):
+            raise bad()
+        try:
+            return tuple(coerce(key, v, t) for v, t in zip(value, items))
+        except ConfigError:
+            raise bad() from None
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise bad()
+    if hint is int:
+        if isinstance(value, bool):
+            raise bad()
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        try:
+            return int(str(value).strip())
+        except ValueError:
+            raise bad() from None
+    if hint is float:
+        if isinstance(value, bool):
+            raise bad()
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise bad() from None
+    if hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise bad()
+    raise TypeError(f"no coercion for {hint!r}")
 
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML mapping of config keys (dashes or underscores)."""
+    """Read a YAML mapping (keys with dashes or underscores); values are coerced later, by `Config`."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
         values = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys to values")
-    return {k.replace("-", "_"): v for k, v in values.items()}
+    return {str(k).replace("-", "_"): v for k, v in values.items()}
 
 
 def build_config(yaml_path: str | None = None, **overrides: Any) -> Config:
@@ -199,4 +277,28 @@ def build_config(yaml_path: str | None = None, **overrides: Any) -> Config:
     return Config.from_dict(values)
 
 
-__all__ = ["Config", "ConfigError", "build_config", "load_yaml", "MODELS", "SPLITS"]
+def add_config_flags(parser) -> None:
+    """One flag per Config field, derived from its type, help and choices. Flags default to None
+    (not given), so a YAML file's values are overridden only by flags that were given."""
+    import argparse
+
+    hints = _hints()
+    for f in fields(Config):
+        hint, meta = hints[f.name], f.metadata
+        flag = meta["flag"] or "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not None else "none"
+        help_text = f"{meta['help']} (default: {list(default) if isinstance(default, tuple) else default})"
+        kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": help_text}
+        inner = next((a for a in typing.get_args(hint) if a is not type(None)), hint) if _is_optional(hint) else hint
+        if inner is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            if meta["choices"]:
+                kwargs["choices"] = meta["choices"]
+            if typing.get_origin(inner) is tuple:
+                kwargs["nargs"] = len(typing.get_args(inner))
+            kwargs["metavar"] = meta["metavar"] or (None if meta["choices"] else f.name.upper())
+        parser.add_argument(flag, **kwargs)
+
+
+__all__ = ["Config", "ConfigError", "add_config_flags", "build_config", "coerce", "load_yaml"]

@@ -1,6 +1,6 @@
 """Time-to-accuracy curves of finished or running runs, from their `history.csv`.
 
-Usage: ``python -m tumorclf.curves RUN_DIR [RUN_DIR ...] --out FILE.png [--target 0.9783]``
+Usage: ``tumorclf curves RUN_DIR [RUN_DIR ...] --out FILE.png [--target 0.9783]``
 
 Each run's curve is its accuracy after each epoch against its training wall time
 (`elapsed_minutes`, which includes the fast recipe's feature caching). Test accuracy is drawn
@@ -10,9 +10,6 @@ written beside the figure.
 
 from __future__ import annotations
 
-import argparse
-import csv
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -21,20 +18,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from tumorclf.artifacts import atomic_write_bytes, atomic_write_text, csv_text, figure_png  # noqa: E402
+from tumorclf.rundir import RunDir, RunError  # noqa: E402
 
 COLUMNS = ["run", "epoch", "elapsed_minutes", "val_accuracy", "val_f1", "test_accuracy"]
 
 
-def read_curve(run_dir: Path) -> list[dict]:
+def read_curve(run_dir: Path | RunDir) -> list[dict]:
     """One point per completed epoch: epoch (1-based), minutes, and the accuracies logged."""
-    path = run_dir / "history.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} has no history.csv")
-    with open(path) as handle:
-        rows = list(csv.DictReader(handle))
+    run = RunDir(run_dir) if not isinstance(run_dir, RunDir) else run_dir
+    rows = run.history()
     if not rows or "elapsed_minutes" not in rows[0]:
-        raise ValueError(f"{path} has no elapsed_minutes column (a run from before it was logged)")
-    return [{"run": run_dir.name, "epoch": int(row["epoch"]) + 1, **{
+        raise RunError(f"{run.history_file} has no elapsed_minutes column (a run from before it was logged)")
+    return [{"run": run.name, "epoch": int(row["epoch"]) + 1, **{
         key: float(row[key]) for key in COLUMNS[2:] if row.get(key) not in (None, "")}} for row in rows]
 
 
@@ -55,17 +50,14 @@ def curves_figure(curves: dict[str, list[dict]], target: float | None = None) ->
     return figure_png(figure)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tumorclf.curves", description=__doc__.splitlines()[0])
+def add_arguments(p) -> None:
     p.add_argument("runs", nargs="+", type=Path, help="run folders")
     p.add_argument("--out", type=Path, required=True, help="PNG to write (and a .csv beside it)")
     p.add_argument("--target", type=float, help="draw this accuracy as a line, e.g. 0.9783")
-    args = p.parse_args(argv)
-    try:
-        curves = {run.name: read_curve(run) for run in args.runs}
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"tumorclf.curves: error: {exc}", file=sys.stderr)
-        return 2
+
+
+def run(args) -> int:
+    curves = {run_dir.name: read_curve(RunDir(run_dir)) for run_dir in args.runs}
     atomic_write_bytes(args.out, curves_figure(curves, args.target))
     rows = [[point.get(column, "") for column in COLUMNS] for points in curves.values() for point in points]
     atomic_write_text(args.out.with_suffix(".csv"), csv_text(COLUMNS, rows))
@@ -74,4 +66,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from tumorclf.cli import alias
+
+    raise SystemExit(alias("tumorclf.curves"))

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from tumorclf.errors import UserError
+
 log = logging.getLogger(__name__)
 
 CLASS_NAMES = ("Healthy", "Tumor")
@@ -26,7 +28,7 @@ MAX_PIXELS = 50_000_000  # larger than any sane slice; guards against decompress
 DECODER_VERSION = "1"  # bump when decode_image changes, so old caches are not reused
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """The data folder cannot be used as given; the message says why."""
 
 

@@ -1,6 +1,6 @@
 """The fast fine-tuning recipe (`--recipe fast`) for ImageNet-pretrained backbones.
 
-The backbone is cut after its second-to-last stage (`models.FAST_CUT`). That frozen part runs
+The backbone is cut after its second-to-last stage (`registry.ModelSpec.fast_cut`). That frozen part runs
 once per image, for the validation and test images and for `feature_views` views of each training
 image (the first as is, the others through the training augmentation); its outputs are kept in
 memory. Each epoch then trains only the last stage and the head on one cached view, so an epoch
@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from tumorclf.config import Config
-from tumorclf.models import FAST_CUT
+from tumorclf.registry import MODELS
 from tumorclf.pipeline import PARALLEL_CALLS, PREFETCH_BATCHES, augmenter, make_dataset
 from tumorclf.training import TrainResult, start_session
 
@@ -90,7 +90,7 @@ def train_fast(
     (the features are computed again; they depend only on the seed)."""
     with strategy.scope():
         model = build()
-        stem, top = split_model(model, FAST_CUT[cfg.model])
+        stem, top = split_model(model, MODELS[cfg.model].fast_cut)
     started = time.time()
     views = [extract_features(stem, images["train"], cfg.batch_size)]
     for view in range(1, cfg.feature_views):

@@ -4,51 +4,20 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import keras
 from keras import layers, ops
 
+from tumorclf.errors import UserError
+from tumorclf.registry import HEAD_LAYERS, spec
+
 log = logging.getLogger(__name__)
 
-KERAS_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
 
-
-class WeightsError(RuntimeError):
+class WeightsError(UserError, RuntimeError):
     """ImageNet weights were asked for but cannot be found or downloaded."""
 
-
-@dataclass(frozen=True)
-class Backbone:
-    constructor: Callable[..., keras.Model]
-    preprocessing: str  # "caffe" (BGR, ImageNet means) or "torch" (RGB scaled to 0-1, ImageNet mean/std)
-    url_folder: str
-
-    @property
-    def weights_file(self) -> str:
-        """Keras' own file name for the no-top ImageNet weights."""
-        return f"{self.constructor.__name__.lower()}_weights_tf_dim_ordering_tf_kernels_notop.h5"
-
-
-BACKBONES: dict[str, Backbone] = {
-    "vgg16": Backbone(keras.applications.VGG16, "caffe", "vgg16"),
-    "densenet121": Backbone(keras.applications.DenseNet121, "torch", "densenet"),
-    "resnet50": Backbone(keras.applications.ResNet50, "caffe", "resnet"),
-    "resnet101": Backbone(keras.applications.ResNet101, "caffe", "resnet"),
-    "resnet152": Backbone(keras.applications.ResNet152, "caffe", "resnet"),
-}
-
-# The fast recipe's cut: the last layer of the frozen part, the output of each backbone's
-# second-to-last stage. Everything after it (the last stage and the head) is trained.
-FAST_CUT: dict[str, str] = {
-    "vgg16": "block4_pool",
-    "densenet121": "pool4_pool",
-    "resnet50": "conv4_block6_out",
-    "resnet101": "conv4_block23_out",
-    "resnet152": "conv4_block36_out",
-}
 
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 _TORCH_MEAN = (0.485, 0.456, 0.406)
@@ -117,16 +86,16 @@ def resolve_weights(model: str, imagenet: bool, weights_dir: str | None = None) 
     """
     if not imagenet:
         return None, "random initialisation (from scratch)"
-    if model not in BACKBONES:
+    entry = spec(model)
+    if not entry.pretrainable:
         raise WeightsError(f"{model} has no ImageNet weights")
-    backbone = BACKBONES[model]
-    file_name = backbone.weights_file
+    file_name = entry.weights_file
     folders = [d for d in (weights_dir, os.environ.get("TUMORCLF_WEIGHTS_DIR")) if d]
     for folder in folders:
         path = Path(folder).expanduser() / file_name
         if path.is_file():
             return str(path), f"local file {path}"
-    url = f"{KERAS_WEIGHTS_URL}{backbone.url_folder}/{file_name}"
+    url = entry.weights_url
     try:
         path = keras.utils.get_file(file_name, url, cache_subdir="models")
     except Exception as exc:  # any network or file-system failure of the download
@@ -146,19 +115,17 @@ def build_model(
     dropout: float = 0.5,
 ) -> keras.Model:
     """One flat functional model: 0-255 RGB in, softmax over (Healthy, Tumor) out, in float32."""
+    entry = spec(name)
     inputs = keras.Input((image_size, image_size, 3), name="image")
-    if name == "simplecnn":
-        features = _simple_cnn_features(inputs)
-    elif name in BACKBONES:
-        backbone = BACKBONES[name]
-        x = ImageNetPreprocessing(backbone.preprocessing, name="preprocess")(inputs)
-        base = backbone.constructor(include_top=False, weights=None, input_tensor=x)
+    if entry.pretrainable:
+        x = ImageNetPreprocessing(entry.preprocessing, name="preprocess")(inputs)
+        base = getattr(keras.applications, entry.application)(include_top=False, weights=None, input_tensor=x)
         if weights is not None:
             base.load_weights(weights)
         features = base.output
     else:
-        raise ValueError(f"unknown model {name!r}; choose one of: simplecnn, {', '.join(BACKBONES)}")
-    if name == "simplecnn":
+        features = _simple_cnn_features(inputs)
+    if entry.head_input == "flatten":
         x = layers.Flatten(name="flatten")(features)
         x = layers.Dense(128, activation="relu", name="fc1")(x)
     else:
@@ -178,8 +145,6 @@ def _simple_cnn_features(inputs):
         x = layers.MaxPooling2D(name=f"pool{i}")(x)
     return x
 
-
-HEAD_LAYERS = ("avg_pool", "flatten", "fc1", "head_dropout", "predictions")
 
 
 def set_trainable(model: keras.Model, policy: str, unfreeze_from: str | None = None) -> int:

@@ -1,11 +1,10 @@
-"""One run end to end: data, split, training, test evaluation and the run folder.
+"""`tumorclf train`: one run end to end: data, split, training, test evaluation and the run folder.
 
-Usage: ``python -m tumorclf.run --model simplecnn --data DIR`` (see ``--help``).
+Usage: ``tumorclf train --model simplecnn --data DIR`` (see ``--help``); ``python -m tumorclf.run`` is an alias.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import tempfile
@@ -15,19 +14,13 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from tumorclf.artifacts import (
-    atomic_write_json,
-    atomic_write_text,
-    attach_log_file,
-    create_run_dir,
-    csv_text,
-    versions,
-)
-from tumorclf.config import Config, ConfigError
-from tumorclf.data import CLASS_NAMES, DataError, load_dataset
+from tumorclf.artifacts import atomic_write_text, csv_text, versions
+from tumorclf.config import Config, ConfigError, add_config_flags, build_config
+from tumorclf.data import CLASS_NAMES, DECODER_VERSION, DataError, load_dataset
 from tumorclf.evaluation import classification_metrics, write_reports
 from tumorclf.fast import train_fast
 from tumorclf.models import build_model, load_model, resolve_weights
+from tumorclf.rundir import RunDir
 from tumorclf.pipeline import make_dataset, make_train_dataset
 from tumorclf.splits import make_split, manifest_csv
 from tumorclf.training import is_chief, is_multiworker, select_precision, select_strategy, train
@@ -60,17 +53,18 @@ def run_experiment(cfg: Config) -> Path:
     if is_multiworker(strategy) and (cfg.resume or cfg.recipe == "fast"):
         raise ConfigError("--strategy multiworker supports neither --resume nor --recipe fast")
     if is_chief(strategy):
-        run_dir = cfg.run_dir
-        resuming = create_run_dir(run_dir, cfg.overwrite, cfg.resume)
+        run = RunDir(cfg.run_dir)
+        resuming = run.create(cfg.overwrite, cfg.resume)
     else:  # a non-chief worker trains in step with the chief but writes only to a folder it then removes
-        run_dir, resuming = Path(tempfile.mkdtemp(prefix="tumorclf_worker_")), False
+        run, resuming = RunDir(tempfile.mkdtemp(prefix="tumorclf_worker_")), False
         log.info("non-chief worker: the chief writes %s", cfg.run_dir)
     if resuming:
-        check_same_config(run_dir, cfg)
-        if (run_dir / "metrics.json").is_file():
-            log.info("%s is already finished; nothing to resume", run_dir)
-            return run_dir
-    handler = attach_log_file(run_dir)
+        check_same_config(run, cfg)
+        if run.metrics_file.is_file():
+            log.info("%s is already finished; nothing to resume", run)
+            return run.path
+    run_dir = run.path
+    handler = run.attach_log()
     try:
         log.info("split %s", split.report)
         for path, reason in data.skipped:
@@ -78,23 +72,18 @@ def run_experiment(cfg: Config) -> Path:
         keras.utils.set_random_seed(cfg.seed)
         if cfg.deterministic:
             tf.config.experimental.enable_op_determinism()
-        atomic_write_json(run_dir / "config.json", {
-            "config": cfg.to_dict(),
-            "resolved": {
-                "data": str(data.root.resolve()),
-                "classes": data.folders.how,
-                "class_names": list(CLASS_NAMES),
-                "weights_origin": weights_origin,
-                "precision": precision,
-                "strategy": type(strategy).__name__,
-                "replicas": strategy.num_replicas_in_sync,
-            },
-            "split": split.report,
-            "skipped_files": len(data.skipped),
-            "versions": versions(),
-        })
-        atomic_write_text(run_dir / "split.csv", manifest_csv(data.paths, data.labels, data.sha256, split))
-        atomic_write_text(run_dir / "skipped.csv", csv_text(["path", "reason"], data.skipped))
+        run.write_record(cfg, resolved={
+            "data": str(data.root.resolve()),
+            "classes": data.folders.how,
+            "class_names": list(CLASS_NAMES),
+            "weights_origin": weights_origin,
+            "precision": precision,
+            "strategy": type(strategy).__name__,
+            "replicas": strategy.num_replicas_in_sync,
+            "decoder": DECODER_VERSION,
+        }, split=split.report, skipped_files=len(data.skipped), versions=versions())
+        atomic_write_text(run.split_file, manifest_csv(data.paths, data.labels, data.sha256, split))
+        atomic_write_text(run.skipped_file, csv_text(["path", "reason"], data.skipped))
         build = lambda: build_model(cfg.model, cfg.image_size, weights, cfg.dropout)  # noqa: E731
         datasets = {name: make_dataset(data.images(subsets[name]), data.labels[subsets[name]], cfg.batch_size)
                     for name in ("val", "test")}
@@ -117,39 +106,53 @@ def run_experiment(cfg: Config) -> Path:
                        wall_minutes=round((time.time() - started) / 60, 2), model=cfg.model, imagenet=cfg.imagenet,
                        split=cfg.split, image_size=cfg.image_size)
         test_paths = [data.paths[i] for i in subsets["test"]]
-        atomic_write_text(run_dir / "test_predictions.csv", csv_text(
+        atomic_write_text(run.predictions_file, csv_text(
             ["path", "label", "prob_tumor"], zip(test_paths, test_labels.tolist(), probs[:, 1].round(6).tolist())))
         write_reports(run_dir, metrics, test_labels, probs, cfg.run_name)
         if cfg.gradcam_per_outcome:
             from tumorclf.explain import save_outcome_overlays
 
             saved = save_outcome_overlays(result.best_checkpoint, data.images(subsets["test"]), test_labels,
-                                          probs[:, 1], test_paths, cfg.gradcam_per_outcome, run_dir / "gradcam")
-            log.info("saved %d Grad-CAM overlays in %s", saved, run_dir / "gradcam")
-        shutil.rmtree(run_dir / "backup", ignore_errors=True)  # finished: the resume state is no longer needed
+                                          probs[:, 1], test_paths, cfg.gradcam_per_outcome, run.gradcam_dir)
+            log.info("saved %d Grad-CAM overlays in %s", saved, run.gradcam_dir)
+        shutil.rmtree(run.backup_dir, ignore_errors=True)  # finished: the resume state is no longer needed
         log.info("test: accuracy %.4f, f1 %.4f, auc %.4f (best epoch %s) -> %s",
                  metrics["accuracy"], metrics["f1"], metrics["auc"], result.best_epoch, run_dir)
     finally:
-        logging.getLogger("tumorclf").removeHandler(handler)
-        handler.close()
+        run.detach_log(handler)
         if run_dir != cfg.run_dir:
             shutil.rmtree(run_dir, ignore_errors=True)
     return cfg.run_dir
 
 
-def check_same_config(run_dir: Path, cfg: Config) -> None:
+def check_same_config(run: RunDir, cfg: Config) -> None:
     """Refuse to resume a run folder that was started with different defining values."""
-    saved_path = run_dir / "config.json"
-    if not saved_path.is_file():
+    if not run.config_file.is_file():
         return  # interrupted before its config was written: nothing trained yet
-    saved = Config.from_dict(json.loads(saved_path.read_text())["config"]).defining()
+    saved = run.config().defining()
     changed = sorted(k for k, v in cfg.defining().items() if saved.get(k) != v)
     if changed:
-        raise ConfigError(f"{run_dir} was started with other values of {', '.join(changed)}; "
+        raise ConfigError(f"{run} was started with other values of {', '.join(changed)}; "
                           "resume with the same options or choose another --name")
 
 
-if __name__ == "__main__":
-    from tumorclf.cli import main
+def add_arguments(p) -> None:
+    p.add_argument("--config", help="YAML file of config keys (flags given here override it)")
+    add_config_flags(p)
 
-    raise SystemExit(main())
+
+def config_from_args(args) -> Config:
+    """Defaults, then --config's YAML, then the flags that were given."""
+    values = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    return build_config(args.config, **values)
+
+
+def run(args) -> int:
+    print(run_experiment(config_from_args(args)))
+    return 0
+
+
+if __name__ == "__main__":
+    from tumorclf.cli import alias
+
+    raise SystemExit(alias("tumorclf.run"))

@@ -1,0 +1,9 @@
+"""The one base class of errors caused by the user's input, which the CLI prints as one line (exit 2)."""
+
+
+class UserError(Exception):
+    """Bad input: a value, a file or a folder the command cannot use. The message says which and why."""
+
+
+class UsageError(UserError):
+    """The command line itself is wrong (unknown flag, missing argument, bad choice)."""
