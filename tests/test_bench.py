@@ -6,7 +6,8 @@ from pathlib import Path
 import keras
 import pytest
 
-from tumorclf.bench import forward_flops, main
+from tumorclf.bench import forward_flops
+from tumorclf.cli import main
 
 
 def test_forward_flops_counts_conv_and_dense():
@@ -26,7 +27,7 @@ def test_vgg16_flops_match_the_published_figure():
 
 def test_bench_writes_json_with_the_fields(blob_dataset: Path, tmp_path: Path):
     out = tmp_path / "bench.json"
-    assert main(["--models", "simplecnn", "--image-size", "32", "--batch-size", "8", "--steps", "2",
+    assert main(["bench", "--models", "simplecnn", "--image-size", "32", "--batch-size", "8", "--steps", "2",
                  "--data", str(blob_dataset), "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     row = result["models"][0]
@@ -38,12 +39,12 @@ def test_bench_writes_json_with_the_fields(blob_dataset: Path, tmp_path: Path):
 
 
 def test_bench_rejects_unknown_models():
-    assert main(["--models", "alexnet"]) == 2
+    assert main(["bench", "--models", "alexnet"]) == 2
 
 
 def test_bench_measures_xla_when_asked(tmp_path: Path):
     out = tmp_path / "xla.json"
-    assert main(["--models", "simplecnn", "--image-size", "32", "--batch-size", "4", "--steps", "1", "--jit-compile",
+    assert main(["bench", "--models", "simplecnn", "--image-size", "32", "--batch-size", "4", "--steps", "1", "--jit-compile",
                  "--out", str(out)]) == 0
     row = json.loads(out.read_text())["models"][0]
     assert row["jit_compile"] is True and row["train_img_per_s"] > 0

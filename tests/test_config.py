@@ -1,11 +1,21 @@
+"""The typed config: defaults, YAML then flags, coercion to each field's type, one-line errors."""
+
 from __future__ import annotations
 
+import dataclasses
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tumorclf.cli import config_from_args
+from tumorclf.cli import Parser, main, parser
 from tumorclf.config import Config, ConfigError, build_config
+from tumorclf.run import add_arguments, config_from_args
+
+
+def flags(*argv: str) -> Config:
+    return config_from_args(parser("train").parse_args(["train", *argv]))
 
 
 def test_defaults_follow_the_paper():
@@ -17,11 +27,51 @@ def test_defaults_follow_the_paper():
 def test_yaml_then_flags(tmp_path: Path):
     path = tmp_path / "run.yaml"
     path.write_text("model: vgg16\nimagenet: true\nepochs: 7\nimage-size: 128\nclasses: [normal, glioma]\n")
-    cfg = config_from_args(["--config", str(path), "--epochs", "3"])
+    cfg = flags("--config", str(path), "--epochs", "3")
     assert (cfg.model, cfg.imagenet, cfg.epochs, cfg.image_size) == ("vgg16", True, 3, 128)
     assert cfg.classes == ("normal", "glioma")
     assert cfg.run_name == "vgg16_imagenet_grouped_128px_seed42"
     assert Config.from_dict(cfg.to_dict()) == cfg
+
+
+def test_every_field_has_a_flag_with_its_help():
+    train = Parser(prog="tumorclf train")
+    add_arguments(train)
+    text = train.format_help()
+    for field in dataclasses.fields(Config):
+        flag = field.metadata["flag"] or "--" + field.name.replace("_", "-")
+        assert flag in text, field.name
+        assert field.metadata["help"]
+    assert "--no-augment" in text and "--gradcam" in text
+
+
+def test_yaml_values_are_coerced_to_the_field_types(tmp_path: Path):
+    path = tmp_path / "run.yaml"
+    # PyYAML reads 1e-4 (no dot) as a string; quoted numbers and yes/no are strings or bools too
+    path.write_text("learning_rate: 1e-4\nepochs: '7'\nmomentum: 0.8\naugment: 'no'\nsplit_fractions: [0.8, 0.1, 0.1]\n"
+                    "patience: null\nmax_minutes: 30\n")
+    cfg = build_config(str(path))
+    assert cfg.learning_rate == 1e-4 and isinstance(cfg.learning_rate, float)
+    assert cfg.epochs == 7 and isinstance(cfg.epochs, int)
+    assert cfg.augment is False and cfg.patience is None and cfg.max_minutes == 30.0
+    assert cfg.split_fractions == (0.8, 0.1, 0.1)
+
+
+@pytest.mark.parametrize("yaml_text, message", [
+    ("epochs: ten\n", "epochs: expected an integer, got 'ten'"),
+    ("epochs: 2.5\n", "epochs: expected an integer"),
+    ("learning_rate: fast\n", "learning_rate: expected a number, got 'fast'"),
+    ("imagenet: maybe\n", "imagenet: expected true or false"),
+    ("epochs: true\n", "epochs: expected an integer"),
+    ("split_fractions: 0.7\n", "split_fractions: expected a list of 3 numbers"),
+    ("classes: [a, b, c]\n", "classes: expected a list of 2 strings, got"),
+    ("model: [vgg16]\n", "model: expected a string"),
+])
+def test_yaml_type_errors_name_the_key_and_the_type(tmp_path: Path, yaml_text: str, message: str):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError, match="^" + message.replace("[", r"\[")):
+        build_config(str(path))
 
 
 @pytest.mark.parametrize("values, message", [
@@ -39,7 +89,13 @@ def test_yaml_then_flags(tmp_path: Path):
 ])
 def test_bad_values_are_refused(values, message):
     with pytest.raises(ConfigError, match=message):
-        build_config(**values) if "colour" not in values else Config.from_dict(values)
+        Config.from_dict(values)
+
+
+def test_launch_options_do_not_define_the_run():
+    a, b = Config(), Config(output="elsewhere", resume=True, name="x", data="d", cache_dir="c", weights_dir="w")
+    assert a.defining() == b.defining()
+    assert Config(epochs=3).defining() != a.defining()
 
 
 def test_bad_yaml(tmp_path: Path):
@@ -49,3 +105,38 @@ def test_bad_yaml(tmp_path: Path):
         build_config(str(path))
     with pytest.raises(ConfigError, match="not found"):
         build_config(str(tmp_path / "missing.yaml"))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--epochs", "ten"], "epochs: expected an integer, got 'ten'"),
+    (["train", "--learning-rate", "1e-4x"], "learning_rate: expected a number"),
+    (["train", "--model", "alexnet"], "invalid choice: 'alexnet'"),
+    (["train", "--bogus"], "unrecognized arguments: --bogus"),
+    (["nonsense"], "invalid choice: 'nonsense'"),
+    (["predict"], "the following arguments are required"),
+])
+def test_cli_errors_are_one_line_and_exit_2(argv, message, capsys, tmp_path: Path):
+    assert main([*argv, *(["--data", str(tmp_path)] if argv[0] == "train" else [])]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tumorclf: error:") and message in err[0], err
+
+
+def test_yaml_error_through_the_cli(tmp_path: Path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("epochs: ten\n")
+    assert main(["train", "--config", str(path), "--data", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == "tumorclf: error: epochs: expected an integer, got 'ten'"
+
+
+def test_console_command_lists_the_subcommands():
+    result = subprocess.run(["tumorclf", "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    for command in ("train", "evaluate", "predict", "explain", "export", "study", "bench", "leakage", "curves"):
+        assert f"    {command} " in result.stdout
+
+
+@pytest.mark.parametrize("module, command", [("run", "train"), ("predict", "predict"), ("leakage", "leakage")])
+def test_python_m_aliases(module: str, command: str):
+    result = subprocess.run([sys.executable, "-m", f"tumorclf.{module}", "--help"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0 and result.stdout.startswith(f"usage: tumorclf {command}")

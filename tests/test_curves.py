@@ -1,11 +1,15 @@
-"""Time-to-accuracy curves from run histories."""
+"""Time-to-accuracy curves from run histories, and the history every training path writes."""
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
 
-from tumorclf.curves import main, read_curve
+import numpy as np
+
+from tumorclf.callbacks import HISTORY_COLUMNS
+from tumorclf.cli import main
+from tumorclf.curves import read_curve
 
 
 def write_history(run: Path, rows: list[dict]) -> Path:
@@ -26,7 +30,7 @@ def test_curves_figure_and_points(tmp_path: Path, capsys):
     assert read_curve(fast)[1] == {"run": "fast", "epoch": 2, "elapsed_minutes": 11.0, "val_accuracy": 0.97,
                                    "val_f1": 0.975, "test_accuracy": 0.979}
     out = tmp_path / "out" / "curve.png"
-    assert main([str(fast), str(paper), "--out", str(out), "--target", "0.9783"]) == 0
+    assert main(["curves", str(fast), str(paper), "--out", str(out), "--target", "0.9783"]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with open(out.with_suffix(".csv")) as handle:
         points = list(csv.DictReader(handle))
@@ -36,7 +40,46 @@ def test_curves_figure_and_points(tmp_path: Path, capsys):
 
 def test_runs_without_elapsed_time_are_refused(tmp_path: Path, capsys):
     old = write_history(tmp_path / "old", [{"epoch": 0, "val_accuracy": 0.9}])
-    assert main([str(old), "--out", str(tmp_path / "c.png")]) == 2
+    assert main(["curves", str(old), "--out", str(tmp_path / "c.png")]) == 2
     assert "no elapsed_minutes" in capsys.readouterr().err
-    assert main([str(tmp_path / "missing"), "--out", str(tmp_path / "c.png")]) == 2
+    assert main(["curves", str(tmp_path / "missing"), "--out", str(tmp_path / "c.png")]) == 2
     assert not (tmp_path / "c.png").exists()
+
+
+def test_every_training_path_writes_the_same_history_columns_and_curves_reads_them(tmp_path: Path):
+    """The paper recipe (Keras fit on two replicas) and the fast recipe (cached features) write the same
+    columns; the multi-worker loop is checked in test_reliability's two-worker test."""
+    from conftest import blob_image
+
+    from tumorclf.config import Config
+    from tumorclf.models import build_model
+    from tumorclf.rundir import RunDir
+    from tumorclf.training import select_strategy, train
+
+    rng = np.random.default_rng(0)
+    labels = {name: np.arange(n) % 2 for name, n in (("train", 24), ("val", 8), ("test", 8))}
+    images = {name: np.stack([blob_image(rng, 32, bool(y)) for y in y_all]) for name, y_all in labels.items()}
+    paths = {
+        "paper": (Config(epochs=2, image_size=32, batch_size=8, learning_rate=1e-2), "simplecnn", "mirrored"),
+        "fast": (Config(model="vgg16", imagenet=True, recipe="fast", feature_views=1, epochs=2, image_size=32,
+                        batch_size=8, learning_rate=1e-3, track_test=True), "vgg16", "default"),
+    }
+    for name, (cfg, model, strategy) in paths.items():
+        train(cfg, RunDir(tmp_path / name), lambda: build_model(model, 32), select_strategy(strategy), images, labels)
+        with open(tmp_path / name / "history.csv", newline="") as handle:
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+        assert reader.fieldnames == list(HISTORY_COLUMNS) and len(rows) == 2
+        filled = {column for column in HISTORY_COLUMNS if all(row[column] for row in rows)}
+        assert filled == set(HISTORY_COLUMNS) - ({"test_accuracy", "test_f1"} if not cfg.track_test else set())
+        assert all(0 <= float(row[key]) <= 1 for row in rows for key in ("accuracy", "val_accuracy", "val_f1"))
+        assert all(float(row["loss"]) > 0 and float(row["val_loss"]) > 0 for row in rows)
+
+    out = tmp_path / "curves.png"
+    assert main(["curves", str(tmp_path / "paper"), str(tmp_path / "fast"), "--out", str(out)]) == 0
+    with open(out.with_suffix(".csv")) as handle:
+        points = list(csv.DictReader(handle))
+    assert [(p["run"], p["epoch"], bool(p["val_accuracy"]), bool(p["test_accuracy"])) for p in points] == [
+        ("paper", "1", True, False), ("paper", "2", True, False), ("fast", "1", True, True), ("fast", "2", True, True)]
+    assert read_curve(tmp_path / "fast")[1]["elapsed_minutes"] >= read_curve(tmp_path / "fast")[0]["elapsed_minutes"]
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

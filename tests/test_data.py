@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import csv
 import io
+import json
 import os
 from pathlib import Path
 
@@ -8,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tumorclf import data
-from tumorclf.data import DataError, DecodeError, decode_image, find_class_folders, load_dataset
+from tumorclf import data, decoder
+from tumorclf.data import DataError, find_class_folders, load_dataset
+from tumorclf.decoder import DecodeError, decode_image
 
 
 def encoded(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -82,7 +85,7 @@ def test_bad_content_raises_decode_error(content, reason):
 
 
 def test_too_large_image_is_refused(monkeypatch):
-    monkeypatch.setattr(data, "MAX_PIXELS", 100)
+    monkeypatch.setattr(decoder, "MAX_PIXELS", 100)
     with pytest.raises(DecodeError, match="too large"):
         decode_image(encoded(Image.new("L", (20, 20)), "PNG"), 8)
 
@@ -179,3 +182,97 @@ def test_real_dataset_reads_every_file(real_data: Path):
     assert ds.skipped == []
     assert np.bincount(ds.labels).tolist() == [2087, 2513]
     assert len(ds) - ds.unique_images.shape[0] == 544  # byte-identical copies
+
+
+def test_scan_reports_entries_that_are_not_usable_files(tmp_path: Path):
+    folder = tmp_path / "tumor"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.png").write_bytes(b"x")
+    (folder / "sub" / "b.png").write_bytes(b"x")
+    (folder / "link_to_a.png").symlink_to(folder / "a.png")
+    (folder / "gone.png").symlink_to(tmp_path / "missing.png")
+    (folder / "loop.png").symlink_to(folder / "loop.png")
+    (folder / "folder_link").symlink_to(folder / "sub")
+    (folder / ".hidden_gone.png").symlink_to(tmp_path / "missing.png")
+    os.mkfifo(folder / "pipe.png")
+    listing = data.scan_below(folder)
+    assert [p.relative_to(folder).as_posix() for p in listing.files] == ["a.png", "link_to_a.png", "sub/b.png"]
+    assert {p.name: reason for p, reason in listing.problems} == {
+        "gone.png": "dangling symbolic link",
+        "loop.png": "unreadable: Too many levels of symbolic links",
+        "folder_link": "symbolic link to a folder (not followed)",
+        "pipe.png": "not a regular file",
+    }
+    assert data.files_below(folder) == listing.files
+
+
+def test_unusable_entries_are_skipped_with_a_reason_and_logged_once(blob_dataset: Path, monkeypatch, caplog):
+    (blob_dataset / "tumor" / "gone.png").symlink_to(blob_dataset / "nowhere.png")
+    denied = blob_dataset / "healthy" / "img003.png"
+    real_sha256 = data.file_sha256
+
+    def refuse(path: Path) -> str:  # permission denied even for root, who may read a chmod 000 file
+        if path == denied:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_sha256(path)
+
+    monkeypatch.setattr(data, "file_sha256", refuse)
+    with caplog.at_level("INFO", logger="tumorclf"):
+        ds = load_dataset(blob_dataset, 24)
+    assert ds.skipped == [("healthy/img003.png", "unreadable: Permission denied"),
+                          ("tumor/gone.png", "dangling symbolic link")]
+    assert len(ds) == 79 and "healthy/img003.png" not in ds.paths
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == ["skipped healthy/img003.png: unreadable: Permission denied",
+                        "skipped tumor/gone.png: dangling symbolic link"]
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("hashing: 80/80 files") for m in messages)
+    assert any(m.startswith("decoding: 79/79 images") for m in messages)
+
+
+def test_class_folder_of_only_dangling_links_is_not_called_empty(blob_dataset: Path):
+    for path in (blob_dataset / "healthy").iterdir():
+        path.unlink()
+        path.symlink_to(blob_dataset / "nowhere.png")
+    with pytest.raises(DataError, match=r"no readable Healthy images .*\(40 files skipped\)"):
+        load_dataset(blob_dataset, 32)
+
+
+def train_quickly(data_dir: Path, out: Path) -> Path:
+    from tumorclf.cli import main
+
+    assert main(["train", "--data", str(data_dir), "--output", str(out), "--name", "run", "--epochs", "1",
+                 "--image-size", "32", "--batch-size", "8", "--learning-rate", "0.01"]) == 0
+    return out / "run"
+
+
+def skipped_csv(run: Path) -> dict[str, str]:
+    with open(run / "skipped.csv", newline="") as handle:
+        return {row["path"]: row["reason"] for row in csv.DictReader(handle)}
+
+
+def test_training_run_lists_a_dangling_link_in_skipped_csv(blob_dataset: Path, tmp_path: Path, capsys):
+    (blob_dataset / "tumor" / "moved_away.jpg").symlink_to(tmp_path / "elsewhere" / "scan.jpg")
+    run = train_quickly(blob_dataset, tmp_path / "runs")
+    assert skipped_csv(run) == {"tumor/moved_away.jpg": "dangling symbolic link"}
+    assert json.loads((run / "config.json").read_text())["skipped_files"] == 1
+    assert "skipped tumor/moved_away.jpg: dangling symbolic link" in (run / "run.log").read_text()
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_training_run_lists_an_unreadable_file_in_skipped_csv(blob_dataset: Path, tmp_path: Path, capsys):
+    locked = blob_dataset / "healthy" / "img004.jpg"
+    locked.chmod(0)
+    try:
+        try:
+            locked.read_bytes()
+        except PermissionError:
+            pass
+        else:
+            pytest.skip("a chmod 000 file stays readable for this user (root)")
+        run = train_quickly(blob_dataset, tmp_path / "runs")
+    finally:
+        locked.chmod(0o644)
+    assert skipped_csv(run) == {"healthy/img004.jpg": "unreadable: Permission denied"}
+    assert "skipped healthy/img004.jpg: unreadable: Permission denied" in (run / "run.log").read_text()
+    assert "Traceback" not in capsys.readouterr().err

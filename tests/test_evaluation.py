@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from tumorclf.evaluation import classification_metrics, confusion_matrix, roc_auc, roc_curve, write_reports
+from tumorclf.evaluation import (balanced_accuracy, brier_score, classification_metrics, confusion_matrix, roc_auc,
+                                 roc_curve, specificity, write_reports)
 
 
 def predictions(seed: int, n: int = 300, rounding: int | None = None):
@@ -61,3 +62,19 @@ def test_write_reports(tmp_path: Path):
     for png in ("roc.png", "confusion_matrix.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+@pytest.mark.parametrize("seed, threshold", [(0, 0.5), (1, 0.3), (2, 0.8)])
+def test_specificity_balanced_accuracy_and_brier_equal_sklearn(seed, threshold):
+    y, probs = predictions(seed, rounding=2)
+    pred = (probs[:, 1] >= threshold).astype(int)
+    assert specificity(y, pred) == pytest.approx(skm.recall_score(y, pred, pos_label=0))
+    assert balanced_accuracy(y, pred) == pytest.approx(skm.balanced_accuracy_score(y, pred))
+    assert brier_score(y, probs[:, 1]) == pytest.approx(skm.brier_score_loss(y, probs[:, 1]))
+
+
+def test_specificity_and_balanced_accuracy_with_one_class():
+    tumours = np.ones(4, int)
+    assert np.isnan(specificity(tumours, np.array([1, 0, 1, 1])))
+    assert balanced_accuracy(tumours, np.array([1, 0, 1, 1])) == 0.75
+    assert np.isnan(brier_score(np.zeros(0), np.zeros(0)))

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -7,9 +9,11 @@ import pytest
 from PIL import Image
 
 from conftest import BLOB_CENTRE, BLOB_RADIUS, blob_image
-from tumorclf.cli import main as run_main
-from tumorclf.explain import heatmaps, load_run_model, main, target_layer
+import tumorclf.explain as explain
+from tumorclf.cli import main
+from tumorclf.explain import class_to_explain, heatmaps, load_run_model, target_layer
 from tumorclf.models import build_model
+from tumorclf.registry import MODELS
 
 EXPECTED_LAYER = {"simplecnn": "relu3", "vgg16": "block5_conv3", "resnet50": "conv5_block3_out",
                   "resnet101": "conv5_block3_out", "resnet152": "conv5_block3_out", "densenet121": "relu"}
@@ -27,11 +31,36 @@ def test_heatmap_shape_and_range_for_every_family(name, method):
     assert cams.min() >= 0 and cams.max() <= 1
 
 
+@pytest.mark.parametrize("name", list(MODELS))
+def test_target_layer_is_the_registry_gradcam_layer(name):
+    model = build_model(name, 32)
+    layer = target_layer(model)
+    assert layer == MODELS[name].gradcam_layer == EXPECTED_LAYER[name]
+    assert len(model.get_layer(layer).output.shape) == 4  # a spatial feature map, as Grad-CAM needs
+
+
 def test_named_layer_and_bad_layer():
+    import keras
+
     model = build_model("simplecnn", 32)
     assert target_layer(model, "relu2") == "relu2"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="no layer 'nope'.*'relu3'"):
         target_layer(model, "nope")
+    with pytest.raises(ValueError, match="not a spatial feature map"):
+        target_layer(model, "fc1")
+    inputs = keras.Input((8, 8, 3))
+    stranger = keras.Model(inputs, keras.layers.Conv2D(2, 3, name="conv")(inputs), name="stranger")
+    with pytest.raises(ValueError, match="--layer"):
+        target_layer(stranger)
+    assert target_layer(stranger, "conv") == "conv"
+
+
+def test_predicted_class_is_taken_at_the_threshold():
+    prob = np.array([0.2, 0.45, 0.55, 0.9])
+    assert class_to_explain("predicted", prob, 0.5).tolist() == [0, 0, 1, 1]
+    assert class_to_explain("predicted", prob, 0.4).tolist() == [0, 1, 1, 1]
+    assert class_to_explain("tumor", prob, 0.4).tolist() == [1, 1, 1, 1]
+    assert class_to_explain("healthy", prob, 0.4).tolist() == [0, 0, 0, 0]
 
 
 def test_gradcam_of_a_trained_model_points_at_the_tumour(trained_run: Path):
@@ -51,19 +80,70 @@ def test_explain_command_writes_overlays_and_comparison(trained_run: Path, tmp_p
     images = trained_run.parents[1] / "data"
     files = sorted((images / "tumor").iterdir())[:2] + [tmp_path / "broken.png"]
     files[-1].write_bytes(b"nope")
-    assert main(["--run", str(trained_run), "--images", *map(str, files), "--out", str(tmp_path / "one")]) == 0
+    assert main(["explain", "--run", str(trained_run), "--images", *map(str, files),
+                 "--out", str(tmp_path / "one")]) == 0
     written = sorted((tmp_path / "one").glob("*.png"))
     assert len(written) == 2 and Image.open(written[0]).size[0] > 300
-    assert main(["--runs", str(trained_run), str(trained_run), "--images", str(images / "healthy"), "--limit", "1",
-                 "--method", "gradcam++", "--out", str(tmp_path / "cmp")]) == 0
+    assert main(["explain", "--runs", str(trained_run), str(trained_run), "--images", str(images / "healthy"),
+                 "--limit", "1", "--method", "gradcam++", "--out", str(tmp_path / "cmp")]) == 0
     assert len(list((tmp_path / "cmp").glob("compare_*_gradcam++.png"))) == 1
-    assert main(["--run", str(tmp_path), "--images", str(files[0]), "--out", str(tmp_path / "x")]) == 2
+    assert main(["explain", "--run", str(tmp_path), "--images", str(files[0]), "--out", str(tmp_path / "x")]) == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--layer", "nope"], "has no layer 'nope'"),
+    (["--limit", "0"], "--limit"),
+    (["--method", "lime"], "invalid choice"),
+])
+def test_explain_bad_input_is_one_line(trained_run: Path, tmp_path: Path, capsys, args, message):
+    image = sorted((trained_run.parents[1] / "data" / "tumor").iterdir())[0]
+    capsys.readouterr()
+    assert main(["explain", "--run", str(trained_run), "--images", str(image), "--out", str(tmp_path), *args]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tumorclf: error: ") and message in lines[0], lines
+    assert main(["explain", "--run", str(trained_run), "--images", str(tmp_path / "missing.png"),
+                 "--out", str(tmp_path)]) == 2
+    assert "images not found" in capsys.readouterr().err
+
+
+def test_predicted_class_follows_the_run_threshold(trained_run: Path, tmp_path: Path, monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    files = sorted((trained_run.parents[1] / "data" / "tumor").iterdir())[:3]
+    explained = []
+
+    def fake_heatmaps(model, images, classes, method="gradcam", layer=None):
+        explained.append(list(classes))
+        return np.zeros(images.shape[:3], "float32")
+
+    monkeypatch.setattr(explain, "heatmaps", fake_heatmaps)
+    metrics = json.loads((run / "metrics.json").read_text())
+    for threshold, expected in ((0.0, 1), (1.5, 0)):  # every P(tumor) is >= 0 and < 1.5, however saturated
+        (run / "metrics.json").write_text(json.dumps({**metrics, "threshold": threshold}))
+        explained.clear()
+        explain.explain_run(run, files, "gradcam", "predicted")
+        assert explained == [[expected] * 3]
+
+
+def test_outcome_overlays_take_the_prediction_at_the_threshold(trained_run: Path, tmp_path: Path, monkeypatch):
+    from tumorclf.data import decode_image
+
+    monkeypatch.setattr(explain, "heatmaps", lambda model, images, classes, *a, **k: np.zeros(images.shape[:3]))
+    data = trained_run.parents[1] / "data"
+    paths = [sorted((data / folder).iterdir())[0] for folder in ("healthy", "tumor")]
+    images = np.stack([decode_image(p, 48) for p in paths])
+    labels, prob = np.array([0, 1]), np.array([0.3, 0.6])
+    for threshold, outcomes in ((0.5, {"TN", "TP"}), (0.2, {"FP", "TP"}), (0.7, {"TN", "FN"})):
+        out = tmp_path / str(threshold)
+        assert explain.save_outcome_overlays(trained_run / "best.keras", images, labels, prob, list(map(str, paths)),
+                                             1, out, threshold=threshold) == 2
+        assert {p.name.split("_")[0] for p in out.glob("*.png")} == outcomes
 
 
 def test_run_saves_outcome_overlays_when_asked(blob_dataset: Path, tmp_path: Path):
-    args = ["--data", str(blob_dataset), "--output", str(tmp_path), "--name", "g", "--epochs", "1",
+    args = ["train", "--data", str(blob_dataset), "--output", str(tmp_path), "--name", "g", "--epochs", "1",
             "--image-size", "32", "--batch-size", "8", "--gradcam", "1"]
-    assert run_main(args) == 0
+    assert main(args) == 0
     names = [p.name.split("_")[0] for p in (tmp_path / "g" / "gradcam").glob("*.png")]
     assert 1 <= len(names) <= 4 and set(names) <= {"TP", "FP", "FN", "TN"}
 

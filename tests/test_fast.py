@@ -64,10 +64,10 @@ def test_fast_recipe_needs_a_pretrained_backbone():
 
 @pytest.mark.skipif(not VGG16_FILE.is_file(), reason="shared VGG16 ImageNet weights not found")
 def test_fast_run_trains_only_the_top_and_saves_the_whole_model(blob_dataset: Path, tmp_path: Path):
-    args = ["--data", str(blob_dataset), "--output", str(tmp_path / "runs"), "--name", "fast", "--model", "vgg16",
-            "--imagenet", "--weights-dir", str(VGG16_FILE.parent), "--recipe", "fast", "--feature-views", "2",
-            "--epochs", "3", "--image-size", "32", "--batch-size", "8", "--learning-rate", "0.001",
-            "--track-test"]
+    args = ["train", "--data", str(blob_dataset), "--output", str(tmp_path / "runs"), "--name", "fast",
+            "--model", "vgg16", "--imagenet", "--weights-dir", str(VGG16_FILE.parent), "--recipe", "fast",
+            "--feature-views", "2", "--epochs", "3", "--image-size", "32", "--batch-size", "8",
+            "--learning-rate", "0.001", "--track-test"]
     assert main(args) == 0
     run = tmp_path / "runs" / "fast"
     with open(run / "history.csv") as handle:
@@ -93,8 +93,8 @@ def test_fast_run_trains_only_the_top_and_saves_the_whole_model(blob_dataset: Pa
 def test_fast_training_resumes_from_its_backup(tmp_path: Path, caplog):
     from conftest import blob_image
 
-    from tumorclf.fast import train_fast
-    from tumorclf.training import select_strategy
+    from tumorclf.rundir import RunDir
+    from tumorclf.training import select_strategy, train
 
     rng = np.random.default_rng(0)
     labels = {name: np.arange(n) % 2 for name, n in (("train", 24), ("val", 8), ("test", 8))}
@@ -107,10 +107,16 @@ def test_fast_training_resumes_from_its_backup(tmp_path: Path, caplog):
         return Config(model="vgg16", imagenet=True, recipe="fast", feature_views=2, epochs=epochs, image_size=32,
                       batch_size=8, learning_rate=1e-3)
 
-    first = train_fast(config(1), build, select_strategy("default"), images, labels, tmp_path)
-    assert first.epochs_run == 1 and (tmp_path / "backup" / "epoch_0001.weights.h5").is_file()
     with caplog.at_level("INFO", logger="tumorclf"):
-        second = train_fast(config(3), build, select_strategy("default"), images, labels, tmp_path, resume=True)
+        first = train(config(1), RunDir(tmp_path), build, select_strategy("default"), images, labels)
+    # feature caching reports each view and its progress (a batch count when it ends)
+    assert "caching view 1/2 of 24 training images" in caplog.text and "caching view 2/2" in caplog.text
+    assert "features, train view 2: 3/3 batches" in caplog.text and "features, val: 1/1 batches" in caplog.text
+    assert "features, test" not in caplog.text  # test features only with --track-test
+    assert first.epochs_run == 1 and (tmp_path / "backup" / "epoch_0001.weights.h5").is_file()
+    caplog.clear()
+    with caplog.at_level("INFO", logger="tumorclf"):
+        second = train(config(3), RunDir(tmp_path), build, select_strategy("default"), images, labels, resume=True)
     assert "resuming after epoch 1" in caplog.text
     assert second.epochs_run == 3 and second.train_seconds > first.train_seconds
     assert json.loads((tmp_path / "progress.json").read_text())["epochs_done"] == 3

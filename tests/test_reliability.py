@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import write_blob_dataset
+from tumorclf.callbacks import HISTORY_COLUMNS
 from tumorclf.cli import main
 
 EPOCHS = 5
@@ -72,7 +73,7 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path: Path):
 
 
 def test_resume_refuses_a_different_config_and_skips_finished_runs(blob_dataset: Path, tmp_path: Path, capsys):
-    args = ["--data", str(blob_dataset), "--output", str(tmp_path), "--name", "r", "--epochs", "1",
+    args = ["train", "--data", str(blob_dataset), "--output", str(tmp_path), "--name", "r", "--epochs", "1",
             "--image-size", "32", "--batch-size", "8"]
     assert main(args) == 0
     finished = (tmp_path / "r" / "metrics.json").read_text()
@@ -83,11 +84,11 @@ def test_resume_refuses_a_different_config_and_skips_finished_runs(blob_dataset:
 
 
 def test_fewer_images_than_a_batch_stops_before_training(blob_dataset: Path, tmp_path: Path, capsys):
-    args = ["--data", str(blob_dataset), "--output", str(tmp_path / "runs"), "--image-size", "32", "--batch-size", "64"]
+    args = ["train", "--data", str(blob_dataset), "--output", str(tmp_path / "runs"), "--image-size", "32",
+            "--batch-size", "64"]
     assert main(args) == 2
     assert "fewer images than one batch" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
-
 
 
 def free_port() -> int:
@@ -98,7 +99,8 @@ def free_port() -> int:
 
 def test_multiworker_without_tf_config_stops_cleanly(blob_dataset: Path, tmp_path: Path, capsys, monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
-    assert main(["--data", str(blob_dataset), "--output", str(tmp_path / "runs"), "--strategy", "multiworker"]) == 2
+    assert main(["train", "--data", str(blob_dataset), "--output", str(tmp_path / "runs"),
+                 "--strategy", "multiworker"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "TF_CONFIG" in err[0]
     assert not (tmp_path / "runs").exists()
@@ -144,7 +146,11 @@ def test_two_workers_on_localhost_train_together_and_only_the_chief_writes(tmp_p
     assert json.loads((run / "config.json").read_text())["resolved"]["replicas"] == 2
     assert json.loads((run / "metrics.json").read_text())["epochs_run"] == 3
     with open(run / "history.csv") as handle:
-        rows = list(csv.DictReader(handle))
+        reader = csv.DictReader(handle)
+        rows = list(reader)
+    assert reader.fieldnames == list(HISTORY_COLUMNS)  # the same columns as Keras fit's paths
     assert len(rows) == 3 and all(0 <= float(row["val_f1"]) <= 1 and float(row["loss"]) > 0 for row in rows)
+    assert all(row["val_loss"] and row["val_accuracy"] and not row["test_accuracy"] for row in rows)
+    assert main(["curves", str(run), "--out", str(tmp_path / "curves.png")]) == 0
     for index in range(2):  # both workers ran every epoch
         assert results[index][1].count("epoch 3/3") == 1

@@ -4,8 +4,11 @@ import csv
 from pathlib import Path
 
 import keras
+import pytest
 
-from tumorclf.study import main
+from tumorclf.cli import main
+from tumorclf.config import load_yaml
+from tumorclf.study import study_configs
 
 
 def test_study_runs_skips_finished_and_reports_unavailable_weights(blob_dataset: Path, tmp_path: Path, monkeypatch):
@@ -24,7 +27,7 @@ runs:
   - {{model: simplecnn, max_minutes: 30}}
   - {{model: resnet50, imagenet: true}}
 """)
-    args = ["--config", str(study), "--data", str(blob_dataset)]
+    args = ["study", "--config", str(study), "--data", str(blob_dataset)]
     assert main([*args, "--status"]) == 0  # reports every row, trains nothing
     with open(tmp_path / "results" / "results.csv") as handle:
         assert [r["status"][:11] for r in csv.DictReader(handle)] == ["pending"] * 2 + ["unavailable"] * 2
@@ -55,5 +58,45 @@ runs:
 def test_study_file_errors(tmp_path: Path, capsys):
     study = tmp_path / "bad.yaml"
     study.write_text("runs: []\n")
-    assert main(["--config", str(study)]) == 2
+    assert main(["study", "--config", str(study)]) == 2
     assert "non-empty `runs`" in capsys.readouterr().err
+
+
+def test_study_values_are_coerced_like_config(blob_dataset: Path, tmp_path: Path, capsys):
+    study = tmp_path / "study.yaml"
+    study.write_text(f"""
+output: {tmp_path / 'runs'}
+results: {tmp_path / 'results'}
+defaults: {{learning_rate: 1e-4, image_size: 32}}
+runs:
+  - {{model: simplecnn, epochs: '3', dropout: 2.5e-1}}
+""")
+    (cfg,) = study_configs(load_yaml(study), str(blob_dataset))
+    assert isinstance(cfg.learning_rate, float) and cfg.learning_rate == 1e-4
+    assert cfg.epochs == 3 and cfg.dropout == 0.25 and cfg.resume
+    assert main(["study", "--config", str(study), "--data", str(blob_dataset), "--status"]) == 0
+    assert "simplecnn" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("defaults, entry, where", [
+    ("{}", "{model: simplecnn, epochs: ten}", "runs entry 1 (simplecnn"),
+    ("{epochs: ten}", "{model: simplecnn}", "defaults: "),
+])
+def test_bad_study_value_is_one_line_naming_the_key(tmp_path: Path, capsys, defaults, entry, where):
+    study = tmp_path / "study.yaml"
+    study.write_text(f"output: {tmp_path / 'runs'}\ndefaults: {defaults}\nruns:\n  - {entry}\n")
+    capsys.readouterr()
+    assert main(["study", "--config", str(study)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("tumorclf: error: ") and where in lines[0]
+    assert "epochs: expected an integer, got 'ten'" in lines[0]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_study_only_takes_known_models(tmp_path: Path, capsys):
+    study = tmp_path / "study.yaml"
+    study.write_text("runs:\n  - {model: simplecnn}\n")
+    assert main(["study", "--config", str(study), "--only", "vgg"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "invalid choice: 'vgg'" in lines[0], lines

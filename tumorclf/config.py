@@ -194,8 +194,11 @@ def type_name(hint: Any) -> str:
     if _is_optional(hint):
         return f"{type_name(args[0])} or null"
     if typing.get_origin(hint) is tuple:
-        return f"a list of {len(args)} {type_name(args[0])} values"
+        return f"a list of {len(args)} {_PLURAL[args[0]]}"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[hint]
+
+
+_PLURAL = {int: "integers", float: "numbers", bool: "booleans", str: "strings"}
 
 
 def _is_optional(hint: Any) -> bool:

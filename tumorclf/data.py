@@ -3,37 +3,32 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
 import re
 import shutil
+import stat
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
 
+from tumorclf.decoder import DECODER_VERSION, MAX_PIXELS, DecodeError, decode_image  # noqa: F401 (re-exported)
 from tumorclf.errors import UserError
+from tumorclf.progress import Progress
 
 log = logging.getLogger(__name__)
 
 CLASS_NAMES = ("Healthy", "Tumor")
 TUMOR_WORDS = {"tumor", "tumour", "tumors", "cancer", "yes", "glioma", "meningioma", "pituitary", "positive"}
 HEALTHY_WORDS = {"healthy", "normal", "no", "not", "non", "negative", "none", "notumor", "nontumor", "without"}
-MAX_PIXELS = 50_000_000  # larger than any sane slice; guards against decompression bombs
-DECODER_VERSION = "1"  # bump when decode_image changes, so old caches are not reused
 
 
 class DataError(UserError, ValueError):
     """The data folder cannot be used as given; the message says why."""
-
-
-class DecodeError(ValueError):
-    """One file cannot be decoded into an image; the message is the reason."""
 
 
 @dataclass(frozen=True)
@@ -93,11 +88,74 @@ def find_class_folders(root: Path, classes: tuple[str, str] | None = None) -> Cl
     return ClassFolders(healthy[0], tumor, f"from folder names: healthy={healthy[0].name!r}, tumor={tumor.name!r}")
 
 
+@dataclass(frozen=True)
+class Listing:
+    """What lies below a folder: the usable files, and the entries that cannot be used, with the reason."""
+
+    files: list[Path]  # regular files (symbolic links to files followed), sorted
+    problems: list[tuple[Path, str]]  # (path, reason), sorted: dangling links, unreadable entries, special files
+
+
+def unreadable_reason(exc: OSError) -> str:
+    """One short reason for a file or folder the OS refuses, e.g. 'unreadable: Permission denied'."""
+    return f"unreadable: {exc.strerror or type(exc).__name__}"
+
+
+def scan_below(folder: Path) -> Listing:
+    """Every non-hidden entry below `folder` (hidden folders skipped too), sorted as paths sort.
+
+    Regular files, and symbolic links to them, are `files`. Everything else that is not a folder is a
+    problem with its reason rather than dropped silently: a dangling symbolic link, an entry or
+    folder the OS refuses (permission denied, a link loop), a link to a folder (not followed, so a
+    loop cannot recurse) and a special file (a FIFO would block a reader forever).
+    """
+    files: list[Path] = []
+    problems: list[tuple[Path, str]] = []
+
+    def walk(directory: Path) -> None:
+        try:
+            with os.scandir(directory) as listing:
+                entries = sorted(listing, key=lambda entry: entry.name)
+        except OSError as exc:
+            problems.append((directory, f"folder {unreadable_reason(exc)}"))
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = directory / entry.name
+            try:
+                if entry.is_symlink():
+                    try:
+                        target = os.stat(path)
+                    except FileNotFoundError:
+                        problems.append((path, "dangling symbolic link"))
+                        continue
+                    if stat.S_ISDIR(target.st_mode):
+                        problems.append((path, "symbolic link to a folder (not followed)"))
+                    elif stat.S_ISREG(target.st_mode):
+                        files.append(path)
+                    else:
+                        problems.append((path, "not a regular file"))
+                elif entry.is_dir(follow_symlinks=False):
+                    walk(path)
+                elif entry.is_file(follow_symlinks=False):
+                    files.append(path)
+                else:
+                    problems.append((path, "not a regular file"))
+            except OSError as exc:  # e.g. a symbolic link loop
+                problems.append((path, unreadable_reason(exc)))
+
+    walk(folder)
+    return Listing(sorted(files), sorted(problems))
+
+
 def files_below(folder: Path) -> list[Path]:
-    """Every non-hidden file below `folder` (hidden folders skipped too), sorted."""
-    return sorted(
-        p for p in folder.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
+    """Every non-hidden file below `folder` (hidden folders skipped too), sorted. Entries that are not
+    usable files (see `scan_below`) are logged once each as skipped."""
+    listing = scan_below(folder)
+    for path, reason in listing.problems:
+        log.warning("skipped %s: %s", path, reason)
+    return listing.files
 
 
 def expand_inputs(inputs: list[Path]) -> list[Path]:
@@ -115,56 +173,18 @@ def label_from_folder(path: Path) -> int | None:
     return None
 
 
-def list_files(folders: ClassFolders) -> list[tuple[Path, int]]:
-    """Every non-hidden file below each class folder, with its label, in a stable order."""
+def list_files(folders: ClassFolders) -> tuple[list[tuple[Path, int]], list[tuple[Path, str]]]:
+    """Every non-hidden file below each class folder with its label, in a stable order, and the entries
+    that cannot be used with their reason (see `scan_below`)."""
     files: list[tuple[Path, int]] = []
+    problems: list[tuple[Path, str]] = []
     for label, folder in enumerate((folders.healthy, folders.tumor)):
-        found = files_below(folder)
-        if not found:
+        found = scan_below(folder)
+        if not found.files and not found.problems:
             raise DataError(f"class folder {folder} ({CLASS_NAMES[label]}) holds no files")
-        files.extend((p, label) for p in found)
-    return files
-
-
-def decode_image(source: str | os.PathLike | bytes, size: int) -> np.ndarray:
-    """Decode any PIL-readable image by its content into uint8 RGB of shape (size, size, 3).
-
-    Handles lying extensions, grayscale, RGBA/LA, palette (with transparency), 16-bit and
-    float images, CMYK, and EXIF orientation. Raises `DecodeError` with a reason otherwise.
-    """
-    try:
-        stream = io.BytesIO(source) if isinstance(source, bytes) else source
-        with Image.open(stream) as image:
-            if image.width * image.height > MAX_PIXELS:
-                raise DecodeError(f"image too large ({image.width}x{image.height} px)")
-            if image.format == "JPEG":
-                image.draft("RGB", (size, size))  # fast DCT-domain downscale of large JPEGs
-            image = ImageOps.exif_transpose(image)
-            rgb = _to_rgb(image)
-            return np.asarray(rgb.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
-    except DecodeError:
-        raise
-    except Image.UnidentifiedImageError:
-        raise DecodeError("not an image (unrecognised content)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, EOFError) as exc:
-        raise DecodeError(f"unreadable image: {exc}") from None
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any mode to 8-bit RGB; transparency is composited onto black (MRI background)."""
-    if image.mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        pixels = np.asarray(image, dtype=np.float64)
-        low, high = float(pixels.min()), float(pixels.max())
-        scaled = (pixels - low) * (255.0 / (high - low)) if high > low else np.zeros_like(pixels)
-        image = Image.fromarray(np.clip(scaled + 0.5, 0, 255).astype(np.uint8), mode="L")
-    if image.mode in ("LA", "PA", "RGBa", "La"):
-        image = image.convert("RGBA")
-    if image.mode == "RGBA":
-        black = Image.new("RGBA", image.size, (0, 0, 0, 255))
-        image = Image.alpha_composite(black, image)
-    return image.convert("RGB")
+        files.extend((p, label) for p in found.files)
+        problems.extend(found.problems)
+    return files, problems
 
 
 def default_cache_dir() -> Path:
@@ -172,7 +192,29 @@ def default_cache_dir() -> Path:
 
 
 def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """SHA-256 of a file's bytes, read in 1 MiB chunks; `OSError` when the file cannot be read."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def hash_files(paths: list[Path]) -> list[tuple[str | None, str]]:
+    """(SHA-256, "") for each readable file and (None, reason) for each unreadable one, in order, with progress."""
+
+    def one(path: Path) -> tuple[str | None, str]:
+        try:
+            return file_sha256(path), ""
+        except OSError as exc:
+            return None, unreadable_reason(exc)
+
+    results: list[tuple[str | None, str]] = []
+    with ThreadPoolExecutor(os.cpu_count() or 2) as pool, Progress(len(paths), "hashing", unit="files") as progress:
+        for result in pool.map(one, paths):
+            results.append(result)
+            progress.update()
+    return results
 
 
 def load_dataset(
@@ -185,40 +227,65 @@ def load_dataset(
     """Scan, hash and decode a class-folder dataset, reusing the on-disk cache when it matches.
 
     The cache is keyed by the files' content (SHA-256) and the image size, so renaming files
-    does not invalidate it and a second run decodes nothing.
+    does not invalidate it and a second run decodes nothing. Entries that cannot be used (dangling
+    links, unreadable or undecodable files) end in `Dataset.skipped` with their reason.
     """
     root = Path(root)
     folders = find_class_folders(root, classes)
     log.info("classes %s", folders.how)
-    files = list_files(folders)
+    files, problems = list_files(folders)
     if max_files is not None and max_files < len(files):
         picks = np.random.default_rng(0).choice(len(files), size=max_files, replace=False)
         files = [files[i] for i in sorted(picks)]
-    with ThreadPoolExecutor(os.cpu_count() or 2) as pool:
-        hashes = list(pool.map(lambda item: file_sha256(item[0]), files))
-    unique = sorted(set(hashes))
-    pixels, failures = _cached_decode(
-        {h: path for (path, _), h in zip(files, hashes)}, unique, image_size, Path(cache_dir or default_cache_dir())
-    )
+    dataset = load_files(root, folders, files, image_size, cache_dir, problems)
+    for label, name in enumerate(CLASS_NAMES):
+        if not np.any(dataset.labels == label):
+            raise DataError(f"no readable {name} images in {root} ({len(dataset.skipped)} files skipped)")
+    return dataset
+
+
+def load_files(
+    root: str | os.PathLike,
+    folders: ClassFolders,
+    files: list[tuple[Path, int]],
+    image_size: int,
+    cache_dir: str | os.PathLike | None = None,
+    problems: list[tuple[Path, str]] = (),
+) -> Dataset:
+    """Hash and decode `files` ((path, label), paths below `root`) through the decoded-image cache.
+
+    Files that cannot be read or decoded, and the listing's `problems`, are skipped: each is logged
+    once and kept in `Dataset.skipped` (path relative to `root`, reason), sorted by path. A class may
+    end up with no images; `load_dataset` refuses that, callers of this function decide themselves.
+    """
+    root = Path(root)
+
+    def relative(path: Path) -> str:
+        return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+
+    skipped = [(relative(path), reason) for path, reason in problems]
+    hashed = hash_files([path for path, _ in files])
+    path_of = {digest: path for (path, _), (digest, _) in zip(files, hashed) if digest is not None}
+    unique = sorted(path_of)
+    pixels, failures = _cached_decode(path_of, unique, image_size, Path(cache_dir or default_cache_dir()))
     usable = [i for i, h in enumerate(unique) if h not in failures]
     pixels = np.asarray(pixels[usable]) if len(usable) < len(unique) else pixels
     row_of = {unique[i]: row for row, i in enumerate(usable)}
-    paths, labels, shas, index, skipped = [], [], [], [], []
-    for (path, label), digest in zip(files, hashes):
-        rel = path.relative_to(root).as_posix()
-        if digest in failures:
-            skipped.append((rel, failures[digest]))
-            log.warning("skipped %s: %s", rel, failures[digest])
+    paths, labels, shas, index = [], [], [], []
+    for (path, label), (digest, reason) in zip(files, hashed):
+        rel = relative(path)
+        if digest is None or digest in failures:
+            skipped.append((rel, reason or failures[digest]))
             continue
         paths.append(rel)
         labels.append(label)
         shas.append(digest)
         index.append(row_of[digest])
-    labels_arr = np.asarray(labels, dtype=np.int64)
-    for label, name in enumerate(CLASS_NAMES):
-        if not np.any(labels_arr == label):
-            raise DataError(f"no readable {name} images in {root} ({len(skipped)} files skipped)")
-    return Dataset(root, folders, paths, labels_arr, shas, np.asarray(index, dtype=np.int64), pixels, skipped)
+    skipped.sort()
+    for rel, reason in skipped:
+        log.warning("skipped %s: %s", rel, reason)
+    return Dataset(root, folders, paths, np.asarray(labels, dtype=np.int64), shas, np.asarray(index, dtype=np.int64),
+                   pixels, skipped)
 
 
 def _cached_decode(
@@ -239,11 +306,12 @@ def _cached_decode(
         row, digest = item
         try:
             pixels[row] = decode_image(path_of[digest], size)
-        except DecodeError as exc:
+        except (DecodeError, OSError) as exc:
             failures[digest] = str(exc)
 
-    with ThreadPoolExecutor(os.cpu_count() or 2) as pool:
-        list(pool.map(work, enumerate(unique)))
+    with ThreadPoolExecutor(os.cpu_count() or 2) as pool, Progress(len(unique), "decoding", unit="images") as progress:
+        for _ in pool.map(work, enumerate(unique)):
+            progress.update()
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=entry.name + ".", dir=cache_dir))
     np.save(tmp / "images.npy", pixels)

@@ -30,6 +30,28 @@ def precision_recall_f1(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[float, 
     return float(precision), float(recall), float(f1)
 
 
+def specificity(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """True-negative rate: the share of Healthy images predicted Healthy (NaN without Healthy images)."""
+    (tn, fp), _ = confusion_matrix(y_true, y_pred)
+    return float(tn / (tn + fp)) if tn + fp else float("nan")
+
+
+def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Mean of the per-class recalls (sensitivity and specificity) over the classes present, as
+    scikit-learn's `balanced_accuracy_score`; NaN for no images."""
+    matrix = confusion_matrix(y_true, y_pred)
+    totals = matrix.sum(axis=1)
+    present = totals > 0
+    return float(np.mean(matrix.diagonal()[present] / totals[present])) if present.any() else float("nan")
+
+
+def brier_score(y_true: np.ndarray, prob_tumor: np.ndarray) -> float:
+    """Mean squared difference between P(Tumor) and the true label (0 is perfect, 0.25 is a constant 0.5);
+    NaN for no images."""
+    y_true, prob_tumor = np.asarray(y_true, dtype=np.float64), np.asarray(prob_tumor, dtype=np.float64)
+    return float(np.mean((prob_tumor - y_true) ** 2)) if len(y_true) else float("nan")
+
+
 def roc_curve(y_true: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """False- and true-positive rates at every distinct threshold, from (0, 0) to (1, 1)."""
     order = np.argsort(-np.asarray(score, dtype=np.float64), kind="mergesort")

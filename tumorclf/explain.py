@@ -1,17 +1,17 @@
 """Grad-CAM explanations (tf-keras-vis): per-image overlays and a side-by-side comparison of runs.
 
 Usage:
-  python -m tumorclf.explain --run RUN_DIR --images PATH... --out DIR [--method gradcam|gradcam++|scorecam]
-  python -m tumorclf.explain --runs RUN_DIR RUN_DIR... --images PATH... --out DIR
+  tumorclf explain --run RUN_DIR --images PATH... --out DIR [--method gradcam|gradcam++|scorecam] [--layer NAME]
+  tumorclf explain --runs RUN_DIR RUN_DIR... --images PATH... --out DIR
+(``python -m tumorclf.explain`` is an alias.)
+
+The explained layer is the registry's Grad-CAM layer of the run's model (`--layer` overrides it); the
+predicted class, where it is the target, is taken at the run's operating threshold on P(Tumor).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import os
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -21,27 +21,44 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tumorclf.artifacts import atomic_write_bytes, figure_png  # noqa: E402
-from tumorclf.data import CLASS_NAMES, DecodeError, decode_image, expand_inputs, label_from_folder  # noqa: E402
+from tumorclf.data import CLASS_NAMES, expand_inputs, label_from_folder  # noqa: E402
+from tumorclf.decoder import DecodeError, decode_image  # noqa: E402
+from tumorclf.errors import UsageError, UserError  # noqa: E402
+from tumorclf.progress import Progress, track  # noqa: E402
+from tumorclf.registry import MODELS  # noqa: E402
+from tumorclf.rundir import DEFAULT_THRESHOLD, RunDir  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 METHODS = ("gradcam", "gradcam++", "scorecam")
 TARGETS = ("predicted", "tumor", "healthy")
-_HEAD_INPUTS = ("avg_pool", "flatten")
+CHUNK = 32  # images per heatmap call: bounds memory (Score-CAM) and paces the progress report
+
+
+class LayerError(UserError, ValueError):
+    """The layer to explain does not exist in the model, or the model has no registry entry."""
 
 
 def target_layer(model, name: str | None = None) -> str:
-    """The layer whose activations Grad-CAM weighs: `name` if given, else the last spatial feature map
-    before the head, taken before a final pooling layer (VGG16 block5_conv3, ResNet conv5_block3_out,
-    DenseNet relu, SimpleCNN relu3)."""
-    if name is not None:
-        model.get_layer(name)  # raises ValueError naming the layer when it does not exist
-        return name
-    head = next(i for i, layer in enumerate(model.layers) if layer.name in _HEAD_INPUTS)
-    for layer in reversed(model.layers[:head]):  # functional layers are in topological order
-        if len(layer.output.shape) == 4 and "pool" not in layer.name.lower():
-            return layer.name
-    raise ValueError(f"{model.name} has no spatial feature map before its head")
+    """The layer whose activations Grad-CAM weighs: `name` if given, else the registry's `gradcam_layer`
+    of the model (the last spatial feature map before the head: VGG16 block5_conv3, ResNet
+    conv5_block3_out, DenseNet relu, SimpleCNN relu3)."""
+    if name is None:
+        entry = MODELS.get(model.name)
+        if entry is None:
+            raise LayerError(f"model {model.name!r} is not one of tumorclf's models ({', '.join(MODELS)}), so its "
+                             "Grad-CAM layer is unknown; name one with --layer")
+        name = entry.gradcam_layer
+    try:
+        layer = model.get_layer(name)
+    except ValueError:
+        default = MODELS[model.name].gradcam_layer if model.name in MODELS else None
+        raise LayerError(f"model {model.name} has no layer {name!r}"
+                         + (f" (its Grad-CAM layer is {default!r})" if default else "")) from None
+    if len(layer.output.shape) != 4:
+        raise LayerError(f"layer {name!r} of {model.name} is not a spatial feature map "
+                         f"(output shape {tuple(layer.output.shape)}); Grad-CAM needs one")
+    return name
 
 
 def heatmaps(model, images: np.ndarray, classes: np.ndarray, method: str = "gradcam",
@@ -78,20 +95,18 @@ def heatmaps(model, images: np.ndarray, classes: np.ndarray, method: str = "grad
     return np.where(span > 0, (cams - low) / np.where(span > 0, span, 1), 0.0)
 
 
-def load_run_model(run_dir: Path):
-    """A fresh copy of a run's best model (explanations modify the model they are given)."""
-    from tumorclf.models import load_model
-
-    best = Path(run_dir) / "best.keras"
-    if not best.is_file():
-        raise FileNotFoundError(f"{run_dir} has no best.keras (not a finished run)")
-    return load_model(best)
+def _run(run_dir: Path | RunDir) -> RunDir:
+    return run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
 
 
-def run_title(run_dir: Path) -> str:
-    config = json.loads((Path(run_dir) / "config.json").read_text())["config"]
-    weights = "ImageNet" if config["imagenet"] else "scratch"
-    return f"{config['model']} ({weights})"
+def load_run_model(run_dir: Path | RunDir):
+    """A fresh copy of a finished run's best model (explanations modify the model they are given)."""
+    return _run(run_dir).require_finished().load_model()
+
+
+def run_title(run_dir: Path | RunDir) -> str:
+    config = _run(run_dir).config()
+    return f"{config.model} ({'ImageNet' if config.imagenet else 'scratch'})"
 
 
 def overlay(ax, image: np.ndarray, cam: np.ndarray) -> None:
@@ -101,9 +116,10 @@ def overlay(ax, image: np.ndarray, cam: np.ndarray) -> None:
 
 
 def explain_image_png(image: np.ndarray, cam: np.ndarray, prob_tumor: float, true_label: int | None,
-                      caption: str) -> bytes:
-    """A two-panel PNG: the slice, and the heatmap overlay titled with truth, prediction and probability."""
-    predicted = int(prob_tumor >= 0.5)
+                      caption: str, threshold: float) -> bytes:
+    """A two-panel PNG: the slice, and the heatmap overlay titled with truth, prediction (at `threshold`
+    on P(Tumor)) and the probability of the predicted class."""
+    predicted = int(prob_tumor >= threshold)
     truth = CLASS_NAMES[true_label] if true_label is not None else "unknown"
     fig, axes = plt.subplots(1, 2, figsize=(7, 3.8))
     axes[0].imshow(image)
@@ -116,41 +132,55 @@ def explain_image_png(image: np.ndarray, cam: np.ndarray, prob_tumor: float, tru
     return figure_png(fig)
 
 
-def class_to_explain(target: str, prob_tumor: np.ndarray) -> np.ndarray:
+def class_to_explain(target: str, prob_tumor: np.ndarray, threshold: float) -> np.ndarray:
+    """The class whose evidence is shown, per image: the prediction at `threshold`, or a fixed class."""
     if target == "predicted":
-        return (prob_tumor >= 0.5).astype(int)
+        return (np.asarray(prob_tumor) >= threshold).astype(int)
     return np.full(len(prob_tumor), 1 if target == "tumor" else 0)
 
 
-def explain_run(run_dir: Path, files: list[Path], method: str, target: str, layer: str | None = None):
-    """Decode `files` at the run's size, predict, and compute heatmaps: (kept files, images, P(tumor), maps)."""
-    model = load_run_model(run_dir)
+def explain_run(run_dir: Path | RunDir, files: list[Path], method: str, target: str, layer: str | None = None):
+    """Decode `files` at the run's size, predict, and compute heatmaps: (kept files, images, P(tumor), maps).
+    The predicted class is taken at the run's operating threshold."""
+    run = _run(run_dir)
+    model = load_run_model(run)
+    threshold = run.threshold()
+    target_layer(model, layer)  # a bad --layer fails before any decoding
     images, kept = _decode_all(files, int(model.input_shape[1]))
     if not kept:
         return [], images, np.empty(0), np.empty((0, *images.shape[1:3]))
     prob_tumor = model.predict(images.astype("float32"), verbose=0)[:, 1]
-    return kept, images, prob_tumor, heatmaps(model, images, class_to_explain(target, prob_tumor), method, layer)
+    classes = class_to_explain(target, prob_tumor, threshold)
+    with Progress(len(kept), f"{method} {run.name}", unit="images") as progress:
+        cams = []
+        for start in range(0, len(kept), CHUNK):
+            cams.append(heatmaps(model, images[start:start + CHUNK], classes[start:start + CHUNK], method, layer))
+            progress.update(len(cams[-1]))
+    return kept, images, prob_tumor, np.concatenate(cams)
 
 
-def explain_images(run_dir: Path, files: list[Path], out: Path, method: str = "gradcam",
+def explain_images(run_dir: Path | RunDir, files: list[Path], out: Path, method: str = "gradcam",
                    target: str = "predicted", layer: str | None = None) -> list[Path]:
     """One overlay PNG per readable file in `out`; unreadable files are logged and skipped."""
-    kept, images, prob_tumor, cams = explain_run(run_dir, files, method, target, layer)
+    run = _run(run_dir)
+    kept, images, prob_tumor, cams = explain_run(run, files, method, target, layer)
+    threshold = run.threshold()
     written = []
-    caption = f"{run_title(run_dir)}, {method} on {target} class"
+    caption = f"{run_title(run)}, {method} on {target} class"
     for path, image, cam, p in zip(kept, images, cams, prob_tumor):
         target_path = out / f"{path.stem}_{method}.png"
-        atomic_write_bytes(target_path, explain_image_png(image, cam, float(p), label_from_folder(path), caption))
+        atomic_write_bytes(target_path, explain_image_png(image, cam, float(p), label_from_folder(path), caption,
+                                                          threshold))
         written.append(target_path)
     return written
 
 
-def compare_runs(run_dirs: list[Path], files: list[Path], out: Path, method: str = "gradcam",
-                 target: str = "predicted") -> list[Path]:
+def compare_runs(run_dirs: list[Path | RunDir], files: list[Path], out: Path, method: str = "gradcam",
+                 target: str = "predicted", layer: str | None = None) -> list[Path]:
     """For each file, one figure: the slice, then each run's overlay side by side (the paper's Figs. 5-8)."""
     columns = []
     for run_dir in run_dirs:
-        kept, images, prob_tumor, cams = explain_run(run_dir, files, method, target)
+        kept, images, prob_tumor, cams = explain_run(run_dir, files, method, target, layer)
         columns.append((run_title(run_dir), dict(zip(kept, zip(images, cams, prob_tumor)))))
     written = []
     for path in files:
@@ -174,7 +204,7 @@ def compare_runs(run_dirs: list[Path], files: list[Path], out: Path, method: str
 
 def _decode_all(files: list[Path], size: int) -> tuple[np.ndarray, list[Path]]:
     images, kept = [], []
-    for path in files:
+    for path in track(files, len(files), "decoding images", unit="files"):
         try:
             images.append(decode_image(path, size))
             kept.append(path)
@@ -184,11 +214,12 @@ def _decode_all(files: list[Path], size: int) -> tuple[np.ndarray, list[Path]]:
 
 
 def save_outcome_overlays(model_path: Path, images: np.ndarray, labels: np.ndarray, prob_tumor: np.ndarray,
-                          paths: list[str], per_outcome: int, out: Path) -> int:
-    """Overlays for up to `per_outcome` test images of each outcome (TP, FP, FN, TN); returns how many."""
+                          paths: list[str], per_outcome: int, out: Path, threshold: float = DEFAULT_THRESHOLD) -> int:
+    """Overlays for up to `per_outcome` test images of each outcome (TP, FP, FN, TN), the prediction taken
+    at `threshold` on P(Tumor); returns how many."""
     from tumorclf.models import load_model
 
-    predicted = (prob_tumor >= 0.5).astype(int)
+    predicted = (prob_tumor >= threshold).astype(int)
     outcomes = {"TP": (1, 1), "FP": (0, 1), "FN": (1, 0), "TN": (0, 0)}
     picks = {name: np.flatnonzero((labels == t) & (predicted == p))[:per_outcome] for name, (t, p) in outcomes.items()}
     rows = np.concatenate(list(picks.values())).astype(int)
@@ -198,42 +229,42 @@ def save_outcome_overlays(model_path: Path, images: np.ndarray, labels: np.ndarr
     cams = heatmaps(model, images[rows], predicted[rows])
     names = [name for name, chosen in picks.items() for _ in chosen]
     for name, row, cam in zip(names, rows, cams):
-        png = explain_image_png(images[row], cam, float(prob_tumor[row]), int(labels[row]), f"{name}: {paths[row]}")
+        png = explain_image_png(images[row], cam, float(prob_tumor[row]), int(labels[row]), f"{name}: {paths[row]}",
+                                threshold)
         atomic_write_bytes(out / f"{name}_{Path(paths[row]).stem}.png", png)
     return len(rows)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tumorclf.explain", description=__doc__.splitlines()[0])
+def add_arguments(p) -> None:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--run", type=Path, help="explain this run's best model")
     which.add_argument("--runs", type=Path, nargs="+", help="compare several runs side by side")
     p.add_argument("--images", type=Path, nargs="+", required=True, help="image files and/or folders")
     p.add_argument("--limit", type=int, help="at most this many images")
     p.add_argument("--method", choices=METHODS, default="gradcam")
-    p.add_argument("--target", choices=TARGETS, default="predicted", help="class whose evidence is shown")
-    p.add_argument("--layer", help="explain this layer instead of the automatic choice")
+    p.add_argument("--target", choices=TARGETS, default="predicted",
+                   help="class whose evidence is shown (predicted: at the run's operating threshold)")
+    p.add_argument("--layer", help="explain this layer instead of the model's Grad-CAM layer from the registry")
     p.add_argument("--out", type=Path, required=True)
-    args = p.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+def run(args) -> int:
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"explain: --limit must be a positive number of images, got {args.limit}")
     missing = [str(i) for i in args.images if not i.exists()]
     if missing:
-        print(f"tumorclf.explain: error: images not found: {', '.join(missing)}", file=sys.stderr)
-        return 2
+        raise UsageError(f"explain: images not found: {', '.join(missing)}")
     files = expand_inputs(args.images)[: args.limit]
-    try:
-        if args.run:
-            written = explain_images(args.run, files, args.out, args.method, args.target, args.layer)
-        else:
-            written = compare_runs(args.runs, files, args.out, args.method, args.target)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"tumorclf.explain: error: {exc}", file=sys.stderr)
-        return 2
+    if args.run:
+        written = explain_images(RunDir(args.run), files, args.out, args.method, args.target, args.layer)
+    else:
+        written = compare_runs([RunDir(r) for r in args.runs], files, args.out, args.method, args.target, args.layer)
     for path in written:
         print(path)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from tumorclf.cli import alias
+
+    raise SystemExit(alias("tumorclf.explain"))

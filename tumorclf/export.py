@@ -1,16 +1,26 @@
-"""Export a run's best model as a TensorFlow SavedModel with two serving signatures and a model card.
+"""`tumorclf export`: a run's best model as a TensorFlow SavedModel with two serving signatures and a model card.
 
-Usage: ``python -m tumorclf.export --run RUN_DIR [--out saved_models/NAME] [--measure N]``
+Usage: ``tumorclf export --run RUN [--out saved_models/NAME] [--threshold T] [--overwrite] [--measure N]``
+(``python -m tumorclf.export`` is an alias.)
+
+Signatures:
+
+- ``serve``: ``images`` float32 [N, S, S, 3], 0-255 RGB already decoded and resized (for example by
+  `tumorclf.decoder.decode_image`); preprocessing is inside the model.
+- ``serve_bytes``: ``image_bytes`` string [N] of encoded files, decoded and resized in the graph by
+  `tumorclf.decoder.decode_bytes_graph`: the same pixels as `tumorclf predict` for the formats in
+  `decoder.GRAPH_FORMATS`. Other formats (TIFF, WebP, 16-bit PNG, CMYK JPEG, paletted or compressed BMP)
+  make the call fail with an InvalidArgumentError naming the format; decode those with `tumorclf predict`.
+
+The folder also holds ``model.keras``, ``model_card.json`` (read by `tumorclf predict` for its default
+threshold) and ``MODEL_CARD.md``. The default decision threshold is the run's operating threshold.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -18,20 +28,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tumorclf.artifacts import RunExistsError, atomic_write_json, atomic_write_text, versions
-from tumorclf.models import load_model
+from tumorclf import decoder
+from tumorclf.artifacts import atomic_write_json, atomic_write_text, versions
+from tumorclf.errors import UsageError
+from tumorclf.predict import MODEL_CARD_FILE  # the name predict reads its default threshold from
+from tumorclf.rundir import RunDir, RunExistsError
 
 log = logging.getLogger(__name__)
-
-
-def decode_bytes_in_graph(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
-    """Encoded JPEG/PNG/GIF/BMP strings (batch) to float32 0-255 RGB at the model's size, in the graph."""
-
-    def one(data: tf.Tensor) -> tf.Tensor:
-        image = tf.io.decode_image(data, channels=3, expand_animations=False)
-        return tf.image.resize(tf.cast(image, tf.float32), (image_size, image_size), method="bilinear")
-
-    return tf.map_fn(one, encoded, fn_output_signature=tf.TensorSpec((image_size, image_size, 3), tf.float32))
 
 
 def export_saved_model(model: keras.Model, path: Path) -> None:
@@ -46,40 +49,61 @@ def export_saved_model(model: keras.Model, path: Path) -> None:
     )
     archive.add_endpoint(
         name="serve_bytes",
-        fn=lambda image_bytes: model(decode_bytes_in_graph(image_bytes, size), training=False),
+        fn=lambda image_bytes: model(decoder.decode_bytes_graph(image_bytes, size), training=False),
         input_signature=[tf.TensorSpec((None,), tf.string, name="image_bytes")],
     )
     archive.write_out(str(path), verbose=False)
 
 
-def model_card(run_dir: Path, threshold: float) -> dict:
-    """What a user of the export needs to know, from the run's config and metrics."""
-    config = json.loads((run_dir / "config.json").read_text())
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    cfg, resolved = config["config"], config["resolved"]
+def model_card(run: RunDir, threshold: float) -> dict:
+    """What a user of the export needs to know, from the run's record and metrics."""
+    record, metrics = run.record(), run.metrics()
+    cfg, resolved = record.config, record.resolved
+    size = cfg.image_size
+    trained_decoder = str(resolved.get("decoder", "1"))
     return {
-        "model": cfg["model"],
-        "weights_origin": resolved["weights_origin"],
-        "input": f"{cfg['image_size']}x{cfg['image_size']} RGB, float 0-255 (preprocessing is inside the model)",
+        "model": cfg.model,
+        "weights_origin": resolved.get("weights_origin"),
+        "input": f"{size}x{size} RGB, float 0-255 (preprocessing is inside the model)",
         "output": "softmax probabilities [Healthy, Tumor]",
-        "classes": resolved["class_names"],
-        "data": resolved["data"],
-        "split_protocol": cfg["split"],
-        "split": config["split"],
-        "recipe": {k: cfg[k] for k in ("epochs", "batch_size", "learning_rate", "momentum", "fine_tune", "seed")},
+        "classes": resolved.get("class_names"),
+        "data": resolved.get("data"),
+        "split_protocol": cfg.split,
+        "split": record.split,
+        "recipe": {k: getattr(cfg, k) for k in ("recipe", "epochs", "batch_size", "learning_rate", "momentum",
+                                                "fine_tune", "seed")},
         "best_epoch": metrics.get("best_epoch"),
-        "test_metrics": {k: metrics[k] for k in ("accuracy", "precision", "recall", "f1", "auc", "test_loss",
-                                                 "confusion_matrix", "per_class_accuracy")},
+        "test_metrics": {k: metrics.get(k) for k in ("accuracy", "precision", "recall", "f1", "auc", "test_loss",
+                                                     "confusion_matrix", "per_class_accuracy")},
         "threshold": threshold,
-        "signatures": {"serve": "images float32 [N, S, S, 3] 0-255 RGB",
-                       "serve_bytes": "image_bytes string [N] JPEG/PNG/GIF/BMP, decoded and resized in the graph"},
-        "source_run": str(run_dir.resolve()),
+        "decoder": {
+            "version": decoder.DECODER_VERSION,
+            "trained_with": trained_decoder,
+            "steps": "full-resolution decode (EXIF orientation, transparency on black, 16-bit stretch) to RGB "
+                     "uint8, then tf.image.resize bilinear antialias=True, rounded to uint8",
+            "serve_bytes_accepts": decoder.GRAPH_FORMATS,
+            "serve_bytes_refuses": "TIFF, WebP and other formats, 16-bit PNG, CMYK/YCCK JPEG, compressed or "
+                                   "paletted BMP, images over " f"{decoder.MAX_PIXELS} px: InvalidArgumentError "
+                                   f"starting '{decoder.GRAPH_ERROR_PREFIX}'",
+            "serve_bytes_known_differences": "EXIF orientation stored only in a PNG text chunk ('Raw profile type "
+                                             "exif') or in compressed XMP is not applied",
+        },
+        "signatures": {"serve": f"images float32 [N, {size}, {size}, 3] 0-255 RGB, decoded and resized by "
+                                "tumorclf.decoder.decode_image",
+                       "serve_bytes": f"image_bytes string [N] ({decoder.GRAPH_FORMATS}), decoded and resized "
+                                      "in the graph exactly as tumorclf predict does"},
+        "source_run": str(run.path.resolve()),
         "versions": versions(),
     }
 
 
 def card_markdown(card: dict) -> str:
     m = card["test_metrics"]
+
+    def number(key: str) -> str:
+        return "n/a" if m.get(key) is None else f"{m[key]:.4f}"
+
+    dec = card["decoder"]
     return "\n".join([
         f"# Model card: {card['model']}",
         "",
@@ -89,9 +113,13 @@ def card_markdown(card: dict) -> str:
         f"- Data: {card['data']}, split protocol `{card['split_protocol']}`",
         f"- Recipe: {card['recipe']}",
         f"- Decision threshold on P(Tumor): {card['threshold']}",
-        f"- Test: accuracy {m['accuracy']:.4f}, precision {m['precision']:.4f}, recall {m['recall']:.4f}, "
-        f"F1 {m['f1']:.4f}, AUC {m['auc']:.4f}, confusion matrix {m['confusion_matrix']}",
-        f"- Signatures: {card['signatures']}",
+        f"- Test: accuracy {number('accuracy')}, precision {number('precision')}, recall {number('recall')}, "
+        f"F1 {number('f1')}, AUC {number('auc')}, confusion matrix {m.get('confusion_matrix')}",
+        f"- Decoder: version {dec['version']} (the run was trained with version {dec['trained_with']}): "
+        f"{dec['steps']}",
+        f"- serve: {card['signatures']['serve']}",
+        f"- serve_bytes: {card['signatures']['serve_bytes']}. Refused with an error: {dec['serve_bytes_refuses']}. "
+        f"Known difference: {dec['serve_bytes_known_differences']}.",
         f"- Versions: {card['versions']}",
         "",
     ])
@@ -116,51 +144,66 @@ def measure_inference(model: keras.Model, saved_model_dir: Path, n: int, batch_s
             "saved_model_img_per_s": round(n / saved_s, 2)}
 
 
-def export_run(run_dir: Path, out: Path | None = None, threshold: float = 0.5, overwrite: bool = False,
-               measure: int = 0) -> Path:
-    """Export `run_dir/best.keras` to `out` (default `saved_models/<run name>`); returns the folder."""
-    run_dir = Path(run_dir)
-    best = run_dir / "best.keras"
-    if not best.is_file() or not (run_dir / "metrics.json").is_file():
-        raise FileNotFoundError(f"{run_dir} is not a finished run (best.keras and metrics.json needed)")
-    out = Path(out) if out else Path("saved_models") / run_dir.name
-    if out.exists():
-        if not overwrite:
-            raise RunExistsError(f"{out} already exists; pass --overwrite to replace it or --out to choose another")
-        shutil.rmtree(out)
-    model = load_model(best)
+def export_run(run_dir: str | Path | RunDir, out: str | Path | None = None, threshold: float | None = None,
+               overwrite: bool = False, measure: int = 0) -> Path:
+    """Export the run's best model to `out` (default `saved_models/<run name>`); returns the folder.
+
+    `threshold` (default: the run's operating threshold) is recorded in the model card."""
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    run.require_finished()
+    threshold = run.threshold() if threshold is None else float(threshold)
+    if not 0 <= threshold <= 1:
+        raise UsageError(f"export: --threshold must be in [0, 1], got {threshold}")
+    out = Path(out) if out else Path("saved_models") / run.name
+    if out.exists() and not overwrite:
+        raise RunExistsError(f"{out} already exists; pass --overwrite to replace it or --out to choose another")
+    card = model_card(run, threshold)  # reads every run file before the slow part
+    if card["decoder"]["trained_with"] != decoder.DECODER_VERSION:
+        log.warning("%s was trained with decoder version %s; this export and tumorclf predict decode with "
+                    "version %s (slightly different pixels)", run, card["decoder"]["trained_with"],
+                    decoder.DECODER_VERSION)
+    model = run.load_model()
     staging = out.with_name(f".{out.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    export_saved_model(model, staging)
-    shutil.copy2(best, staging / "model.keras")
-    card = model_card(run_dir, threshold)
-    if measure:
-        card["inference_speed"] = measure_inference(model, staging, measure)
-    atomic_write_json(staging / "model_card.json", card)
-    atomic_write_text(staging / "MODEL_CARD.md", card_markdown(card))
-    os.replace(staging, out)
+    try:
+        export_saved_model(model, staging)
+        shutil.copy2(run.best_model, staging / "model.keras")
+        if measure:
+            card["inference_speed"] = measure_inference(model, staging, measure)
+        atomic_write_json(staging / MODEL_CARD_FILE, card)
+        atomic_write_text(staging / "MODEL_CARD.md", card_markdown(card))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tumorclf.export", description=__doc__.splitlines()[0])
+def add_arguments(p) -> None:
     p.add_argument("--run", required=True, type=Path, help="a finished run folder")
     p.add_argument("--out", type=Path, help="destination (default saved_models/<run name>)")
-    p.add_argument("--threshold", type=float, default=0.5, help="decision threshold recorded in the model card")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--threshold", type=float, metavar="T",
+                   help="decision threshold on P(Tumor) recorded in the model card (default: the run's operating "
+                        "threshold)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing destination")
     p.add_argument("--measure", type=int, default=0, metavar="N",
                    help="time the SavedModel against in-process predict on N images; result in the card")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        out = export_run(args.run, args.out, args.threshold, args.overwrite, args.measure)
-    except (FileNotFoundError, RunExistsError) as exc:
-        print(f"tumorclf.export: error: {exc}", file=sys.stderr)
-        return 2
+
+
+def run(args) -> int:
+    if args.threshold is not None and not 0 <= args.threshold <= 1:
+        raise UsageError(f"export: --threshold must be in [0, 1], got {args.threshold}")
+    if args.measure < 0:
+        raise UsageError(f"export: --measure must be 0 or a positive number of images, got {args.measure}")
+    out = export_run(args.run, args.out, args.threshold, args.overwrite, args.measure)
     print(out)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from tumorclf.cli import alias
+
+    raise SystemExit(alias("tumorclf.export"))

@@ -18,10 +18,10 @@ from tumorclf.artifacts import atomic_write_text, csv_text, versions
 from tumorclf.config import Config, ConfigError, add_config_flags, build_config
 from tumorclf.data import CLASS_NAMES, DECODER_VERSION, DataError, load_dataset
 from tumorclf.evaluation import classification_metrics, write_reports
-from tumorclf.fast import train_fast
 from tumorclf.models import build_model, load_model, resolve_weights
-from tumorclf.rundir import RunDir
-from tumorclf.pipeline import make_dataset, make_train_dataset
+from tumorclf.pipeline import make_dataset
+from tumorclf.progress import keras_progress
+from tumorclf.rundir import DEFAULT_THRESHOLD, RunDir
 from tumorclf.splits import make_split, manifest_csv
 from tumorclf.training import is_chief, is_multiworker, select_precision, select_strategy, train
 
@@ -85,22 +85,16 @@ def run_experiment(cfg: Config) -> Path:
         atomic_write_text(run.split_file, manifest_csv(data.paths, data.labels, data.sha256, split))
         atomic_write_text(run.skipped_file, csv_text(["path", "reason"], data.skipped))
         build = lambda: build_model(cfg.model, cfg.image_size, weights, cfg.dropout)  # noqa: E731
-        datasets = {name: make_dataset(data.images(subsets[name]), data.labels[subsets[name]], cfg.batch_size)
-                    for name in ("val", "test")}
-        if cfg.recipe == "fast":
-            result = train_fast(cfg, build, strategy, {k: data.images(v) for k, v in subsets.items()},
-                                {k: data.labels[v] for k, v in subsets.items()}, run_dir, resume=resuming)
-        else:
-            train_data = make_train_dataset(data.images(subsets["train"]), data.labels[subsets["train"]],
-                                            cfg.batch_size, cfg.seed, cfg.augment, cfg.deterministic)
-            test = (datasets["test"], data.labels[subsets["test"]]) if cfg.track_test else None
-            result = train(cfg, build, strategy, train_data, datasets["val"], data.labels[subsets["val"]], run_dir,
-                           resume=resuming, test=test)
+        images = {name: data.images(rows) for name, rows in subsets.items()}
+        labels = {name: data.labels[rows] for name, rows in subsets.items()}
+        result = train(cfg, run, build, strategy, images, labels, resume=resuming)  # every recipe and backend
 
         best = load_model(result.best_checkpoint)
-        test_labels = data.labels[subsets["test"]]
-        probs = best.predict(datasets["test"], verbose=0)
-        metrics = classification_metrics(test_labels, probs)
+        test_labels = labels["test"]
+        test_data = make_dataset(images["test"], test_labels, cfg.batch_size)
+        probs = best.predict(test_data, verbose=0,
+                             callbacks=[keras_progress(len(test_data), "predicting the test split")])
+        metrics = classification_metrics(test_labels, probs, DEFAULT_THRESHOLD)
         metrics.update(best_epoch=result.best_epoch, best_val_f1=result.best_val_f1, epochs_run=result.epochs_run,
                        train_minutes=round(result.train_seconds / 60, 2),
                        wall_minutes=round((time.time() - started) / 60, 2), model=cfg.model, imagenet=cfg.imagenet,
@@ -112,8 +106,8 @@ def run_experiment(cfg: Config) -> Path:
         if cfg.gradcam_per_outcome:
             from tumorclf.explain import save_outcome_overlays
 
-            saved = save_outcome_overlays(result.best_checkpoint, data.images(subsets["test"]), test_labels,
-                                          probs[:, 1], test_paths, cfg.gradcam_per_outcome, run.gradcam_dir)
+            saved = save_outcome_overlays(result.best_checkpoint, images["test"], test_labels, probs[:, 1], test_paths,
+                                          cfg.gradcam_per_outcome, run.gradcam_dir, metrics["threshold"])
             log.info("saved %d Grad-CAM overlays in %s", saved, run.gradcam_dir)
         shutil.rmtree(run.backup_dir, ignore_errors=True)  # finished: the resume state is no longer needed
         log.info("test: accuracy %.4f, f1 %.4f, auc %.4f (best epoch %s) -> %s",
@@ -122,6 +116,8 @@ def run_experiment(cfg: Config) -> Path:
         run.detach_log(handler)
         if run_dir != cfg.run_dir:
             shutil.rmtree(run_dir, ignore_errors=True)
+    print(f"test accuracy {metrics['accuracy']:.4f}, F1 {metrics['f1']:.4f}, AUC {metrics['auc']:.4f} "
+          f"(best epoch {result.best_epoch} of {result.epochs_run}, {metrics['train_minutes']} min of training)")
     return cfg.run_dir
 
 

@@ -103,17 +103,21 @@ class RunDir:
         return False
 
     # readers -----------------------------------------------------------------------------------
-    def _json(self, path: Path) -> dict:
+    def _require(self, path: Path) -> None:
+        if not self.path.is_dir():
+            raise RunError(f"run folder not found: {self.path}")
         if not path.is_file():
             raise RunError(f"{self.path} has no {path.name}")
+
+    def _json(self, path: Path) -> dict:
+        self._require(path)
         try:
             return json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise RunError(f"{path} is unreadable: {exc}") from None
 
     def _csv(self, path: Path) -> list[dict[str, str]]:
-        if not path.is_file():
-            raise RunError(f"{self.path} has no {path.name}")
+        self._require(path)
         with open(path, newline="") as handle:
             return list(csv.DictReader(handle))
 

@@ -1,18 +1,19 @@
 """Run a study: every configuration of a YAML file on each split, resumable, then tables and figures.
 
-Usage: ``python -m tumorclf.study --config experiments/paper.yaml [--data DIR] [--only MODEL ...] [--status]``
+Usage: ``tumorclf study --config experiments/paper.yaml [--data DIR] [--only MODEL ...] [--status]``
+(``python -m tumorclf.study`` is an alias).
 
+Each run entry of the file, over `defaults`, is read as a `Config` (values coerced to the field's type,
+so `learning_rate: 1e-4` is a number; a bad value is one error line naming the entry and the key).
 Finished runs are skipped, an interrupted one resumes from its last completed epoch, and
 `results.csv` is rewritten (atomically) after every run, so the study can be stopped at any time.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
+import csv
 import logging
-import os
-import sys
+import typing
 from pathlib import Path
 
 import matplotlib
@@ -22,7 +23,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tumorclf.artifacts import atomic_write_bytes, atomic_write_text, csv_text, figure_png  # noqa: E402
-from tumorclf.config import Config, ConfigError, load_yaml  # noqa: E402
+from tumorclf.config import Config, ConfigError, coerce, load_yaml  # noqa: E402
+from tumorclf.progress import Progress  # noqa: E402
+from tumorclf.registry import MODELS  # noqa: E402
+from tumorclf.rundir import RunDir  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -37,25 +41,54 @@ def study_configs(spec: dict, data: str | None) -> list[Config]:
     unknown = sorted(set(spec) - {"defaults", "runs", "splits", "output", "results", "data"})
     if unknown:
         raise ConfigError(f"unknown study keys: {', '.join(unknown)}")
-    if not spec.get("runs"):
+    runs = spec.get("runs")
+    if not runs or not isinstance(runs, list):
         raise ConfigError("a study file needs a non-empty `runs` list")
-    defaults = dict(spec.get("defaults") or {})
+    defaults = spec.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise ConfigError("study `defaults` must be a mapping of config keys to values")
+    defaults = {str(k).replace("-", "_"): v for k, v in defaults.items()}
+    _check_defaults(defaults)
+    splits = spec.get("splits") or ["grouped"]
+    splits = [splits] if isinstance(splits, str) else splits
+    if not isinstance(splits, list):
+        raise ConfigError(f"study `splits` must be a list of splits, got {splits!r}")
     configs = []
-    for entry in spec["runs"]:
-        for split in spec.get("splits") or ["grouped"]:
+    for i, entry in enumerate(runs, start=1):
+        if not isinstance(entry, dict):
+            raise ConfigError(f"runs entry {i} must be a mapping of config keys to values, got {entry!r}")
+        for split in splits:
             values = {**defaults, **entry, "split": split, "output": spec.get("output", "experiments/runs"),
                       "resume": True}
             values["data"] = data or values.get("data") or spec.get("data")
-            configs.append(Config.from_dict(values))
+            try:
+                configs.append(Config.from_dict(values))
+            except ConfigError as exc:
+                where = f"runs entry {i} ({values.get('model', 'simplecnn')}, {split} split)"
+                raise ConfigError(f"{where}: {exc}") from None
     return configs
+
+
+def _check_defaults(defaults: dict) -> None:
+    """A bad key or value of `defaults` is reported as a default, not as an error of the first run entry.
+    (Only keys and types: combinations are checked per entry, where the entry may complete them.)"""
+    hints = typing.get_type_hints(Config)
+    unknown = sorted(set(defaults) - set(hints))
+    if unknown:
+        raise ConfigError(f"defaults: unknown config keys: {', '.join(unknown)}")
+    for key, value in defaults.items():
+        try:
+            coerce(key, value, hints[key])
+        except ConfigError as exc:
+            raise ConfigError(f"defaults: {exc}") from None
 
 
 def row_for(cfg: Config, status: str) -> dict:
     row = {"model": cfg.model, "imagenet": cfg.imagenet, "recipe": cfg.recipe, "split": cfg.split,
            "image_size": cfg.image_size, "epochs": cfg.epochs, "max_minutes": cfg.max_minutes, "status": status}
-    metrics_path = cfg.run_dir / "metrics.json"
-    if metrics_path.is_file():
-        metrics = json.loads(metrics_path.read_text())
+    run = RunDir(cfg.run_dir)
+    if run.metrics_file.is_file():
+        metrics = run.metrics()
         row.update({k: metrics.get(k) for k in COLUMNS if k in metrics and k not in row})
         row["status"] = "finished"
     return row
@@ -72,16 +105,25 @@ def run_study(configs: list[Config], results: Path, run: bool = True, only: list
             resolve_weights(cfg.model, cfg.imagenet, cfg.weights_dir)
         except WeightsError as exc:
             return row_for(cfg, f"unavailable: {exc}")
-        return row_for(cfg, "partial" if (cfg.run_dir / "progress.json").is_file() else "pending")
+        return row_for(cfg, "partial" if RunDir(cfg.run_dir).progress_file.is_file() else "pending")
 
     rows = [status(cfg) for cfg in configs]
     write_results(rows, results)
-    for i, cfg in enumerate(configs):
-        if run and rows[i]["status"] in ("pending", "partial") and (only is None or cfg.model in only):
+    todo = [i for i, cfg in enumerate(configs) if run and rows[i]["status"] in ("pending", "partial")
+            and (only is None or cfg.model in only)]
+    log.info("study: %d configurations, %d finished, %d to run now", len(configs),
+             sum(row["status"] == "finished" for row in rows), len(todo))
+    if not todo:
+        return rows
+    # one log line per finished run with the ETA of the rest (never a bar: each run logs and draws its own)
+    with Progress(len(todo), "study", unit="runs", every=0, bar=False) as progress:
+        for i in todo:
+            cfg = configs[i]
             log.info("study %d/%d: %s", i + 1, len(configs), cfg.run_name)
             run_experiment(cfg)
             rows[i] = status(cfg)
             write_results(rows, results)
+            progress.update()
     return rows
 
 
@@ -131,11 +173,11 @@ def roc_figure(configs: list[Config], split: str) -> bytes | None:
     fig, ax = plt.subplots(figsize=(5.5, 5))
     plotted = 0
     for cfg in configs:
-        roc, metrics = cfg.run_dir / "roc.csv", cfg.run_dir / "metrics.json"
-        if cfg.split != split or not metrics.is_file():
+        run = RunDir(cfg.run_dir)
+        if cfg.split != split or not run.metrics_file.is_file():
             continue
-        fpr, tpr = np.loadtxt(roc, delimiter=",", skiprows=1, usecols=(1, 2), unpack=True)
-        auc = json.loads(metrics.read_text())["auc"]
+        fpr, tpr = _roc_points(run)
+        auc = run.metrics()["auc"]
         label = f"{cfg.model}{' ImageNet' if cfg.imagenet else ''} {cfg.image_size}px{' fast' if cfg.recipe == 'fast' else ''}"
         ax.plot(fpr, tpr, label=f"{label}: AUC {auc:.3f}")
         plotted += 1
@@ -148,6 +190,13 @@ def roc_figure(configs: list[Config], split: str) -> bytes | None:
     return figure_png(fig)
 
 
+def _roc_points(run: RunDir) -> tuple[np.ndarray, np.ndarray]:
+    """(fpr, tpr) of a run's roc.csv (columns threshold,fpr,tpr)."""
+    with open(run.roc_file, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return (np.array([float(r["fpr"]) for r in rows]), np.array([float(r["tpr"]) for r in rows]))
+
+
 def write_report(configs: list[Config], rows: list[dict], results: Path) -> None:
     """tables.md, ROC figures per split, the VGG16 confusion matrix and a Grad-CAM comparison."""
     atomic_write_text(results / "tables.md", tables_markdown(rows))
@@ -155,11 +204,11 @@ def write_report(configs: list[Config], rows: list[dict], results: Path) -> None
         png = roc_figure(configs, split)
         if png:
             atomic_write_bytes(results / f"roc_{split}.png", png)
-    finished = [c for c in configs if (c.run_dir / "metrics.json").is_file()]
+    finished = [c for c in configs if RunDir(c.run_dir).metrics_file.is_file()]
     for cfg in finished:
         if cfg.model == "vgg16" and cfg.imagenet:
             atomic_write_bytes(results / f"confusion_matrix_{cfg.run_name}.png",
-                               (cfg.run_dir / "confusion_matrix.png").read_bytes())
+                               RunDir(cfg.run_dir).confusion_png.read_bytes())
     grouped = [c for c in finished if c.split == "grouped"]
     if grouped:
         from tumorclf.explain import compare_runs
@@ -170,38 +219,31 @@ def write_report(configs: list[Config], rows: list[dict], results: Path) -> None
                 log.info("Grad-CAM comparison: %s", path)
 
 
-def _first_test_file(run_dir: Path, label: int) -> Path | None:
-    import csv
-
-    config = json.loads((run_dir / "config.json").read_text())
-    with open(run_dir / "split.csv") as handle:
-        for row in csv.DictReader(handle):
-            if row["split"] == "test" and int(row["label"]) == label:
-                return Path(config["resolved"]["data"]) / row["path"]
+def _first_test_file(run_dir: Path | RunDir, label: int) -> Path | None:
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    for row in run.split_rows():
+        if row["split"] == "test" and int(row["label"]) == label:
+            return run.data_root() / row["path"]
     return None
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tumorclf.study", description=__doc__.splitlines()[0])
+def add_arguments(p) -> None:
     p.add_argument("--config", required=True, help="study YAML (defaults, runs, splits, output, results)")
     p.add_argument("--data", help="dataset folder (default: the file's `data`, else $TUMORCLF_DATA)")
-    p.add_argument("--only", nargs="+", help="run only these models")
+    p.add_argument("--only", nargs="+", choices=tuple(MODELS), metavar="MODEL",
+                   help=f"run only these models ({', '.join(MODELS)})")
     p.add_argument("--status", action="store_true", help="report what is finished/partial/pending; train nothing")
-    args = p.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from tumorclf.artifacts import RunExistsError
-    from tumorclf.data import DataError
 
+
+def run(args) -> int:
+    spec = load_yaml(args.config)
     try:
-        spec = load_yaml(args.config)
         configs = study_configs(spec, args.data)
-        results = Path(spec.get("results", "experiments/results"))
-        rows = run_study(configs, results, run=not args.status, only=args.only)
-        write_report(configs, rows, results)
-    except (ConfigError, DataError, RunExistsError) as exc:
-        print(f"tumorclf.study: error: {exc}", file=sys.stderr)
-        return 2
+    except ConfigError as exc:
+        raise ConfigError(f"{args.config}: {exc}") from None
+    results = Path(spec.get("results", "experiments/results"))
+    rows = run_study(configs, results, run=not args.status, only=args.only)
+    write_report(configs, rows, results)
     for row in rows:
         accuracy = f"{row['accuracy']:.4f}" if row.get("accuracy") is not None else "-"
         print(f"{row['model']:<12} {'imagenet' if row['imagenet'] else 'scratch':<9} {row['recipe']:<6} {row['split']:<8} "
@@ -210,4 +252,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from tumorclf.cli import alias
+
+    raise SystemExit(alias("tumorclf.study"))

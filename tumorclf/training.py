@@ -1,24 +1,32 @@
-"""Precision and distribution choices, the validation-F1 checkpoint, and the training loop."""
+"""Precision and distribution choices, and the one training loop.
+
+Every recipe is a list of phases (trainable layers, optimizer, learning rate, epochs) over one fitted
+model and one input feed: `paper` fits the whole model on image batches under a fine-tuning policy
+(full, frozen, from_layer, or two_phase: frozen then full), `fast` fits the top of the model on cached
+stem features (`tumorclf.fast`). Every phase runs on one backend, Keras `fit` or the multi-worker loop,
+with the same callbacks (`tumorclf.callbacks`): one validation pass per epoch, the same history
+columns, the same resume state.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tumorclf.artifacts import atomic_write_json, atomic_write_text
+from tumorclf.callbacks import Clock, EpochBackup, EpochSeeding, HeldOutCurve, HistoryWriter, Validation, keep_history
 from tumorclf.config import Config
-from tumorclf.evaluation import precision_recall_f1
+from tumorclf.fast import CachedFeatures, cache_features, split_model
 from tumorclf.models import set_trainable
-from tumorclf.pipeline import TrainData
+from tumorclf.pipeline import make_dataset, make_train_dataset
+from tumorclf.registry import MODELS
+from tumorclf.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -79,166 +87,66 @@ def is_multiworker(strategy: tf.distribute.Strategy) -> bool:
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
 
-class F1Checkpoint(keras.callbacks.Callback):
-    """Validation precision, recall and F1 (Tumor positive) on the whole validation set each
-    epoch, added to the epoch logs (so History, CSVLogger and TensorBoard record them), and a
-    checkpoint saved only when F1 improves (of `save` where given, else of the fitted model). With `patience`, training stops once that many epochs
-    pass without improvement (`stopped` is then True)."""
-
-    def __init__(self, val_data: tf.data.Dataset, val_labels: np.ndarray, filepath: str | os.PathLike,
-                 patience: int | None = None, save: keras.Model | None = None):
-        super().__init__()
-        self.save = save  # the model to save, when it is not the one being fitted (the fast recipe's top)
-        self.val_data = val_data
-        self.val_labels = np.asarray(val_labels)
-        self.filepath = Path(filepath)
-        self.best_f1 = -np.inf  # a resumed run sets these from progress.json
-        self.best_epoch: int | None = None
-        self.patience = patience
-        self.stopped = False
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        probs = self.model.predict(self.val_data, verbose=0)
-        precision, recall, f1 = precision_recall_f1(self.val_labels, np.argmax(probs, axis=1))
-        if logs is not None:
-            logs.update(val_precision=precision, val_recall=recall, val_f1=f1)
-        if f1 > self.best_f1:
-            log.info("epoch %d: val_f1 improved %.4f -> %.4f, saving %s", epoch + 1, self.best_f1, f1, self.filepath)
-            self.best_f1, self.best_epoch = f1, epoch + 1
-            save_model_atomically(self.save or self.model, self.filepath)
-        else:
-            log.info("epoch %d: val_f1 %.4f (best %.4f at epoch %d)", epoch + 1, f1, self.best_f1, self.best_epoch)
-        if self.patience is not None and epoch + 1 - self.best_epoch >= self.patience:
-            log.info("no better val_f1 for %d epochs: stopping early", self.patience)
-            self.stopped = True
-            self.model.stop_training = True
+def compile_model(model: keras.Model, learning_rate: float, momentum: float, jit_compile: bool = False,
+                  optimizer: str = "sgd") -> None:
+    """Categorical cross-entropy on one-hot labels, with SGD and momentum (the paper's recipe) or Adam
+    (`optimizer="adam"`: the fast recipe, which on cached features converges in a few epochs).
+    `jit_compile`: XLA for the train step (optional: `tumorclf bench --jit-compile` measures it)."""
+    if optimizer == "adam":
+        chosen = keras.optimizers.Adam(learning_rate=learning_rate)
+    else:
+        chosen = keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum)
+    model.compile(optimizer=chosen, loss="categorical_crossentropy", metrics=["accuracy"], jit_compile=jit_compile)
 
 
-def seed_states(obj: keras.Layer) -> list[keras.Variable]:
-    """The random-generator states of a layer or model (its variables that are not weights)."""
-    weights = {id(w) for w in obj.weights}
-    return [v for v in obj.variables if id(v) not in weights]
+@dataclass(frozen=True)
+class Phase:
+    """Consecutive epochs trained with one set of trainable layers and one optimizer."""
+
+    policy: str  # the `models.set_trainable` policy, applied to the fitted model
+    epochs: int
+    learning_rate: float
+    optimizer: str = "sgd"
 
 
-class EpochSeeding(keras.callbacks.Callback):
-    """At each epoch start, set the data epoch and reset every random-generator state (augmentation
-    layers and the model's own, such as dropout) from (seed, epoch), so that an epoch's randomness
-    does not depend on what ran before it in this process."""
-
-    def __init__(self, seed: int, data: TrainData):
-        super().__init__()
-        self.seed = seed
-        self.data = data
-
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self.data.epoch.assign(epoch)
-        states = seed_states(self.data.augmentation) if self.data.augmentation is not None else []
-        for i, state in enumerate(states + seed_states(self.model)):
-            state.assign(np.array([self.seed * 1009 + i, epoch * 100_003], dtype=state.dtype))
+def phases(cfg: Config) -> list[Phase]:
+    """The recipe as phases. The fast recipe fits only the model's top (last stage and head), all of it."""
+    if cfg.recipe == "fast":
+        return [Phase("full", cfg.epochs, cfg.learning_rate, "adam")]
+    if cfg.fine_tune == "two_phase":
+        return [Phase("frozen", cfg.head_epochs, cfg.learning_rate),
+                Phase("full", cfg.epochs - cfg.head_epochs, cfg.learning_rate * cfg.fine_tune_lr_factor)]
+    return [Phase(cfg.fine_tune, cfg.epochs, cfg.learning_rate)]
 
 
-class Clock(keras.callbacks.Callback):
-    """Training wall time, across interrupted processes of a run: `elapsed_minutes` in the epoch logs,
-    and a stop once `limit_minutes` have passed (checked at epoch ends)."""
+@dataclass
+class Feed:
+    """What the loop reads: training batches whose order and augmentation are keyed by `epoch`
+    (see `callbacks.EpochSeeding`), and the held-out sets as (inputs for `model.predict`, labels)."""
 
-    def __init__(self, seconds_before: float = 0.0, limit_minutes: float | None = None):
-        super().__init__()
-        self.seconds_before = seconds_before
-        self.limit_minutes = limit_minutes
-        self.started = time.time()
-
-    @property
-    def seconds(self) -> float:
-        return self.seconds_before + time.time() - self.started
-
-    @property
-    def expired(self) -> bool:
-        return self.limit_minutes is not None and self.seconds >= 60 * self.limit_minutes
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if logs is not None:
-            logs["elapsed_minutes"] = round(self.seconds / 60, 3)
-        if self.expired:
-            log.info("time limit of %g minutes reached after epoch %d: stopping", self.limit_minutes, epoch + 1)
-            self.model.stop_training = True
+    batches: tf.data.Dataset | keras.utils.PyDataset
+    epoch: tf.Variable
+    augmentation: keras.Sequential | None
+    val: tuple[Any, np.ndarray]
+    test: tuple[Any, np.ndarray] | None  # only with --track-test
 
 
-class HeldOutCurve(keras.callbacks.Callback):
-    """Test accuracy and F1 in the epoch logs, for time-to-accuracy curves. Recorded only: the
-    checkpoint is still chosen by validation F1 alone."""
-
-    def __init__(self, test_data, test_labels: np.ndarray):
-        super().__init__()
-        self.test_data = test_data
-        self.test_labels = np.asarray(test_labels)
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        predicted = np.argmax(self.model.predict(self.test_data, verbose=0), axis=1)
-        if logs is not None:
-            logs.update(test_accuracy=float(np.mean(predicted == self.test_labels)),
-                        test_f1=precision_recall_f1(self.test_labels, predicted)[2])
-
-
-PROGRESS = "progress.json"
-
-
-class EpochBackup(keras.callbacks.Callback):
-    """Last callback of an epoch: model and optimizer state to `backup/epoch_NNNN.weights.h5`, then
-    `progress.json` (atomically) naming it with the F1 checkpoint's best. Older backups are removed.
-    A crash at any point leaves `progress.json` pointing at a complete backup."""
-
-    def __init__(self, run_dir: Path, checkpoint: F1Checkpoint, clock: Clock):
-        super().__init__()
-        self.run_dir = run_dir
-        self.folder = run_dir / "backup"
-        self.checkpoint = checkpoint
-        self.clock = clock
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self.folder.mkdir(exist_ok=True)
-        path = self.folder / f"epoch_{epoch + 1:04d}.weights.h5"
-        self.model.save_weights(path)
-        atomic_write_json(self.run_dir / PROGRESS, {
-            "epochs_done": epoch + 1, "backup": path.name,
-            "best_val_f1": float(self.checkpoint.best_f1), "best_epoch": self.checkpoint.best_epoch,
-            "stopped_early": self.checkpoint.stopped, "train_seconds": round(self.clock.seconds, 1),
-        })
-        for old in self.folder.glob("epoch_*.weights.h5"):
-            if old != path:
-                old.unlink()
-
-
-def read_progress(run_dir: Path) -> dict | None:
-    path = run_dir / PROGRESS
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def truncate_history(path: Path, epochs_done: int) -> None:
-    """Keep the header and the rows of completed epochs (a crash may have logged one more)."""
-    if path.is_file():
-        lines = path.read_text().splitlines(keepends=True)
-        atomic_write_text(path, "".join(lines[: 1 + epochs_done]))
-
-
-def save_model_atomically(model: keras.Model, path: Path) -> None:
-    """`model.save` to a temporary file beside `path`, then rename over it."""
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.partial.keras")
-    try:
-        model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def compile_model(model: keras.Model, learning_rate: float, momentum: float, jit_compile: bool = False) -> None:
-    """The paper's recipe: SGD with momentum, categorical cross-entropy on one-hot labels.
-    `jit_compile`: XLA for the train step (optional: `python -m tumorclf.bench --jit-compile` measures it)."""
-    model.compile(
-        optimizer=keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum),
-        loss="categorical_crossentropy",
-        metrics=["accuracy"],
-        jit_compile=jit_compile,
-    )
+def prepare(cfg: Config, strategy: tf.distribute.Strategy, model: keras.Model, images: dict[str, np.ndarray],
+            labels: dict[str, np.ndarray]) -> tuple[keras.Model, Feed]:
+    """The model to fit and its feed: the whole model on image batches, or (fast recipe) its top on the
+    stem's cached features, so the frozen stem runs once per image and view instead of every epoch."""
+    held_out = ("val", "test") if cfg.track_test else ("val",)
+    if cfg.recipe == "fast":
+        with strategy.scope():
+            stem, top = split_model(model, MODELS[cfg.model].fast_cut)
+        views, features = cache_features(cfg, stem, images, held_out)
+        cached = CachedFeatures(views, labels["train"], cfg.batch_size, cfg.seed)
+        held = {name: (features[name], labels[name]) for name in held_out}
+        return top, Feed(cached, cached.epoch, cached.augmentation, held["val"], held.get("test"))
+    data = make_train_dataset(images["train"], labels["train"], cfg.batch_size, cfg.seed, cfg.augment,
+                              cfg.deterministic)
+    held = {name: (make_dataset(images[name], labels[name], cfg.batch_size), labels[name]) for name in held_out}
+    return model, Feed(data.dataset, data.epoch, data.augmentation, held["val"], held.get("test"))
 
 
 @dataclass
@@ -251,96 +159,105 @@ class TrainResult:
 
 
 @dataclass
-class Session:
-    """What a training loop needs to start or resume: where it stands and its callbacks."""
+class RunState:
+    """Where a run stands after its completed epochs, as `progress.json` records it (a new run: nothing done)."""
 
-    done: int  # completed epochs
-    backup: Path | None  # weights and optimizer state to resume from
-    checkpoint: F1Checkpoint
-    clock: Clock
-    callbacks: list[keras.callbacks.Callback]
+    epochs_done: int = 0
+    backup: Path | None = None  # weights and optimizer state of the fitted model after the last epoch
+    best_val_f1: float = -np.inf
+    best_epoch: int | None = None
+    stopped_early: bool = False
+    train_seconds: float = 0.0
 
-    @property
-    def finished(self) -> bool:
-        """Stopped early, or out of time after at least one epoch."""
-        return self.checkpoint.stopped or (self.done > 0 and self.clock.expired)
-
-    def result(self) -> TrainResult:
-        return TrainResult(self.checkpoint.filepath, self.checkpoint.best_epoch, float(self.checkpoint.best_f1),
-                           self.done, self.clock.seconds)
-
-
-def start_session(cfg: Config, run_dir: Path, data, val_data, val_labels: np.ndarray, resume: bool,
-                  test: tuple | None = None) -> Session:
-    """Read `progress.json` when resuming, and make the callbacks in their order: seeding, the F1
-    checkpoint, the test tracker (with `test` = (data, labels)), the clock, the loggers, the backup."""
-    progress = read_progress(run_dir) if resume else None
-    checkpoint = F1Checkpoint(val_data, val_labels, run_dir / "best.keras", patience=cfg.patience)
-    clock = Clock(limit_minutes=cfg.max_minutes)
-    done, backup = 0, None
-    if progress:
-        done, backup = progress["epochs_done"], run_dir / "backup" / progress["backup"]
-        log.info("resuming after epoch %d (best val_f1 %.4f at epoch %s)", done, progress["best_val_f1"],
-                 progress["best_epoch"])
-        truncate_history(run_dir / "history.csv", done)
-        checkpoint.best_f1, checkpoint.best_epoch = progress["best_val_f1"], progress["best_epoch"]
-        checkpoint.stopped = progress.get("stopped_early", False)
-        clock.seconds_before = progress.get("train_seconds", 0.0)
-    callbacks = [
-        EpochSeeding(cfg.seed, data),
-        checkpoint,  # before the loggers, so they see val_f1
-        *([HeldOutCurve(*test)] if test else []),
-        clock,
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
-        keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), write_graph=False),
-        EpochBackup(run_dir, checkpoint, clock),  # last: marks the epoch complete
-    ]
-    return Session(done, backup, checkpoint, clock, callbacks)
+    @classmethod
+    def read(cls, run: RunDir) -> RunState:
+        progress = run.progress()
+        if not progress:
+            return cls()
+        return cls(progress["epochs_done"], run.backup_dir / progress["backup"], progress["best_val_f1"],
+                   progress["best_epoch"], progress.get("stopped_early", False), progress.get("train_seconds", 0.0))
 
 
 def train(
     cfg: Config,
+    run: RunDir,
     build: Callable[[], keras.Model],
     strategy: tf.distribute.Strategy,
-    train_data: TrainData,
-    val_data: tf.data.Dataset,
-    val_labels: np.ndarray,
-    run_dir: Path,
+    images: dict[str, np.ndarray],
+    labels: dict[str, np.ndarray],
     resume: bool = False,
-    test: tuple | None = None,
 ) -> TrainResult:
-    """Build inside the strategy's scope, fit with the configured fine-tuning policy, and keep
-    the best model by validation F1 at `run_dir/best.keras`. With `resume`, continue after the
-    last completed epoch recorded in `progress.json`, with its weights and optimizer state.
-    With `test` = (dataset, labels), test accuracy and F1 are logged each epoch (not used to choose)."""
-    session = start_session(cfg, run_dir, train_data, val_data, val_labels, resume, test)
+    """Train `cfg`'s recipe on the train/val(/test) `images` and `labels`, keeping the best whole model by
+    validation F1 at `run.best_model`: the one entry point of every recipe and backend.
+
+    With `resume`, continue after the last epoch recorded in `progress.json`, with its weights and
+    optimizer state; a run that had done its epochs, stopped early or run out of time returns at once.
+    """
+    state = RunState.read(run) if resume else RunState()
+    clock = Clock(state.train_seconds, cfg.max_minutes)  # building and the fast recipe's caching count too
+    if state.epochs_done:
+        log.info("resuming after epoch %d (best val_f1 %.4f at epoch %s)", state.epochs_done, state.best_val_f1,
+                 state.best_epoch)
+        keep_history(run.history_file, state.epochs_done)
+        if state.stopped_early or state.epochs_done >= cfg.epochs or clock.expired:
+            return TrainResult(run.best_model, state.best_epoch, state.best_val_f1, state.epochs_done, clock.seconds)
     with strategy.scope():
         model = build()
-        start = 0
-        for policy, epochs, learning_rate in _phases(cfg):
-            end = start + epochs
-            if session.done < end and not session.finished:
-                if session.backup is not None and session.done == start:  # at a phase boundary: weights only
-                    model.load_weights(session.backup)
-                    session.backup = None
-                trainable = set_trainable(model, policy, cfg.unfreeze_from)
-                log.info("phase %s: %d layers with weights trainable, lr %g, epochs %d-%d",
-                         policy, trainable, learning_rate, max(start, session.done) + 1, end)
-                compile_model(model, learning_rate, cfg.momentum, cfg.jit_compile)
-                if session.backup is not None:  # resuming inside this phase: weights and optimizer state
+    fitted, feed = prepare(cfg, strategy, model, images, labels)
+    validation = Validation(*feed.val, run.best_model, model, cfg.patience, state.best_val_f1, state.best_epoch)
+    callbacks = [
+        EpochSeeding(cfg.seed, feed),
+        validation,  # before the writers, so they see its val_ metrics
+        *([HeldOutCurve(*feed.test)] if feed.test else []),
+        clock,
+        HistoryWriter(run.history_file),
+        keras.callbacks.TensorBoard(log_dir=str(run.tensorboard_dir), write_graph=False),
+        EpochBackup(run, validation, clock),  # last: marks the epoch complete
+    ]
+    done = fit_phases(cfg, fitted, strategy, feed.batches, callbacks, state,
+                      finished=lambda: validation.stopped or clock.expired)
+    return TrainResult(run.best_model, validation.best_epoch, float(validation.best_f1), done, clock.seconds)
+
+
+def fit_phases(cfg: Config, model: keras.Model, strategy: tf.distribute.Strategy,
+               batches: tf.data.Dataset | keras.utils.PyDataset, callbacks: list[keras.callbacks.Callback],
+               state: RunState, finished: Callable[[], bool]) -> int:
+    """Run the recipe's phases that `state` has not done, until `finished()` after an epoch. Each phase sets
+    the trainable layers and compiles its optimizer; a backup restores the weights at a phase boundary,
+    and the optimizer state too inside a phase. Returns the number of completed epochs."""
+    done, backup, start = state.epochs_done, state.backup, 0
+    for phase in phases(cfg):
+        end = start + phase.epochs
+        if done < end and not (done > 0 and finished()):
+            first = max(start, done)
+            with strategy.scope():
+                if backup is not None and done == start:  # at a phase boundary: weights only
+                    model.load_weights(backup)
+                    backup = None
+                trainable = set_trainable(model, phase.policy, cfg.unfreeze_from)
+                log.info("phase %s: %d layers with weights trainable, %s lr %g, epochs %d-%d", phase.policy,
+                         trainable, phase.optimizer, phase.learning_rate, first + 1, end)
+                compile_model(model, phase.learning_rate, cfg.momentum, cfg.jit_compile, phase.optimizer)
+                if backup is not None:  # inside this phase: weights and optimizer state
                     model.optimizer.build(model.trainable_variables)
-                    model.load_weights(session.backup)
-                    session.backup = None
+                    model.load_weights(backup)
+                    backup = None
                 if is_multiworker(strategy):
-                    ran = fit_multiworker(model, strategy, train_data.dataset, max(start, session.done), end,
-                                          session.callbacks)
+                    ran = fit_multiworker(model, strategy, batches, first, end, callbacks)
                 else:
-                    ran = len(model.fit(train_data.dataset, validation_data=val_data,
-                                        initial_epoch=max(start, session.done), epochs=end,
-                                        callbacks=session.callbacks, shuffle=False, verbose=2).epoch)
-                session.done = max(start, session.done) + ran
-            start = end
-    return session.result()
+                    ran = fit_keras(model, batches, first, end, callbacks)
+            done = first + ran
+        start = end
+    return done
+
+
+def fit_keras(model: keras.Model, batches: tf.data.Dataset | keras.utils.PyDataset, initial_epoch: int,
+              epochs: int, callbacks: list[keras.callbacks.Callback]) -> int:
+    """Keras' own fit, without `validation_data`: the `Validation` callback is the epoch's one validation
+    pass. No shuffling: the feed orders each epoch by (seed, epoch). Returns the number of epochs run."""
+    history = model.fit(batches, initial_epoch=initial_epoch, epochs=epochs, callbacks=callbacks, shuffle=False,
+                        verbose=2)
+    return len(history.epoch)
 
 
 def fit_multiworker(model: keras.Model, strategy: tf.distribute.Strategy, dataset: tf.data.Dataset,
@@ -348,6 +265,7 @@ def fit_multiworker(model: keras.Model, strategy: tf.distribute.Strategy, datase
     """`Model.fit` for MultiWorkerMirroredStrategy, which Keras 3's own fit does not support
     (keras-team/keras#20585): a tf.function step under `strategy.run`, the global batch split across
     workers, the loss averaged over the global batch and gradients all-reduced by the optimizer.
+    It logs the epoch's loss and accuracy; the callbacks (the same as with `fit_keras`) add the rest.
     Callbacks run on every worker; a stop requested on any worker stops all of them, so that no
     worker waits forever in a collective. Returns the number of epochs run."""
     options = tf.data.Options()
@@ -391,13 +309,3 @@ def fit_multiworker(model: keras.Model, strategy: tf.distribute.Strategy, datase
             break
     callback_list.on_train_end()
     return ran
-
-
-def _phases(cfg: Config) -> list[tuple[str, int, float]]:
-    """(policy, epochs, learning rate) for each training phase."""
-    if cfg.fine_tune != "two_phase":
-        return [(cfg.fine_tune, cfg.epochs, cfg.learning_rate)]
-    return [
-        ("frozen", cfg.head_epochs, cfg.learning_rate),
-        ("full", cfg.epochs - cfg.head_epochs, cfg.learning_rate * cfg.fine_tune_lr_factor),
-    ]
