@@ -133,9 +133,9 @@ def evaluate(run: RunDir, data_dirs: list[Path] | None = None, threshold: float 
     cfg = record.config
     threshold = run.threshold() if threshold is None else threshold
     batch_size = batch_size or cfg.batch_size
-    if record.resolved.get("decoder") not in (None, DECODER_VERSION):
+    if record.decoder != DECODER_VERSION:
         log.warning("%s was trained with decoder version %s, this tumorclf decodes with version %s: "
-                    "results may differ from its metrics.json", run.name, record.resolved["decoder"], DECODER_VERSION)
+                    "results may differ from its metrics.json", run.name, record.decoder, DECODER_VERSION)
     if data_dirs:
         datasets = dict(zip(dataset_names(data_dirs),
                             (external(folder, cfg.image_size, classes, cfg.cache_dir) for folder in data_dirs)))

@@ -60,7 +60,7 @@ def model_card(run: RunDir, threshold: float) -> dict:
     record, metrics = run.record(), run.metrics()
     cfg, resolved = record.config, record.resolved
     size = cfg.image_size
-    trained_decoder = str(resolved.get("decoder", "1"))
+    trained_decoder = record.decoder
     return {
         "model": cfg.model,
         "weights_origin": resolved.get("weights_origin"),

@@ -93,7 +93,7 @@ def trained_decoder(model_path: Path) -> str | None:
             return json.loads((folder / MODEL_CARD_FILE).read_text()).get("decoder", {}).get("trained_with")
         run = RunDir(folder)
         if model_path == run.best_model and run.config_file.is_file():
-            return str(run.record().resolved.get("decoder", "1"))
+            return run.record().decoder
     except (OSError, ValueError, AttributeError, UserError):
         return None
     return None

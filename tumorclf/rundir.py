@@ -41,6 +41,11 @@ class Record:
     versions: dict[str, str]
     schema: int
 
+    @property
+    def decoder(self) -> str:
+        """The decoder version the run was trained with (runs before versions were recorded: "1")."""
+        return str(self.resolved.get("decoder", "1"))
+
 
 class RunDir:
     """One run folder. Paths are properties; readers raise `RunError` with one line."""
