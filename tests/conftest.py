@@ -71,13 +71,14 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished SimpleCNN run (48 px, 3 epochs) on a blob dataset, shared by export/predict/explain tests.
-    Trained with --deterministic, so every machine gets the same model."""
+    Trained with --deterministic in float32 with the default strategy, so every machine gets the same model
+    (`auto` would pick bfloat16 on CPUs that have it)."""
     from tumorclf.cli import main
 
     root = tmp_path_factory.mktemp("trained")
     data = write_blob_dataset(root / "data", per_class=60, size=48, seed=1)
     args = ["train", "--data", str(data), "--output", str(root / "runs"), "--name", "run", "--epochs", "3",
             "--image-size", "48", "--batch-size", "8", "--learning-rate", "0.01", "--cache-dir", str(root / "cache"),
-            "--deterministic"]
+            "--deterministic", "--precision", "float32", "--strategy", "default"]
     assert main(args) == 0
     return root / "runs" / "run"

@@ -60,8 +60,14 @@ def test_test_split_again_equals_the_runs_metrics(trained_run: Path, tmp_path: P
         assert row["dataset"] == "test"
         assert float(row["prob_tumor"]) == pytest.approx(float(saved[row["path"]]["prob_tumor"]), abs=2e-6)
         assert row["label"] == ("Healthy", "Tumor")[int(saved[row["path"]]["label"])]
-        assert row["predicted"] == ("Healthy", "Tumor")[float(row["prob_tumor"]) >= report["threshold"]]
+        assert row["predicted"] == ("Healthy", "Tumor")[int(saved[row["path"]]["predicted"])]  # the run's decisions
     assert read_csv(run / "evaluation" / "skipped.csv") == []
+
+    # again: the earlier evaluation is kept unless --overwrite
+    before = (run / "evaluation" / "evaluation.json").read_bytes()
+    assert main(["evaluate", "--run", str(run)]) == 2
+    assert "already holds an evaluation" in one_error_line(capsys)
+    assert (run / "evaluation" / "evaluation.json").read_bytes() == before
 
 
 def test_external_folders_are_reported_each_and_pooled(trained_run: Path, tmp_path: Path, capsys):
@@ -133,10 +139,39 @@ def test_bad_input_stops_with_one_clear_line(trained_run: Path, tmp_path: Path, 
     assert main(["evaluate", "--run", str(moved)]) == 2
     assert "data folder of" in one_error_line(capsys)
     assert main(["evaluate", "--run", str(moved), "--out", str(moved)]) == 2
-    assert "--out must not be the run folder" in one_error_line(capsys)
+    assert "--out must not be a run folder" in one_error_line(capsys)
 
-    assert main(["evaluate", "--run", str(trained_run), "--threshold", "1.5"]) == 2
+    assert main(["evaluate", "--run", str(trained_run), "--threshold", "1.5", "--out", str(tmp_path / "out")]) == 2
     assert "--threshold" in one_error_line(capsys)
     assert main(["evaluate"]) == 2
     assert "--run" in one_error_line(capsys)
     assert not (tmp_path / "out").exists()
+
+
+def test_out_is_never_a_run_folder_and_replaces_an_evaluation_only_with_overwrite(trained_run: Path, tmp_path: Path,
+                                                                               capsys):
+    other = tmp_path / "other_run"
+    shutil.copytree(trained_run, other, ignore=shutil.ignore_patterns("evaluation"))
+    files = {path.name: path.read_bytes() for path in other.iterdir() if path.is_file()}
+    for overwrite in ([], ["--overwrite"]):
+        assert main(["evaluate", "--run", str(trained_run), "--out", str(other), *overwrite]) == 2
+        assert "--out must not be a run folder" in one_error_line(capsys)
+    assert {path.name: path.read_bytes() for path in other.iterdir() if path.is_file()} == files
+
+    (tmp_path / "a_file").write_text("mine")
+    assert main(["evaluate", "--run", str(trained_run), "--out", str(tmp_path / "a_file")]) == 2
+    assert "is not a folder" in one_error_line(capsys)
+
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "predictions.csv").write_text("an earlier evaluation, cut short\n")
+    assert main(["evaluate", "--run", str(trained_run), "--out", str(out)]) == 2
+    assert "already holds an evaluation (predictions.csv)" in one_error_line(capsys)
+    (out / "evaluation.json").write_text("{}")
+    assert main(["evaluate", "--run", str(trained_run), "--out", str(out)]) == 2
+    assert "pass --overwrite" in one_error_line(capsys)
+    assert (out / "evaluation.json").read_text() == "{}"
+    assert main(["evaluate", "--run", str(trained_run), "--out", str(out), "--overwrite"]) == 0
+    assert json.loads((out / "evaluation.json").read_text())["datasets"]["test"]["n"] > 0
+    assert read_csv(out / "predictions.csv")[0]["dataset"] == "test"
+    assert not (trained_run / "evaluation").exists()

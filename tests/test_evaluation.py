@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from tumorclf.evaluation import (balanced_accuracy, brier_score, classification_metrics, confusion_matrix, roc_auc,
-                                 roc_curve, specificity, write_reports)
+from tumorclf.evaluation import (balanced_accuracy, brier_score, classification_metrics, confusion_matrix, decide,
+                                 roc_auc, roc_curve, specificity, write_reports)
+from tumorclf.rundir import DEFAULT_THRESHOLD, RunDir
 
 
 def predictions(seed: int, n: int = 300, rounding: int | None = None):
@@ -55,7 +56,7 @@ def test_edge_cases():
 def test_write_reports(tmp_path: Path):
     y, probs = predictions(4)
     m = classification_metrics(y, probs)
-    write_reports(tmp_path, m, y, probs, "test")
+    write_reports(RunDir(tmp_path), m, y, probs, "test")
     assert json.loads((tmp_path / "metrics.json").read_text())["f1"] == pytest.approx(m["f1"])
     rows = (tmp_path / "roc.csv").read_text().splitlines()
     assert rows[0] == "threshold,fpr,tpr" and rows[-1].endswith(",1.0,1.0")
@@ -78,3 +79,25 @@ def test_specificity_and_balanced_accuracy_with_one_class():
     assert np.isnan(specificity(tumours, np.array([1, 0, 1, 1])))
     assert balanced_accuracy(tumours, np.array([1, 0, 1, 1])) == 0.75
     assert np.isnan(brier_score(np.zeros(0), np.zeros(0)))
+
+
+def test_decide_compares_float32_probabilities_in_float64():
+    below = np.float32(0.7)  # 0.699999988..., the float32 nearest 0.7, is below the float 0.7
+    assert float(below) < 0.7
+    p = np.array([np.nextafter(below, np.float32(0)), below, np.nextafter(below, np.float32(1)), 0.0, 1.0],
+                 dtype=np.float32)
+    decisions = decide(p, 0.7)
+    assert decisions.dtype == np.int64
+    assert decisions.tolist() == [0, 0, 1, 0, 1]
+    # at or above the threshold is Tumor, in float64 as in float32 where the value is exact
+    assert decide(np.float32([0.5, np.nextafter(np.float32(0.5), np.float32(0))]), 0.5).tolist() == [1, 0]
+    assert decide([0.7], 0.7).tolist() == [1]
+    # classification_metrics takes the same decisions from float32 softmax outputs
+    probs = np.stack([1 - p, p], axis=1).astype(np.float32)
+    y = np.array([0, 1, 1, 0, 1])
+    assert classification_metrics(y, probs, 0.7)["confusion_matrix"] == confusion_matrix(y, decisions).tolist()
+
+
+def test_classification_metrics_default_threshold_is_the_run_default():
+    m = classification_metrics(np.array([0, 1]), np.array([[0.9, 0.1], [0.2, 0.8]]))
+    assert m["threshold"] == DEFAULT_THRESHOLD

@@ -11,7 +11,7 @@ from PIL import Image
 from conftest import BLOB_CENTRE, BLOB_RADIUS, blob_image
 import tumorclf.explain as explain
 from tumorclf.cli import main
-from tumorclf.explain import class_to_explain, heatmaps, load_run_model, target_layer
+from tumorclf.explain import class_to_explain, heatmaps, load_run_model, output_stems, target_layer
 from tumorclf.models import build_model
 from tumorclf.registry import MODELS
 
@@ -116,17 +116,31 @@ def test_predicted_class_follows_the_run_threshold(trained_run: Path, tmp_path: 
         explained.append(list(classes))
         return np.zeros(images.shape[:3], "float32")
 
+    class KnownProbabilities:  # the run's model, answering P(tumor) = 0.2, 0.5, 0.7 (float32, like Keras)
+        def __init__(self, model):
+            self.model = model
+
+        def __getattr__(self, name):
+            return getattr(self.model, name)
+
+        def predict(self, images, verbose=0):
+            p = np.array([0.2, 0.5, 0.7], "float32")[: len(images)]
+            return np.stack([1 - p, p], axis=1)
+
+    real_load = explain.load_run_model
     monkeypatch.setattr(explain, "heatmaps", fake_heatmaps)
+    monkeypatch.setattr(explain, "load_run_model", lambda run_dir: KnownProbabilities(real_load(run_dir)))
     metrics = json.loads((run / "metrics.json").read_text())
-    for threshold, expected in ((0.0, 1), (1.5, 0)):  # every P(tumor) is >= 0 and < 1.5, however saturated
+    for threshold, expected in ((0.0, [1, 1, 1]), (0.5, [0, 1, 1]), (0.69, [0, 0, 1]), (0.7, [0, 0, 0]),
+                                (1.0, [0, 0, 0])):  # float32(0.7) < 0.7: Healthy at 0.7, as classification_metrics
         (run / "metrics.json").write_text(json.dumps({**metrics, "threshold": threshold}))
         explained.clear()
         explain.explain_run(run, files, "gradcam", "predicted")
-        assert explained == [[expected] * 3]
+        assert explained == [expected]
 
 
 def test_outcome_overlays_take_the_prediction_at_the_threshold(trained_run: Path, tmp_path: Path, monkeypatch):
-    from tumorclf.data import decode_image
+    from tumorclf.decoder import decode_image
 
     monkeypatch.setattr(explain, "heatmaps", lambda model, images, classes, *a, **k: np.zeros(images.shape[:3]))
     data = trained_run.parents[1] / "data"
@@ -160,3 +174,39 @@ def test_mixed_precision_models_are_explained_in_float32():
     cams = heatmaps(model, images, np.array([1, 0]))
     assert cams.dtype == np.float32 and cams.shape == (2, 32, 32) and 0 <= cams.min() <= cams.max() <= 1
     assert model.get_layer("block1_conv1").compute_dtype == "bfloat16"  # the caller's model is untouched
+
+
+def test_output_stems_are_distinct_and_stable():
+    paths = [Path("d/healthy/img001.png"), Path("d/tumor/img001.png"), Path("e/tumor/img001.jpg"),
+             Path("d/tumor/img001.png"), Path("d/Tumor/IMG001.png"), Path("img001.png")]
+    stems = output_stems(paths)
+    assert stems == ["healthy_img001", "tumor_img001", "tumor_img001-2", "tumor_img001-3", "Tumor_IMG001-4",
+                     "img001"]
+    assert output_stems(paths) == stems  # the same list, the same names
+    assert len({s.casefold() for s in output_stems(paths + [Path("x/tumor_img001-2.png").name])}) == len(paths) + 1
+
+
+def test_same_file_name_in_two_class_folders_gives_two_outputs(trained_run: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(explain, "heatmaps", lambda model, images, classes, *a, **k: np.zeros(images.shape[:3]))
+    data = trained_run.parents[1] / "data"
+    name = sorted((data / "healthy").iterdir())[0].name
+    files = [data / "healthy" / name, data / "tumor" / name]
+    assert files[1].is_file()
+    one = explain.explain_images(trained_run, files, tmp_path / "one")
+    assert [p.name for p in one] == [f"healthy_{Path(name).stem}_gradcam.png", f"tumor_{Path(name).stem}_gradcam.png"]
+    assert sorted((tmp_path / "one").glob("*.png")) == sorted(one)
+    # names are given over the whole list, readable or not: a broken tumor/<name> keeps its own name
+    broken = tmp_path / "tumor" / name
+    broken.parent.mkdir()
+    broken.write_bytes(b"nope")
+    again = explain.explain_images(trained_run, [files[0], broken, files[1]], tmp_path / "again")
+    assert [p.name for p in again] == [f"healthy_{Path(name).stem}_gradcam.png",
+                                       f"tumor_{Path(name).stem}-2_gradcam.png"]
+    compared = explain.compare_runs([trained_run, trained_run], files, tmp_path / "cmp")
+    assert len(compared) == 2 and len(set(compared)) == 2
+    assert sorted((tmp_path / "cmp").glob("*.png")) == sorted(compared)
+    labels, prob = np.array([1, 1]), np.array([0.9, 0.8])
+    images = np.zeros((2, 48, 48, 3), np.uint8)
+    assert explain.save_outcome_overlays(trained_run / "best.keras", images, labels, prob, list(map(str, files)),
+                                         2, tmp_path / "outcomes") == 2
+    assert len(list((tmp_path / "outcomes").glob("TP_*.png"))) == 2

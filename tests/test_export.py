@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
 from pathlib import Path
 
 import keras
@@ -11,10 +13,10 @@ import tensorflow as tf
 from PIL import Image
 
 from conftest import blob_image
-from tumorclf import decoder
+from tumorclf import decoder, export
 from tumorclf.cli import main
-from tumorclf.export import export_run, export_saved_model
-from tumorclf.rundir import RunDir
+from tumorclf.export import export_run, export_saved_model, replace_folder
+from tumorclf.rundir import RunDir, RunExistsError
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +156,63 @@ def test_export_errors_are_one_line(exported: Path, trained_run: Path, tmp_path:
     assert main(["export", "--run", str(trained_run), "--threshold", "1.5"]) == 2
     assert "--threshold must be in [0, 1]" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_overwrite_never_replaces_a_run_folder_or_other_files(exported: Path, trained_run: Path, tmp_path: Path,
+                                                              capsys):
+    before = sorted(p.name for p in trained_run.iterdir())
+    for out, says in ((trained_run, "is a run folder"), (trained_run.parent, "holds the run"),
+                      (trained_run.parents[1], "holds the run")):
+        assert main(["export", "--run", str(trained_run), "--out", str(out), "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("tumorclf: error:") and says in err and err.count("\n") == 1, err
+    other_run = tmp_path / "other_run"
+    other_run.mkdir()
+    (other_run / "config.json").write_text("{}")
+    with pytest.raises(RunExistsError, match="is a run folder"):
+        export_run(trained_run, other_run, overwrite=True)
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "keep.txt").write_text("mine")
+    with pytest.raises(RunExistsError, match="not a tumorclf export"):
+        export_run(trained_run, notes, overwrite=True)
+    (tmp_path / "a_file").write_text("mine")
+    with pytest.raises(RunExistsError, match="not a tumorclf export"):
+        export_run(trained_run, tmp_path / "a_file", overwrite=True)
+    assert sorted(p.name for p in trained_run.iterdir()) == before and (trained_run / "best.keras").is_file()
+    assert (other_run / "config.json").is_file() and (notes / "keep.txt").read_text() == "mine"
+    assert (tmp_path / "a_file").read_text() == "mine"
+
+
+def test_overwrite_replaces_an_earlier_export(exported: Path, trained_run: Path, tmp_path: Path):
+    out = tmp_path / "model"
+    shutil.copytree(exported, out)
+    (out / "stale.txt").write_text("from the earlier export")
+    assert export_run(trained_run, out, threshold=0.25, overwrite=True) == out
+    assert json.loads((out / "model_card.json").read_text())["threshold"] == 0.25
+    assert not (out / "stale.txt").exists() and (out / "saved_model.pb").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # nothing left aside or staged
+
+
+def test_replace_folder_keeps_the_old_one_when_the_new_cannot_be_moved_in(tmp_path: Path, monkeypatch):
+    old, new = tmp_path / "out", tmp_path / ".out.partial"
+    for folder, text in ((old, "old"), (new, "new")):
+        folder.mkdir()
+        (folder / "model_card.json").write_text(text)
+    (tmp_path / ".out.old").mkdir()  # a name already taken beside it: another is chosen
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        if Path(src) == new:
+            raise OSError("disk gone")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(export.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk gone"):
+        replace_folder(new, old)
+    assert (old / "model_card.json").read_text() == "old"  # renamed aside, then back
+    monkeypatch.setattr(export.os, "replace", real_replace)
+    replace_folder(new, old)
+    assert (old / "model_card.json").read_text() == "new" and not new.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.old", "out"]  # only the pre-existing one
+

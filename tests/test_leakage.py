@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
+
+import numpy as np
 
 from tumorclf.cli import main
 from tumorclf.leakage import leakage_rows
@@ -40,6 +43,34 @@ def test_kinds_and_accuracies(tmp_path: Path, capsys):
     assert "clean" in capsys.readouterr().out and (tmp_path / "leak.csv").read_text().count("\n") == 5
 
 
+def test_recorded_decisions_are_used_not_the_rounded_probabilities(tmp_path: Path, capsys):
+    """P(Tumor) = float32(0.7) < 0.7 is Healthy at threshold 0.7 in metrics.json, but its 6-decimal rounding
+    in test_predictions.csv reads 0.7: the `predicted` column keeps the run's decision."""
+    p = np.float32(0.7)
+    assert float(p) < 0.7 and round(float(p), 6) == 0.7
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"threshold": 0.7}))
+    write_csv(run / "split.csv", ["path", "label", "split", "group", "sha256"], [
+        ["a.png", 0, "train", 0, "s1"], ["a_copy.png", 0, "test", 0, "s1"], ["c.png", 1, "test", 2, "s4"]])
+    write_csv(run / "test_predictions.csv", ["path", "label", "prob_tumor", "predicted"], [
+        ["a_copy.png", 0, round(float(p), 6), 0], ["c.png", 1, 0.9, 1]])
+    rows = {row["kind"]: (row["correct"], row["images"]) for row in leakage_rows(run)}
+    assert rows["byte-identical in train"] == (1, 1) and rows["clean"] == (1, 1)
+
+    # an older run, without the column: the rounded probability at the threshold
+    write_csv(run / "test_predictions.csv", ["path", "label", "prob_tumor"], [
+        ["a_copy.png", 0, round(float(p), 6)], ["c.png", 1, 0.9]])
+    rows = {row["kind"]: (row["correct"], row["images"]) for row in leakage_rows(run)}
+    assert rows["byte-identical in train"] == (0, 1) and rows["clean"] == (1, 1)
+
+    write_csv(run / "test_predictions.csv", ["path", "label", "prob_tumor", "predicted"], [
+        ["a_copy.png", 0, 0.1, "Tumor"], ["c.png", 1, 0.9, 1]])
+    assert main(["leakage", str(run)]) == 2
+    line = one_error_line(capsys)
+    assert "test_predictions.csv is corrupt" in line and "'Tumor' of a_copy.png is not 0 or 1" in line
+
+
 def test_unfinished_run_is_refused(tmp_path: Path, capsys):
     assert main(["leakage", str(tmp_path)]) == 2
     line = one_error_line(capsys)
@@ -60,3 +91,19 @@ def test_predictions_that_do_not_match_the_split_are_refused(tmp_path: Path, cap
 def test_no_run_is_a_usage_error(capsys):
     assert main(["leakage"]) == 2
     assert "leakage: the following arguments are required: runs" in one_error_line(capsys)
+
+
+def test_a_run_records_the_decisions_of_its_metrics(trained_run: Path):
+    from tumorclf.evaluation import confusion_matrix
+    from tumorclf.rundir import RunDir
+
+    run = RunDir(trained_run)
+    metrics = run.metrics()
+    rows = run.test_predictions()
+    assert rows and all(row["predicted"] in ("0", "1") for row in rows)
+    labels = np.array([int(row["label"]) for row in rows])
+    predicted = np.array([int(row["predicted"]) for row in rows])
+    assert confusion_matrix(labels, predicted).tolist() == metrics["confusion_matrix"]
+    kinds = {row["kind"]: row for row in leakage_rows(trained_run)}
+    correct = sum(kinds[kind]["correct"] for kind in ("byte-identical in train", "near-duplicate in train", "clean"))
+    assert correct == round(metrics["accuracy"] * metrics["n"]) == int((labels == predicted).sum())

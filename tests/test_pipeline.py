@@ -4,7 +4,7 @@ import keras
 import numpy as np
 
 from tumorclf.pipeline import RandomAffine, make_dataset, make_train_dataset
-from tumorclf.training import EpochSeeding
+from tumorclf.callbacks import EpochSeeding
 
 
 def arrays(n=20, size=16):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import shutil
@@ -8,9 +9,11 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from PIL import Image
 
+import tumorclf.predict as predict
 from tumorclf.cli import main
-from tumorclf.decoder import decode_image
+from tumorclf.decoder import DECODER_VERSION, decode_image
 from tumorclf.export import export_run
 from tumorclf.predict import default_threshold
 from tumorclf.rundir import DEFAULT_THRESHOLD, RunDir
@@ -27,9 +30,12 @@ def folder(tmp_path: Path, trained_run: Path) -> Path:
     return target
 
 
+EXPORT_THRESHOLD = 0.37  # not the default, so the card is seen to be read
+
+
 @pytest.fixture(scope="module")
 def exported(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return export_run(trained_run, tmp_path_factory.mktemp("export") / "model")
+    return export_run(trained_run, tmp_path_factory.mktemp("export") / "model", threshold=EXPORT_THRESHOLD)
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -59,35 +65,123 @@ def test_predict_folder_keeps_going_past_a_broken_file(folder: Path, trained_run
     assert float(good[0]["prob_tumor"]) == pytest.approx(expected, abs=1e-5)
 
 
-def thresholds_between(probs: list[float]) -> list[float]:
-    """Thresholds strictly between observed probabilities (clear of the 6-decimal rounding), plus 0."""
-    distinct = sorted(set(probs))
-    return [0.0] + [(lo + hi) / 2 for lo, hi in zip(distinct, distinct[1:]) if hi - lo > 1e-5]
+# --- thresholds: on known probabilities, and on a model whose outputs are not saturated ---------------------
+
+KNOWN = np.array([0.1, 0.3, 0.5, 0.7, 0.9], dtype=np.float32)  # float32 as a model gives them: 0.7, 0.9 lie below
+# the decision at each threshold, P >= T in float64 (float32(0.1) and float32(0.3) lie above 0.1 and 0.3)
+KNOWN_DECISIONS = {0.0: "TTTTT", 0.1: "TTTTT", 0.2: "HTTTT", 0.3: "HTTTT", 0.5: "HHTTT", 0.6: "HHHTT",
+                   0.7: "HHHHT", 0.9: "HHHHH", 1.0: "HHHHH"}
 
 
-def test_saved_model_and_keras_agree_and_threshold_applies(folder: Path, trained_run: Path, exported: Path,
-                                                           tmp_path: Path):
-    assert main(["predict", "--model", str(exported), str(folder / "a"), "--out", str(tmp_path / "sm.json")]) == 0
-    assert main(["predict", "--model", str(trained_run / "best.keras"), str(folder / "a"),
-                 "--out", str(tmp_path / "k.json")]) == 0
-    saved = json.loads((tmp_path / "sm.json").read_text())
-    keras_rows = json.loads((tmp_path / "k.json").read_text())
-    probs = [r["prob_tumor"] for r in keras_rows]
-    np.testing.assert_allclose([r["prob_tumor"] for r in saved], probs, atol=1e-5)
+def known_images(folder: Path) -> list[Path]:
+    """Five flat images whose grey level (20, 60, ..., 180) says which of `KNOWN` the stub predictor answers,
+    and a broken file among them (third)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i in range(len(KNOWN)):
+        files.append(folder / f"known{i}.png")
+        Image.fromarray(np.full((16, 16, 3), 20 + 40 * i, np.uint8)).save(files[-1])
+    (folder / "broken.png").write_bytes(b"not an image")
+    return files[:2] + [folder / "broken.png"] + files[2:]
 
-    # whatever the probabilities are (a tiny model may saturate), the decision is prob >= threshold
-    candidates = thresholds_between(probs)
-    for threshold in (candidates[0], candidates[len(candidates) // 2], candidates[-1]):
+
+def known_predictor(batch: np.ndarray) -> np.ndarray:
+    """[Healthy, Tumor] float32 probabilities: `KNOWN` by each image's grey level."""
+    index = np.rint((batch[:, 0, 0, 0] - 20) / 40).astype(int)
+    assert ((batch - batch[:, :1, :1, :1]) == 0).all() and (0 <= index).all() and (index < len(KNOWN)).all()
+    p = KNOWN[index]
+    return np.stack([1 - p, p], axis=1)
+
+
+def decisions(rows: list[dict]) -> str:
+    return "".join(r["predicted"][0] for r in rows if not r["error"])
+
+
+@pytest.mark.parametrize("threshold", sorted(KNOWN_DECISIONS))
+def test_predict_files_decides_at_the_threshold(tmp_path: Path, threshold: float):
+    files = known_images(tmp_path)
+    rows = list(predict.predict_files(known_predictor, 8, files, threshold, batch_size=2))
+    assert [r["path"] for r in rows] == list(map(str, files))
+    assert rows[2]["error"] and rows[2]["prob_tumor"] is None and rows[2]["predicted"] is None
+    readable = [r for r in rows if not r["error"]]
+    assert [r["prob_tumor"] for r in readable] == [round(float(p), 6) for p in KNOWN]
+    assert decisions(rows) == KNOWN_DECISIONS[threshold]
+
+
+def test_predict_files_default_threshold(tmp_path: Path):
+    files = known_images(tmp_path)
+    expected = "".join("T" if float(p) >= DEFAULT_THRESHOLD else "H" for p in KNOWN)
+    assert decisions(list(predict.predict_files(known_predictor, 8, files))) == expected
+    assert "H" in expected and "T" in expected
+
+
+def test_cli_threshold_and_model_card_on_known_probabilities(tmp_path: Path, monkeypatch):
+    """The CLI passes --threshold, else the card's threshold, to the decisions (the model is a stub)."""
+    files = known_images(tmp_path / "in")
+    monkeypatch.setattr(predict, "load_predictor", lambda path: (known_predictor, 8))
+    model = tmp_path / "model" / "model.keras"
+    model.parent.mkdir()
+    model.write_bytes(b"stub")  # only has to exist: load_predictor is the stub
+    for threshold in (0.3, 0.6, 0.7):
         out = tmp_path / f"t{threshold}.json"
-        assert main(["predict", "--model", str(trained_run / "best.keras"), str(folder / "a"), "--out", str(out),
-                     "--threshold", repr(threshold)]) == 0
-        rows = json.loads(out.read_text())
-        assert [r["predicted"] for r in rows] == ["Tumor" if r["prob_tumor"] >= threshold else "Healthy"
-                                                  for r in rows]
+        assert main(["predict", "--model", str(model), *map(str, files), "--out", str(out),
+                     "--threshold", str(threshold)]) == 0
+        assert decisions(json.loads(out.read_text())) == KNOWN_DECISIONS[threshold]
+    (model.parent / "model_card.json").write_text(json.dumps({"threshold": 0.7}))
+    out = tmp_path / "card.csv"
+    assert main(["predict", "--model", str(model), *map(str, files), "--out", str(out)]) == 0
+    assert decisions(read_csv(out)) == KNOWN_DECISIONS[0.7]
 
 
-def test_default_threshold_is_the_one_recorded_with_the_model(folder: Path, trained_run: Path, exported: Path,
-                                                              tmp_path: Path):
+@pytest.fixture(scope="module")
+def unsaturated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """An untrained SimpleCNN (probabilities spread around 0.5, not saturated) as a folder like an export's:
+    a SavedModel with model.keras beside it (no model card yet); and a folder of blob images."""
+    from conftest import write_blob_dataset
+
+    from tumorclf.export import export_saved_model
+    from tumorclf.models import build_model
+
+    root = tmp_path_factory.mktemp("unsaturated")
+    keras.utils.set_random_seed(0)
+    model = build_model("simplecnn", 32)
+    export_saved_model(model, root / "model")
+    model.save(root / "model" / "model.keras")
+    return root / "model", write_blob_dataset(root / "data", per_class=12, size=48, seed=3)
+
+
+def run_predict(model: Path, inputs: Path, out: Path, *extra: str) -> list[dict]:
+    assert main(["predict", "--model", str(model), str(inputs), "--out", str(out), *extra]) == 0
+    rows = json.loads(out.read_text())
+    assert rows and not any(r["error"] for r in rows)
+    return rows
+
+
+def expected_decisions(rows: list[dict], threshold: float) -> list[str]:
+    return ["Tumor" if r["prob_tumor"] >= threshold else "Healthy" for r in rows]
+
+
+def test_saved_model_and_keras_agree_and_threshold_applies(unsaturated, tmp_path: Path):
+    folder, images = unsaturated
+    keras_rows = run_predict(folder / "model.keras", images, tmp_path / "k.json")
+    saved_rows = run_predict(folder, images, tmp_path / "sm.json")
+    probs = np.array([r["prob_tumor"] for r in keras_rows])
+    np.testing.assert_allclose([r["prob_tumor"] for r in saved_rows], probs, atol=1e-5)
+
+    # thresholds well clear (>= 5e-5) of every probability, so the 6-decimal rounding cannot flip a decision
+    distinct = np.unique(probs)
+    candidates = [(lo + hi) / 2 for lo, hi in zip(distinct, distinct[1:]) if hi - lo > 1e-4]
+    assert len(candidates) >= 3, f"the model's outputs are saturated or constant: {distinct}"
+    for threshold in (candidates[len(candidates) // 4], candidates[len(candidates) // 2],
+                      candidates[3 * len(candidates) // 4]):
+        for model in (folder / "model.keras", folder):
+            rows = run_predict(model, images, tmp_path / "t.json", "--threshold", repr(float(threshold)))
+            predicted = [r["predicted"] for r in rows]
+            assert predicted == expected_decisions(rows, threshold)
+            assert {"Healthy", "Tumor"} <= set(predicted)
+
+
+def test_default_threshold_is_the_one_recorded_with_the_model(unsaturated, trained_run: Path, tmp_path: Path):
     assert default_threshold(trained_run / "best.keras") == (RunDir(trained_run).threshold(),
                                                             str(RunDir(trained_run).metrics_file))
     lone = tmp_path / "lone" / "model.keras"
@@ -95,21 +189,37 @@ def test_default_threshold_is_the_one_recorded_with_the_model(folder: Path, trai
     shutil.copy(trained_run / "best.keras", lone)
     assert default_threshold(lone) == (DEFAULT_THRESHOLD, "default")
 
-    assert main(["predict", "--model", str(exported), str(folder / "a"), "--out", str(tmp_path / "p.json")]) == 0
-    probs = [r["prob_tumor"] for r in json.loads((tmp_path / "p.json").read_text())]
-    candidates = thresholds_between(probs)
-    threshold = candidates[len(candidates) // 2]
+    folder, images = unsaturated
     carded = tmp_path / "carded"
-    shutil.copytree(exported, carded)
-    card = json.loads((carded / "model_card.json").read_text())
-    (carded / "model_card.json").write_text(json.dumps({**card, "threshold": threshold}))
+    shutil.copytree(folder, carded)
+    assert default_threshold(carded) == (DEFAULT_THRESHOLD, "default")
+    probs = np.unique([r["prob_tumor"] for r in run_predict(carded, images, tmp_path / "p.json")])
+    gaps = [(hi - lo, (lo + hi) / 2) for lo, hi in zip(probs, probs[1:])]
+    middle = gaps[len(gaps) // 4 : 3 * len(gaps) // 4 + 1]  # the widest gap of the middle half: both classes
+    width, threshold = max(middle)
+    assert width > 1e-4 and threshold != DEFAULT_THRESHOLD, probs
+    card = carded / predict.MODEL_CARD_FILE
+    card.write_text(json.dumps({"threshold": float(threshold), "decoder": {"trained_with": DECODER_VERSION}}))
     for model in (carded, carded / "model.keras"):  # the SavedModel and the .keras file beside its card
-        assert default_threshold(model)[0] == threshold
-        out = tmp_path / "carded.json"
-        assert main(["predict", "--model", str(model), str(folder / "a"), "--out", str(out)]) == 0
-        rows = json.loads(out.read_text())
-        assert [r["predicted"] for r in rows] == ["Tumor" if r["prob_tumor"] >= threshold else "Healthy"
-                                                  for r in rows]
+        assert default_threshold(model) == (threshold, str(card))
+        rows = run_predict(model, images, tmp_path / "carded.json")
+        predicted = [r["predicted"] for r in rows]
+        assert predicted == expected_decisions(rows, threshold)
+        assert {"Healthy", "Tumor"} <= set(predicted)
+
+
+def test_an_export_records_the_threshold_predict_uses(exported: Path):
+    card = exported / predict.MODEL_CARD_FILE
+    assert json.loads(card.read_text())["threshold"] == EXPORT_THRESHOLD
+    for model in (exported, exported / "model.keras"):
+        assert default_threshold(model) == (EXPORT_THRESHOLD, str(card))
+
+
+def test_help_states_the_default_threshold():
+    parser = argparse.ArgumentParser()
+    predict.add_arguments(parser)
+    text = " ".join(parser.format_help().split())
+    assert f"else {DEFAULT_THRESHOLD:g})" in text
 
 
 def test_bad_arguments_give_one_line(trained_run: Path, tmp_path: Path, capsys):

@@ -85,6 +85,14 @@ def test_bad_input_stops_with_one_clear_line(tmp_path: Path, blob_dataset: Path,
     assert main(quick_args(blob_dataset, tmp_path / "runs", "--epochs", "0")) == 2
     assert "epochs" in one_error_line(capsys)
 
+    assert main(quick_args(blob_dataset, tmp_path / "runs", "--fine-tune", "from_layer", "--unfreeze-from", "nope")) == 2
+    assert "unfreeze_from: no layer of simplecnn is named 'nope'" in one_error_line(capsys)
+    assert not (tmp_path / "runs").exists()
+
+    (tmp_path / "model.yaml").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe binary")
+    assert main(["train", "--config", str(tmp_path / "model.yaml")]) == 2
+    assert "cannot be read as text" in one_error_line(capsys)
+
 
 def test_data_folder_from_environment(blob_dataset: Path, tmp_path: Path, monkeypatch):
     monkeypatch.setenv("TUMORCLF_DATA", str(blob_dataset))

@@ -8,7 +8,8 @@ import pytest
 
 from tumorclf.cli import main
 from tumorclf.config import load_yaml
-from tumorclf.study import study_configs
+from tumorclf.rundir import RunDir, RunError
+from tumorclf.study import _roc_points, study_configs
 
 
 def test_study_runs_skips_finished_and_reports_unavailable_weights(blob_dataset: Path, tmp_path: Path, monkeypatch):
@@ -100,3 +101,13 @@ def test_study_only_takes_known_models(tmp_path: Path, capsys):
     assert main(["study", "--config", str(study), "--only", "vgg"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "invalid choice: 'vgg'" in lines[0], lines
+
+
+def test_roc_points_come_from_the_run_folder_reader(tmp_path: Path):
+    run = RunDir(tmp_path)
+    run.roc_file.write_text("threshold,fpr,tpr\ninf,0.0,0.0\n0.6,0.25,0.75\n0.2,1.0,1.0\n")
+    fpr, tpr = _roc_points(run)
+    assert fpr.tolist() == [0.0, 0.25, 1.0] and tpr.tolist() == [0.0, 0.75, 1.0]
+    run.roc_file.write_text("fpr,tpr\n0.0,0.0\n")  # a corrupt roc.csv: one line, not a KeyError
+    with pytest.raises(RunError, match="no threshold column"):
+        _roc_points(run)

@@ -6,7 +6,6 @@ Usage: ``tumorclf bench [--models simplecnn,vgg16] [--image-size 224] [--batch-s
 from __future__ import annotations
 
 import datetime
-import logging
 import os
 import platform
 import resource
@@ -19,9 +18,6 @@ from tumorclf.artifacts import atomic_write_json, versions
 from tumorclf.config import PRECISIONS
 from tumorclf.errors import UsageError
 from tumorclf.registry import MODELS
-
-log = logging.getLogger(__name__)
-
 
 def machine() -> dict:
     """CPU model, core count, memory and bf16 support, for reading the numbers later."""

@@ -200,13 +200,13 @@ class EpochBackup(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self.run.backup_dir.mkdir(exist_ok=True)
-        path = self.run.backup_dir / f"epoch_{epoch + 1:04d}.weights.h5"
+        path = self.run.backup_file(epoch + 1)
         self.model.save_weights(path)
         atomic_write_json(self.run.progress_file, {
             "epochs_done": epoch + 1, "backup": path.name,
             "best_val_f1": float(self.validation.best_f1), "best_epoch": self.validation.best_epoch,
             "stopped_early": self.validation.stopped, "train_seconds": round(self.clock.seconds, 1),
         })
-        for old in self.run.backup_dir.glob("epoch_*.weights.h5"):
+        for old in self.run.backup_files():
             if old != path:
                 old.unlink()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tumorclf.decoder import DECODER_VERSION, MAX_PIXELS, DecodeError, decode_image  # noqa: F401 (re-exported)
+from tumorclf.decoder import DECODER_VERSION, DecodeError, decode_image
 from tumorclf.errors import UserError
 from tumorclf.progress import Progress
 
@@ -226,7 +226,7 @@ def load_dataset(
 ) -> Dataset:
     """Scan, hash and decode a class-folder dataset, reusing the on-disk cache when it matches.
 
-    The cache is keyed by the files' content (SHA-256) and the image size, so renaming files
+    The cache is keyed by the files' content (SHA-256), the image size and the decoder version, so renaming files
     does not invalidate it and a second run decodes nothing. Entries that cannot be used (dangling
     links, unreadable or undecodable files) end in `Dataset.skipped` with their reason.
     """

@@ -272,12 +272,6 @@ def _sniff(b, n):
     return fmt
 
 
-def _too_large(pixels):
-    import tensorflow as tf
-
-    return tf.where(pixels > MAX_PIXELS, _R_TOO_LARGE, _OK)
-
-
 def _pixels(height, width):
     import tensorflow as tf
 

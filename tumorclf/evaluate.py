@@ -1,6 +1,6 @@
 """`tumorclf evaluate`: score a finished run on its own test split, or on other folders of class folders.
 
-Usage: ``tumorclf evaluate --run RUN [--data DIR ...] [--out DIR] [--threshold T] [--batch-size N]``
+Usage: ``tumorclf evaluate --run RUN [--data DIR ...] [--out DIR] [--overwrite] [--threshold T] [--batch-size N]``
 
 Without ``--data`` the run's own test split is scored again (the files `split.csv` assigns to test,
 under the run's data folder), with the decoder training used and the run's operating threshold: the
@@ -8,7 +8,8 @@ result equals the test metrics in the run's `metrics.json`. With ``--data``, eac
 class folders, named as for training (or ``--classes HEALTHY TUMOR``); each folder is reported on its
 own and all of them pooled. Files that cannot be read or decoded are skipped and counted.
 
-Writes, atomically, into ``--out`` (default ``RUN/evaluation``):
+Writes, atomically, into ``--out`` (default ``RUN/evaluation``; never a run folder, and an earlier
+evaluation there is replaced only with ``--overwrite``):
 
 - ``evaluation.json``: ``{"run", "threshold", "decoder", "datasets": {NAME: {...}, "pooled": {...}}}``,
   each dataset with its folder, n, skipped and the metrics of `dataset_metrics`;
@@ -29,8 +30,8 @@ from tumorclf import data
 from tumorclf.artifacts import atomic_write_json, atomic_write_text, csv_text
 from tumorclf.decoder import DECODER_VERSION
 from tumorclf.errors import UsageError
-from tumorclf.evaluation import balanced_accuracy, brier_score, classification_metrics, specificity
-from tumorclf.rundir import RunDir, RunError
+from tumorclf.evaluation import balanced_accuracy, brier_score, classification_metrics, decide, specificity
+from tumorclf.rundir import RunDir, RunError, RunExistsError
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def dataset_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float) -> 
     """`classification_metrics` (accuracy, per-class accuracy, precision, recall, F1, AUC, confusion matrix,
     n, loss) plus sensitivity (= recall), specificity, balanced accuracy and the Brier score of P(Tumor)."""
     metrics = classification_metrics(labels, probs, threshold)
-    predicted = (np.asarray(probs)[:, 1] >= threshold).astype(np.int64)
+    predicted = decide(np.asarray(probs)[:, 1], threshold)  # the decisions classification_metrics took
     metrics.update(sensitivity=metrics["recall"], specificity=specificity(labels, predicted),
                    balanced_accuracy=balanced_accuracy(labels, predicted), brier=brier_score(labels, probs[:, 1]))
     return metrics
@@ -170,8 +171,10 @@ def json_safe(value):
 def write_outputs(out: Path, report: dict, scored: list[Scored]) -> None:
     """predictions.csv, skipped.csv, then evaluation.json (last, so its presence means complete)."""
     threshold = report["threshold"]
-    predictions = ((item.name, path, data.CLASS_NAMES[label], round(float(p), 6), data.CLASS_NAMES[int(p >= threshold)])
-                   for item in scored for path, label, p in zip(item.dataset.paths, item.labels, item.prob_tumor))
+    predictions = ((item.name, path, data.CLASS_NAMES[label], round(float(p), 6), data.CLASS_NAMES[int(decision)])
+                   for item in scored
+                   for path, label, p, decision in zip(item.dataset.paths, item.labels, item.prob_tumor,
+                                                       decide(item.prob_tumor, threshold)))
     atomic_write_text(out / PREDICTIONS_FILE, csv_text(PREDICTION_COLUMNS, predictions))
     skipped = ((item.name, path, reason) for item in scored for path, reason in item.dataset.skipped)
     atomic_write_text(out / SKIPPED_FILE, csv_text(["dataset", "path", "reason"], skipped))
@@ -201,9 +204,24 @@ def add_arguments(p) -> None:
                    help="with --data: the class folder names, where the folder names do not tell")
     p.add_argument("--out", type=Path, metavar="DIR",
                    help="folder for evaluation.json, predictions.csv and skipped.csv (default: RUN/evaluation)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in --out")
     p.add_argument("--threshold", type=float, metavar="T",
                    help="P(Tumor) at or above which Tumor is predicted (default: the run's operating threshold)")
     p.add_argument("--batch-size", type=int, metavar="N", help="prediction batch size (default: the run's)")
+
+
+def check_out(out: Path, run: RunDir, overwrite: bool) -> None:
+    """Refuse an `--out` that is a run folder (its skipped.csv would be replaced) or not a folder, and one
+    holding an earlier evaluation unless `overwrite`."""
+    if RunDir(out).config_file.is_file() or out.resolve() == run.path.resolve():
+        raise UsageError(f"evaluate: --out must not be a run folder ({out} is one: its skipped.csv would be "
+                         "replaced); choose another --out")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"evaluate: --out {out} exists and is not a folder")
+    earlier = [name for name in (EVALUATION_FILE, PREDICTIONS_FILE, SKIPPED_FILE) if (out / name).exists()]
+    if earlier and not overwrite:
+        raise RunExistsError(f"evaluate: {out} already holds an evaluation ({', '.join(earlier)}); pass --overwrite "
+                             "to replace it or --out to choose another folder")
 
 
 def run(args) -> int:
@@ -214,11 +232,11 @@ def run(args) -> int:
     if args.classes and not args.data:
         raise UsageError("evaluate: --classes names the class folders of --data folders; give --data too")
     run_dir = RunDir(args.run)
-    out = args.out or run_dir.path / "evaluation"
-    if out.resolve() == run_dir.path.resolve():
-        raise UsageError("evaluate: --out must not be the run folder itself (its skipped.csv would be replaced)")
+    out = args.out or run_dir.evaluation_dir
+    check_out(out, run_dir, args.overwrite)
     report, scored = evaluate(run_dir, args.data, args.threshold, args.batch_size,
                               tuple(args.classes) if args.classes else None)
+    (out / EVALUATION_FILE).unlink(missing_ok=True)  # replaced: absent until the new outputs are complete
     write_outputs(out, report, scored)
     print(f"{run_dir.name} at threshold {report['threshold']:g}")
     print(table(report))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import matplotlib
 
@@ -12,8 +11,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tumorclf.artifacts import atomic_write_bytes, atomic_write_text, csv_text, figure_png  # noqa: E402
+from tumorclf.rundir import DEFAULT_THRESHOLD, RunDir  # noqa: E402
 
 EPSILON = 1e-7  # Keras' clipping in categorical cross-entropy
+
+
+def decide(prob_tumor, threshold: float) -> np.ndarray:
+    """The predicted class of each P(Tumor): 1 (Tumor) where P >= threshold, else 0 (Healthy), as int64.
+
+    The one place a threshold is applied: both sides are compared in float64, so a float32 probability
+    is judged by its exact value (NumPy 2 would otherwise compare float32 with a Python float in
+    float32, where `np.float32(0.7) >= 0.7` is True although the float32 is below 0.7)."""
+    return (np.asarray(prob_tumor, dtype=np.float64) >= np.float64(threshold)).astype(np.int64)
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
@@ -72,11 +81,11 @@ def roc_auc(y_true: np.ndarray, score: np.ndarray) -> float:
     return float(np.trapezoid(tpr, fpr))
 
 
-def classification_metrics(y_true: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict:
-    """All test metrics from (n, 2) softmax outputs; Tumor (1) is the positive class."""
+def classification_metrics(y_true: np.ndarray, probs: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> dict:
+    """All test metrics from (n, 2) softmax outputs; Tumor (1) is the positive class, decided by `decide`."""
     y_true = np.asarray(y_true, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)
-    y_pred = (probs[:, 1] >= threshold).astype(np.int64)
+    y_pred = decide(probs[:, 1], threshold)
     matrix = confusion_matrix(y_true, y_pred)
     precision, recall, f1 = precision_recall_f1(y_true, y_pred)
     per_class = matrix.diagonal() / np.maximum(matrix.sum(axis=1), 1)
@@ -95,17 +104,18 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, threshold: flo
     }
 
 
-def write_reports(run_dir: Path, metrics: dict, y_true: np.ndarray, probs: np.ndarray, title: str) -> None:
-    """metrics.json, roc.csv, roc.png and confusion_matrix.png in `run_dir`, each written atomically."""
+def write_reports(run: RunDir, metrics: dict, y_true: np.ndarray, probs: np.ndarray, title: str) -> None:
+    """The run's metrics.json, roc.csv, roc.png and confusion-matrix PNG, each written atomically
+    (metrics.json last: with best.keras it marks the run finished)."""
     fpr, tpr, thresholds = roc_curve(y_true, probs[:, 1])
-    atomic_write_text(run_dir / "roc.csv", csv_text(["threshold", "fpr", "tpr"], zip(thresholds, fpr, tpr)))
+    atomic_write_text(run.roc_file, csv_text(["threshold", "fpr", "tpr"], zip(thresholds, fpr, tpr)))
 
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.plot(fpr, tpr, label=f"AUC = {metrics['auc']:.4f}")
     ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
     ax.set(xlabel="False positive rate", ylabel="True positive rate", title=f"ROC: {title}")
     ax.legend(loc="lower right")
-    atomic_write_bytes(run_dir / "roc.png", figure_png(fig))
+    atomic_write_bytes(run.roc_png, figure_png(fig))
 
     fig, ax = plt.subplots(figsize=(4.5, 4))
     matrix = np.asarray(metrics["confusion_matrix"])
@@ -114,7 +124,7 @@ def write_reports(run_dir: Path, metrics: dict, y_true: np.ndarray, probs: np.nd
         ax.text(j, i, str(count), ha="center", va="center", color="white" if count > matrix.max() / 2 else "black")
     ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["Healthy", "Tumor"], yticklabels=["Healthy", "Tumor"])
     ax.set(xlabel="Predicted", ylabel="True", title=f"Confusion matrix: {title}")
-    atomic_write_bytes(run_dir / "confusion_matrix.png", figure_png(fig))
+    atomic_write_bytes(run.confusion_png, figure_png(fig))
 
-    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    atomic_write_text(run.metrics_file, json.dumps(metrics, indent=2) + "\n")
 

@@ -24,6 +24,7 @@ from tumorclf.artifacts import atomic_write_bytes, figure_png  # noqa: E402
 from tumorclf.data import CLASS_NAMES, expand_inputs, label_from_folder  # noqa: E402
 from tumorclf.decoder import DecodeError, decode_image  # noqa: E402
 from tumorclf.errors import UsageError, UserError  # noqa: E402
+from tumorclf.evaluation import decide  # noqa: E402
 from tumorclf.progress import Progress, track  # noqa: E402
 from tumorclf.registry import MODELS  # noqa: E402
 from tumorclf.rundir import DEFAULT_THRESHOLD, RunDir  # noqa: E402
@@ -119,7 +120,7 @@ def explain_image_png(image: np.ndarray, cam: np.ndarray, prob_tumor: float, tru
                       caption: str, threshold: float) -> bytes:
     """A two-panel PNG: the slice, and the heatmap overlay titled with truth, prediction (at `threshold`
     on P(Tumor)) and the probability of the predicted class."""
-    predicted = int(prob_tumor >= threshold)
+    predicted = int(decide(prob_tumor, threshold))
     truth = CLASS_NAMES[true_label] if true_label is not None else "unknown"
     fig, axes = plt.subplots(1, 2, figsize=(7, 3.8))
     axes[0].imshow(image)
@@ -135,7 +136,7 @@ def explain_image_png(image: np.ndarray, cam: np.ndarray, prob_tumor: float, tru
 def class_to_explain(target: str, prob_tumor: np.ndarray, threshold: float) -> np.ndarray:
     """The class whose evidence is shown, per image: the prediction at `threshold`, or a fixed class."""
     if target == "predicted":
-        return (np.asarray(prob_tumor) >= threshold).astype(int)
+        return decide(prob_tumor, threshold)
     return np.full(len(prob_tumor), 1 if target == "tumor" else 0)
 
 
@@ -161,14 +162,15 @@ def explain_run(run_dir: Path | RunDir, files: list[Path], method: str, target: 
 
 def explain_images(run_dir: Path | RunDir, files: list[Path], out: Path, method: str = "gradcam",
                    target: str = "predicted", layer: str | None = None) -> list[Path]:
-    """One overlay PNG per readable file in `out`; unreadable files are logged and skipped."""
+    """One overlay PNG per readable file in `out`, named ``FOLDER_STEM_METHOD.png`` (`output_stems`);
+    unreadable files are logged and skipped."""
     run = _run(run_dir)
     kept, images, prob_tumor, cams = explain_run(run, files, method, target, layer)
     threshold = run.threshold()
     written = []
     caption = f"{run_title(run)}, {method} on {target} class"
-    for path, image, cam, p in zip(kept, images, cams, prob_tumor):
-        target_path = out / f"{path.stem}_{method}.png"
+    for path, stem, image, cam, p in zip(kept, _stems_of(kept, files), images, cams, prob_tumor):
+        target_path = out / f"{stem}_{method}.png"
         atomic_write_bytes(target_path, explain_image_png(image, cam, float(p), label_from_folder(path), caption,
                                                           threshold))
         written.append(target_path)
@@ -183,7 +185,7 @@ def compare_runs(run_dirs: list[Path | RunDir], files: list[Path], out: Path, me
         kept, images, prob_tumor, cams = explain_run(run_dir, files, method, target, layer)
         columns.append((run_title(run_dir), dict(zip(kept, zip(images, cams, prob_tumor)))))
     written = []
-    for path in files:
+    for path, stem in zip(files, output_stems(files)):
         if not all(path in entries for _, entries in columns):
             continue
         fig, axes = plt.subplots(1, len(columns) + 1, figsize=(3.2 * (len(columns) + 1), 3.6))
@@ -196,10 +198,35 @@ def compare_runs(run_dirs: list[Path | RunDir], files: list[Path], out: Path, me
             image, cam, p = entries[path]
             overlay(ax, image, cam)
             ax.set_title(f"{title}\nP(tumor) = {p:.3f}", fontsize=8)
-        target_path = out / f"compare_{path.stem}_{method}.png"
+        target_path = out / f"compare_{stem}_{method}.png"
         atomic_write_bytes(target_path, figure_png(fig))
         written.append(target_path)
     return written
+
+
+def output_stems(paths) -> list[str]:
+    """A distinct file-name stem per path, the same for the same list: ``FOLDER_STEM`` (the parent folder's
+    name keeps ``healthy/img001.png`` and ``tumor/img001.png`` apart), and where that still collides
+    (same folder name elsewhere, or a file listed twice) ``-2``, ``-3``... in list order. Names are
+    compared ignoring case, so they stay distinct on case-insensitive file systems."""
+    stems: list[str] = []
+    used: set[str] = set()
+    for path in map(Path, paths):
+        base = f"{path.parent.name}_{path.stem}" if path.parent.name else path.stem
+        stem, k = base, 1
+        while stem.casefold() in used:
+            k += 1
+            stem = f"{base}-{k}"
+        used.add(stem.casefold())
+        stems.append(stem)
+    return stems
+
+
+def _stems_of(kept: list[Path], files: list[Path]) -> list[str]:
+    """The `output_stems` of `files` for `kept`, the files (in order) that could be decoded: a file's
+    name does not depend on which of the others were readable."""
+    remaining = iter(zip(files, output_stems(files)))
+    return [next(stem for path, stem in remaining if path == wanted) for wanted in kept]
 
 
 def _decode_all(files: list[Path], size: int) -> tuple[np.ndarray, list[Path]]:
@@ -219,7 +246,7 @@ def save_outcome_overlays(model_path: Path, images: np.ndarray, labels: np.ndarr
     at `threshold` on P(Tumor); returns how many."""
     from tumorclf.models import load_model
 
-    predicted = (prob_tumor >= threshold).astype(int)
+    predicted = decide(prob_tumor, threshold)
     outcomes = {"TP": (1, 1), "FP": (0, 1), "FN": (1, 0), "TN": (0, 0)}
     picks = {name: np.flatnonzero((labels == t) & (predicted == p))[:per_outcome] for name, (t, p) in outcomes.items()}
     rows = np.concatenate(list(picks.values())).astype(int)
@@ -228,10 +255,11 @@ def save_outcome_overlays(model_path: Path, images: np.ndarray, labels: np.ndarr
     model = load_model(model_path)
     cams = heatmaps(model, images[rows], predicted[rows])
     names = [name for name, chosen in picks.items() for _ in chosen]
-    for name, row, cam in zip(names, rows, cams):
+    stems = output_stems([paths[row] for row in rows])
+    for name, row, cam, stem in zip(names, rows, cams, stems):
         png = explain_image_png(images[row], cam, float(prob_tumor[row]), int(labels[row]), f"{name}: {paths[row]}",
                                 threshold)
-        atomic_write_bytes(out / f"{name}_{Path(paths[row]).stem}.png", png)
+        atomic_write_bytes(out / f"{name}_{stem}.png", png)
     return len(rows)
 
 

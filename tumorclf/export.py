@@ -155,8 +155,7 @@ def export_run(run_dir: str | Path | RunDir, out: str | Path | None = None, thre
     if not 0 <= threshold <= 1:
         raise UsageError(f"export: --threshold must be in [0, 1], got {threshold}")
     out = Path(out) if out else Path("saved_models") / run.name
-    if out.exists() and not overwrite:
-        raise RunExistsError(f"{out} already exists; pass --overwrite to replace it or --out to choose another")
+    check_destination(run, out, overwrite)
     card = model_card(run, threshold)  # reads every run file before the slow part
     if card["decoder"]["trained_with"] != decoder.DECODER_VERSION:
         log.warning("%s was trained with decoder version %s; this export and tumorclf predict decode with "
@@ -173,13 +172,52 @@ def export_run(run_dir: str | Path | RunDir, out: str | Path | None = None, thre
             card["inference_speed"] = measure_inference(model, staging, measure)
         atomic_write_json(staging / MODEL_CARD_FILE, card)
         atomic_write_text(staging / "MODEL_CARD.md", card_markdown(card))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
+        replace_folder(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out
+
+
+def check_destination(run: RunDir, out: Path, overwrite: bool) -> None:
+    """Refuse an `out` that is a run folder or holds the source run (replacing it would delete the run),
+    an existing one without `overwrite`, and, with it, anything but an earlier export or an empty folder."""
+    if RunDir(out).config_file.is_file():
+        raise RunExistsError(f"--out {out} is a run folder; choose another --out (default saved_models/<run name>)")
+    if out.exists() and run.path.resolve().is_relative_to(out.resolve()):
+        raise RunExistsError(f"--out {out} holds the run {run}; choose another --out")
+    if not (out.exists() or out.is_symlink()):
+        return
+    if not overwrite:
+        raise RunExistsError(f"{out} already exists; pass --overwrite to replace it or --out to choose another")
+    if not out.is_dir() or not ((out / MODEL_CARD_FILE).is_file() or not any(out.iterdir())):
+        raise RunExistsError(f"{out} exists and is not a tumorclf export (no {MODEL_CARD_FILE}); --overwrite "
+                             "replaces only an earlier export: choose another --out")
+
+
+def replace_folder(new: Path, out: Path) -> None:
+    """Move folder `new` to `out`. An existing `out` is first renamed aside and deleted only once `new` is in
+    place, so a crash leaves the old folder (at `out` or, renamed, beside it) or the new one, never neither."""
+    if not (out.exists() or out.is_symlink()):
+        os.replace(new, out)
+        return
+    aside = out.with_name(f".{out.name}.old")
+    k = 1
+    while aside.exists() or aside.is_symlink():
+        k += 1
+        aside = out.with_name(f".{out.name}.old{k}")
+    os.replace(out, aside)
+    try:
+        os.replace(new, out)
+    except BaseException:
+        os.replace(aside, out)
+        raise
+    if aside.is_dir() and not aside.is_symlink():
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        aside.unlink(missing_ok=True)
+    if aside.exists():
+        log.warning("could not delete the replaced export %s; delete it by hand", aside)
 
 
 def add_arguments(p) -> None:
@@ -188,7 +226,8 @@ def add_arguments(p) -> None:
     p.add_argument("--threshold", type=float, metavar="T",
                    help="decision threshold on P(Tumor) recorded in the model card (default: the run's operating "
                         "threshold)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing destination")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier export at --out (never a run folder or other files)")
     p.add_argument("--measure", type=int, default=0, metavar="N",
                    help="time the SavedModel against in-process predict on N images; result in the card")
 

@@ -50,8 +50,9 @@ def cache_features(cfg: Config, stem: keras.Model, images: dict[str, np.ndarray]
     """(training views, {subset: features}) for the `held_out` subsets, one log line per view."""
     started = time.time()
     views = []
-    for view in range(cfg.feature_views):
-        log.info("fast recipe: caching view %d/%d of %d training images (%s)", view + 1, cfg.feature_views,
+    n_views = cfg.feature_views if cfg.augment else 1  # without augmentation every view would be the same
+    for view in range(n_views):
+        log.info("fast recipe: caching view %d/%d of %d training images (%s)", view + 1, n_views,
                  len(images["train"]), "augmented" if view else "as is")
         views.append(extract_features(stem, images["train"], cfg.batch_size, f"features, train view {view + 1}",
                                       augmenter(cfg.seed + 10 * view) if view else None, cfg.deterministic))

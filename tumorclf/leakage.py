@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tumorclf.artifacts import atomic_write_text, csv_text
+from tumorclf.evaluation import decide
 from tumorclf.rundir import RunDir, RunError
 
 KINDS = ("byte-identical in train", "near-duplicate in train", "clean")
@@ -21,7 +22,9 @@ COLUMNS = ["run", "kind", "images", "correct", "accuracy"]
 
 def leakage_rows(run_dir: Path | RunDir) -> list[dict]:
     """One row per kind of test image (and `leaked`, the first two together) with its accuracy at the
-    run's operating threshold."""
+    run's operating threshold: the `predicted` class test_predictions.csv records (the decisions behind
+    metrics.json), or, in runs older than that column, the recorded P(Tumor) (rounded to 6 decimals) at
+    the threshold."""
     run = RunDir(run_dir) if not isinstance(run_dir, RunDir) else run_dir
     rows = run.split_rows()
     predictions = {row["path"]: row for row in run.test_predictions()}
@@ -36,13 +39,27 @@ def leakage_rows(run_dir: Path | RunDir) -> list[dict]:
         if row["split"] != "test":
             continue
         prediction = predictions[row["path"]]
-        correct = (float(prediction["prob_tumor"]) >= threshold) == (int(prediction["label"]) == 1)
+        try:
+            correct = predicted_class(prediction, threshold) == int(prediction["label"])
+        except ValueError as exc:
+            raise RunError(f"{run.predictions_file} is corrupt: {exc}") from None
         kind = KINDS[0] if row["sha256"] in train_sha else KINDS[1] if row["group"] in train_groups else KINDS[2]
         for key in (kind, "leaked") if kind != KINDS[2] else (kind,):
             counts[key][0] += correct
             counts[key][1] += 1
     return [{"run": run.name, "kind": kind, "images": n, "correct": ok,
              "accuracy": round(ok / n, 4) if n else ""} for kind, (ok, n) in counts.items()]
+
+
+def predicted_class(prediction: dict[str, str], threshold: float) -> int:
+    """A test_predictions.csv row's predicted class (0 Healthy, 1 Tumor): its `predicted` column, else
+    (older runs) `decide` on its rounded probability."""
+    recorded = (prediction.get("predicted") or "").strip()
+    if recorded:
+        if recorded not in ("0", "1"):
+            raise ValueError(f"predicted {recorded!r} of {prediction['path']} is not 0 or 1")
+        return int(recorded)
+    return int(decide(float(prediction["prob_tumor"]), threshold))
 
 
 def add_arguments(p) -> None:

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
 import keras
 from keras import layers, ops
 
+from tumorclf.config import ConfigError
 from tumorclf.errors import UserError
 from tumorclf.registry import HEAD_LAYERS, spec
-
-log = logging.getLogger(__name__)
-
 
 class WeightsError(UserError, RuntimeError):
     """ImageNet weights were asked for but cannot be found or downloaded."""
@@ -160,7 +157,7 @@ def set_trainable(model: keras.Model, policy: str, unfreeze_from: str | None = N
     elif policy == "from_layer":
         matches = [i for i, layer in enumerate(model.layers) if layer.name.startswith(unfreeze_from or "\0")]
         if not matches:
-            raise ValueError(f"no layer of {model.name} is named {unfreeze_from!r} or starts with it")
+            raise ConfigError(f"unfreeze_from: no layer of {model.name} is named {unfreeze_from!r} or starts with it")
         start = matches[0]
     else:
         raise ValueError(f"unknown fine-tuning policy {policy!r}")

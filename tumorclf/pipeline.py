@@ -1,7 +1,7 @@
 """tf.data input pipelines over decoded images, with train-only Keras augmentation.
 
 Training randomness is keyed by (seed, epoch): the order is a stateless shuffle of an epoch
-variable, and `training.EpochSeeding` resets the augmentation layers' seed states at each epoch
+variable, and `callbacks.EpochSeeding` resets the augmentation layers' seed states at each epoch
 start. An epoch therefore sees the same data whatever ran before it, which is what lets a resumed
 run continue exactly as an uninterrupted one.
 """
@@ -92,7 +92,7 @@ def untuned(dataset: tf.data.Dataset) -> tf.data.Dataset:
 @dataclass
 class TrainData:
     dataset: tf.data.Dataset
-    epoch: tf.Variable  # set at each epoch start by training.EpochSeeding
+    epoch: tf.Variable  # set at each epoch start by callbacks.EpochSeeding
     augmentation: keras.Sequential | None
 
 

@@ -7,7 +7,8 @@ Files are decoded by `tumorclf.decoder.decode_image`, the decoder training uses,
 (a SavedModel through its ``serve`` signature). A file that cannot be decoded gets an error in its row
 and the others are still scored. The default threshold is the one recorded with the model: the
 ``threshold`` of ``model_card.json`` beside it (written by `tumorclf export`), else the operating
-threshold of the run folder holding a ``best.keras``, else 0.5.
+threshold of the run folder holding a ``best.keras``, else ``tumorclf.rundir.DEFAULT_THRESHOLD``.
+P(Tumor) at or above the threshold predicts Tumor (`tumorclf.evaluation.decide`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from tumorclf.artifacts import atomic_write_json, atomic_write_text, csv_text
 from tumorclf.data import CLASS_NAMES, expand_inputs
 from tumorclf.decoder import DECODER_VERSION, DecodeError, decode_image
 from tumorclf.errors import UsageError, UserError
+from tumorclf.evaluation import decide
 from tumorclf.progress import Progress
 from tumorclf.rundir import DEFAULT_THRESHOLD, RunDir
 
@@ -68,7 +70,8 @@ def load_predictor(path: Path) -> tuple[Predictor, int]:
 
 def default_threshold(model_path: Path) -> tuple[float, str]:
     """The threshold recorded with a model, and where it came from: `model_card.json` beside it (a
-    SavedModel folder, or the folder of its model.keras), else the run folder of a best.keras, else 0.5."""
+    SavedModel folder, or the folder of its model.keras), else the run folder of a best.keras, else
+    `DEFAULT_THRESHOLD`."""
     model_path = Path(model_path)
     folder = model_path if model_path.is_dir() else model_path.parent
     card = folder / MODEL_CARD_FILE
@@ -124,9 +127,10 @@ def predict_files(predict: Predictor, size: int, files: list[Path], threshold: f
                     rows.append(row)
                 if pixels:
                     probs = predict(np.stack(pixels).astype("float32"))
-                    for row, p in zip(readable, probs[:, 1]):
+                    prob_tumor = np.asarray(probs)[:, 1]
+                    for row, p, decision in zip(readable, prob_tumor, decide(prob_tumor, threshold)):
                         row["prob_tumor"] = round(float(p), 6)
-                        row["predicted"] = CLASS_NAMES[int(p >= threshold)]
+                        row["predicted"] = CLASS_NAMES[int(decision)]
                 if progress is not None:
                     progress.update(len(chunk))
                 yield from rows
@@ -141,7 +145,7 @@ def add_arguments(p) -> None:
     p.add_argument("--out", type=Path, help="preds.csv or preds.json (default: CSV on stdout)")
     p.add_argument("--threshold", type=float, metavar="T",
                    help="P(Tumor) at or above which Tumor is predicted (default: the model card's threshold, "
-                        "or the run's for a best.keras, else 0.5)")
+                        f"or the run's for a best.keras, else {DEFAULT_THRESHOLD:g})")
     p.add_argument("--batch-size", type=int, default=32, metavar="N")
 
 

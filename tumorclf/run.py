@@ -16,9 +16,10 @@ import tensorflow as tf
 
 from tumorclf.artifacts import atomic_write_text, csv_text, versions
 from tumorclf.config import Config, ConfigError, add_config_flags, build_config
-from tumorclf.data import CLASS_NAMES, DECODER_VERSION, DataError, load_dataset
-from tumorclf.evaluation import classification_metrics, write_reports
-from tumorclf.models import build_model, load_model, resolve_weights
+from tumorclf.data import CLASS_NAMES, DataError, load_dataset
+from tumorclf.decoder import DECODER_VERSION
+from tumorclf.evaluation import classification_metrics, decide, write_reports
+from tumorclf.models import build_model, load_model, resolve_weights, set_trainable
 from tumorclf.pipeline import make_dataset
 from tumorclf.progress import keras_progress
 from tumorclf.rundir import DEFAULT_THRESHOLD, RunDir
@@ -42,6 +43,8 @@ def run_experiment(cfg: Config) -> Path:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     weights, weights_origin = resolve_weights(cfg.model, cfg.imagenet, cfg.weights_dir)
+    if cfg.fine_tune == "from_layer":  # layer names are known only from a built model: check before writing
+        set_trainable(build_model(cfg.model, cfg.image_size), "from_layer", cfg.unfreeze_from)
     data = load_dataset(cfg.resolved_data(), cfg.image_size, cfg.classes, cfg.cache_dir, cfg.max_files)
     split = make_split(cfg.split, data.labels, data.image_index, data.unique_images,
                        cfg.split_fractions, cfg.seed, cfg.near_duplicate_bits)
@@ -101,8 +104,10 @@ def run_experiment(cfg: Config) -> Path:
                        split=cfg.split, image_size=cfg.image_size)
         test_paths = [data.paths[i] for i in subsets["test"]]
         atomic_write_text(run.predictions_file, csv_text(
-            ["path", "label", "prob_tumor"], zip(test_paths, test_labels.tolist(), probs[:, 1].round(6).tolist())))
-        write_reports(run_dir, metrics, test_labels, probs, cfg.run_name)
+            ["path", "label", "prob_tumor", "predicted"],
+            zip(test_paths, test_labels.tolist(), probs[:, 1].round(6).tolist(),
+                decide(probs[:, 1], metrics["threshold"]).tolist())))
+        write_reports(run, metrics, test_labels, probs, cfg.run_name)
         if cfg.gradcam_per_outcome:
             from tumorclf.explain import save_outcome_overlays
 

@@ -79,6 +79,17 @@ class RunDir:
     backup_dir = property(lambda self: self.path / "backup")
     tensorboard_dir = property(lambda self: self.path / "tensorboard")
     gradcam_dir = property(lambda self: self.path / "gradcam")
+    evaluation_dir = property(lambda self: self.path / "evaluation")  # `tumorclf evaluate`'s default --out
+
+    BACKUP_PATTERN = "epoch_*.weights.h5"
+
+    def backup_file(self, epoch: int) -> Path:
+        """The resume state after `epoch` (1-based): weights and optimizer state of the fitted model."""
+        return self.backup_dir / f"epoch_{epoch:04d}.weights.h5"
+
+    def backup_files(self) -> list[Path]:
+        """The epoch backups present, oldest first."""
+        return sorted(self.backup_dir.glob(self.BACKUP_PATTERN))
 
     # state -------------------------------------------------------------------------------------
     @property
@@ -95,6 +106,8 @@ class RunDir:
     def create(self, overwrite: bool = False, resume: bool = False) -> bool:
         """Make the folder; True when an existing one is kept to resume. An existing folder is replaced
         only with `overwrite` and reused only with `resume`."""
+        if self.path.exists() and not self.path.is_dir():
+            raise RunExistsError(f"{self.path} exists and is not a folder; choose another --name or --output")
         if self.path.exists():
             if resume:
                 return True
@@ -104,7 +117,10 @@ class RunDir:
                     "it or --name to choose another"
                 )
             shutil.rmtree(self.path)
-        self.path.mkdir(parents=True)
+        try:
+            self.path.mkdir(parents=True)
+        except OSError as exc:  # a parent is a file, no permission, ...
+            raise RunError(f"cannot create run folder {self.path}: {exc.strerror or exc}") from None
         return False
 
     # readers -----------------------------------------------------------------------------------
@@ -115,60 +131,111 @@ class RunDir:
             raise RunError(f"{self.path} has no {path.name}")
 
     def _json(self, path: Path) -> dict:
+        """A JSON object file; anything else (unreadable, not JSON, not an object) is a `RunError`."""
         self._require(path)
         try:
-            return json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise RunError(f"{path} is unreadable: {exc}") from None
+            value = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RunError(f"{path} is unreadable: {' '.join(str(exc).split())}") from None
+        if not isinstance(value, dict):
+            raise RunError(f"{path} is corrupt: expected a JSON object, got {type(value).__name__}")
+        return value
 
-    def _csv(self, path: Path) -> list[dict[str, str]]:
+    def _csv(self, path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
+        """The rows of a CSV file with at least `columns`, each row complete in them; else a `RunError`."""
         self._require(path)
-        with open(path, newline="") as handle:
-            return list(csv.DictReader(handle))
+        try:
+            with open(path, newline="") as handle:
+                reader = csv.DictReader(handle)
+                rows = list(reader)
+                header = reader.fieldnames or []
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise RunError(f"{path} is unreadable: {' '.join(str(exc).split())}") from None
+        missing = [column for column in columns if column not in header]
+        if missing:
+            raise RunError(f"{path} is corrupt: no {', '.join(missing)} column (expected {', '.join(columns)})")
+        for line, row in enumerate(rows, start=2):
+            if any(row.get(column) is None for column in columns):
+                raise RunError(f"{path} is corrupt: line {line} is cut short")
+        return rows
 
     def record(self) -> Record:
         """config.json, its config read back through `Config` (types coerced, unknown keys refused)."""
         raw = self._json(self.config_file)
-        schema = int(raw.get("schema", 1))
+        schema = raw.get("schema", 1)
+        if not isinstance(schema, int) or isinstance(schema, bool):
+            raise RunError(f"{self.config_file} is corrupt: schema {schema!r} is not an integer")
         if schema > SCHEMA_VERSION:
             raise RunError(f"{self.path} was written by a newer tumorclf (run-folder schema {schema}, "
                            f"this one reads up to {SCHEMA_VERSION})")
+        if not isinstance(raw.get("config"), dict):
+            raise RunError(f"{self.config_file} holds no valid config: `config` is "
+                           f"{'missing' if 'config' not in raw else 'not a JSON object'}")
         try:
             config = Config.from_dict(raw["config"])
-        except (KeyError, ConfigError) as exc:
+        except ConfigError as exc:
             raise RunError(f"{self.config_file} holds no valid config: {exc}") from None
-        return Record(config, raw.get("resolved", {}), raw.get("split", {}), int(raw.get("skipped_files", 0)),
-                      raw.get("versions", {}), schema)
+        parts = {key: raw.get(key, {}) for key in ("resolved", "split", "versions")}
+        for key, value in parts.items():
+            if not isinstance(value, dict):
+                raise RunError(f"{self.config_file} is corrupt: `{key}` is not a JSON object")
+        skipped = raw.get("skipped_files", 0)
+        if not isinstance(skipped, int) or isinstance(skipped, bool):
+            raise RunError(f"{self.config_file} is corrupt: skipped_files {skipped!r} is not an integer")
+        return Record(config, parts["resolved"], parts["split"], skipped, parts["versions"], schema)
 
     def config(self) -> Config:
         return self.record().config
 
     def data_root(self) -> Path:
         """The data folder the run was trained on, as resolved then."""
-        return Path(self.record().resolved["data"])
+        data = self.record().resolved.get("data")
+        if not isinstance(data, str) or not data:
+            raise RunError(f"{self.config_file} records no data folder (resolved.data)")
+        return Path(data)
 
     def metrics(self) -> dict[str, Any]:
         return self._json(self.metrics_file)
 
     def threshold(self) -> float:
         """The run's operating threshold on P(Tumor): recorded in metrics.json, else the default."""
-        if self.metrics_file.is_file():
-            return float(self.metrics().get("threshold", DEFAULT_THRESHOLD))
-        return DEFAULT_THRESHOLD
+        if not self.metrics_file.is_file():
+            return DEFAULT_THRESHOLD
+        value = self.metrics().get("threshold", DEFAULT_THRESHOLD)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise RunError(f"{self.metrics_file} is corrupt: threshold {value!r} is not a number in [0, 1]")
+        return float(value)
 
     def progress(self) -> dict[str, Any] | None:
-        return self._json(self.progress_file) if self.progress_file.is_file() else None
+        """progress.json (the resume state after the last completed epoch), or None before the first."""
+        if not self.progress_file.is_file():
+            return None
+        progress = self._json(self.progress_file)
+        missing = [key for key in ("epochs_done", "backup", "best_val_f1", "best_epoch") if key not in progress]
+        if missing:
+            raise RunError(f"{self.progress_file} is corrupt: no {', '.join(missing)}")
+        return progress
 
     def split_rows(self) -> list[dict[str, str]]:
         """split.csv: path,label,split,group,sha256 for every usable file."""
-        return self._csv(self.split_file)
+        return self._csv(self.split_file, ("path", "label", "split"))
 
     def test_predictions(self) -> list[dict[str, str]]:
-        """test_predictions.csv: path,label,prob_tumor for every test image."""
-        return self._csv(self.predictions_file)
+        """test_predictions.csv: path,label,prob_tumor(,predicted: the decision at the run's threshold; runs
+        since the run-folder contract) for every test image."""
+        return self._csv(self.predictions_file, ("path", "label", "prob_tumor"))
 
     def history(self) -> list[dict[str, str]]:
-        return self._csv(self.history_file)
+        """history.csv: one row per completed epoch (`epoch` 0-based, then the logged metrics)."""
+        return self._csv(self.history_file, ("epoch",))
+
+    def roc(self) -> list[tuple[float, float, float]]:
+        """roc.csv as (threshold, fpr, tpr) rows, in the file's order."""
+        rows = self._csv(self.roc_file, ("threshold", "fpr", "tpr"))
+        try:
+            return [(float(row["threshold"]), float(row["fpr"]), float(row["tpr"])) for row in rows]
+        except ValueError as exc:
+            raise RunError(f"{self.roc_file} is corrupt: {exc}") from None
 
     def load_model(self):
         """The best model (a fresh copy each call)."""

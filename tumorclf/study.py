@@ -11,7 +11,6 @@ Finished runs are skipped, an interrupted one resumes from its last completed ep
 
 from __future__ import annotations
 
-import csv
 import logging
 import typing
 from pathlib import Path
@@ -191,10 +190,9 @@ def roc_figure(configs: list[Config], split: str) -> bytes | None:
 
 
 def _roc_points(run: RunDir) -> tuple[np.ndarray, np.ndarray]:
-    """(fpr, tpr) of a run's roc.csv (columns threshold,fpr,tpr)."""
-    with open(run.roc_file, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    return (np.array([float(r["fpr"]) for r in rows]), np.array([float(r["tpr"]) for r in rows]))
+    """(fpr, tpr) of a run's roc.csv."""
+    rows = run.roc()
+    return np.array([fpr for _, fpr, _ in rows]), np.array([tpr for _, _, tpr in rows])
 
 
 def write_report(configs: list[Config], rows: list[dict], results: Path) -> None:
@@ -206,9 +204,9 @@ def write_report(configs: list[Config], rows: list[dict], results: Path) -> None
             atomic_write_bytes(results / f"roc_{split}.png", png)
     finished = [c for c in configs if RunDir(c.run_dir).metrics_file.is_file()]
     for cfg in finished:
-        if cfg.model == "vgg16" and cfg.imagenet:
-            atomic_write_bytes(results / f"confusion_matrix_{cfg.run_name}.png",
-                               RunDir(cfg.run_dir).confusion_png.read_bytes())
+        confusion_png = RunDir(cfg.run_dir).confusion_png
+        if cfg.model == "vgg16" and cfg.imagenet and confusion_png.is_file():
+            atomic_write_bytes(results / f"confusion_matrix_{cfg.run_name}.png", confusion_png.read_bytes())
     grouped = [c for c in finished if c.split == "grouped"]
     if grouped:
         from tumorclf.explain import compare_runs

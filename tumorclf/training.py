@@ -195,10 +195,11 @@ def train(
     """
     state = RunState.read(run) if resume else RunState()
     clock = Clock(state.train_seconds, cfg.max_minutes)  # building and the fast recipe's caching count too
+    if resume:  # drop history rows of an epoch that did not complete (progress.json names the last that did)
+        keep_history(run.history_file, state.epochs_done)
     if state.epochs_done:
         log.info("resuming after epoch %d (best val_f1 %.4f at epoch %s)", state.epochs_done, state.best_val_f1,
                  state.best_epoch)
-        keep_history(run.history_file, state.epochs_done)
         if state.stopped_early or state.epochs_done >= cfg.epochs or clock.expired:
             return TrainResult(run.best_model, state.best_epoch, state.best_val_f1, state.epochs_done, clock.seconds)
     with strategy.scope():
@@ -297,11 +298,13 @@ def fit_multiworker(model: keras.Model, strategy: tf.distribute.Strategy, datase
     ran = 0
     for epoch in range(initial_epoch, epochs):
         callback_list.on_epoch_begin(epoch)
-        loss_sum, hits, seen, steps = 0.0, 0.0, 0.0, 0
+        loss_sum, hits, seen = 0.0, 0.0, 0.0
         for x, y in distributed:
             loss, batch_hits, batch_seen = train_step(x, y)
-            loss_sum, hits, seen, steps = loss_sum + float(loss), hits + float(batch_hits), seen + float(batch_seen), steps + 1
-        logs = {"accuracy": hits / max(seen, 1.0), "loss": loss_sum / max(steps, 1)}
+            # the replica losses are means over the global batch: weight by its size, as Keras' fit does
+            loss_sum += float(loss) * float(batch_seen)
+            hits, seen = hits + float(batch_hits), seen + float(batch_seen)
+        logs = {"accuracy": hits / max(seen, 1.0), "loss": loss_sum / max(seen, 1.0)}
         callback_list.on_epoch_end(epoch, logs)
         ran += 1
         log.info("epoch %d/%d: loss %.4f, accuracy %.4f", epoch + 1, epochs, logs["loss"], logs["accuracy"])
