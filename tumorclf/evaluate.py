@@ -31,6 +31,7 @@ from tumorclf.artifacts import atomic_write_json, atomic_write_text, csv_text
 from tumorclf.decoder import DECODER_VERSION
 from tumorclf.errors import UsageError
 from tumorclf.evaluation import balanced_accuracy, brier_score, classification_metrics, decide, specificity
+from tumorclf.pipeline import predict_images
 from tumorclf.rundir import RunDir, RunError, RunExistsError
 
 log = logging.getLogger(__name__)
@@ -70,18 +71,6 @@ def dataset_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float) -> 
     metrics.update(sensitivity=metrics["recall"], specificity=specificity(labels, predicted),
                    balanced_accuracy=balanced_accuracy(labels, predicted), brier=brier_score(labels, probs[:, 1]))
     return metrics
-
-
-def predict_probs(model, images: np.ndarray, labels: np.ndarray, batch_size: int, desc: str) -> np.ndarray:
-    """(n, 2) softmax outputs of `model` on uint8 images, batched as training's test pass, with progress."""
-    from tumorclf.pipeline import make_dataset
-    from tumorclf.progress import keras_progress
-
-    if len(labels) == 0:
-        return np.zeros((0, 2), dtype=np.float32)
-    batches = math.ceil(len(labels) / batch_size)
-    return np.asarray(model.predict(make_dataset(images, labels, batch_size), verbose=0,
-                                    callbacks=[keras_progress(batches, desc)]))
 
 
 def own_test_split(run: RunDir) -> data.Dataset:
@@ -143,7 +132,7 @@ def evaluate(run: RunDir, data_dirs: list[Path] | None = None, threshold: float 
     else:
         datasets = {TEST_SPLIT: own_test_split(run)}
     model = run.load_model()
-    scored = [Scored(name, dataset, predict_probs(model, dataset.images(), dataset.labels, batch_size,
+    scored = [Scored(name, dataset, predict_images(model, dataset.images(), dataset.labels, batch_size,
                                                   f"predicting {name}"))
               for name, dataset in datasets.items()]
     report = {"run": str(run.path), "threshold": threshold, "decoder": DECODER_VERSION, "datasets": {}}

@@ -112,6 +112,19 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int) -> tf.
     )
 
 
+def predict_images(model: keras.Model, images: np.ndarray, labels: np.ndarray, batch_size: int,
+                   desc: str) -> np.ndarray:
+    """(n, 2) softmax outputs of `model` on uint8 images in evaluation batches, with progress: the test pass
+    of `train` and every pass of `evaluate`."""
+    from tumorclf.progress import keras_progress
+
+    if len(labels) == 0:
+        return np.zeros((0, 2), dtype=np.float32)
+    batches = -(-len(labels) // batch_size)
+    return np.asarray(model.predict(make_dataset(images, labels, batch_size), verbose=0,
+                                    callbacks=[keras_progress(batches, desc)]))
+
+
 def make_train_dataset(
     images: np.ndarray,
     labels: np.ndarray,

@@ -20,8 +20,7 @@ from tumorclf.data import CLASS_NAMES, DataError, load_dataset
 from tumorclf.decoder import DECODER_VERSION
 from tumorclf.evaluation import classification_metrics, decide, write_reports
 from tumorclf.models import build_model, load_model, resolve_weights, set_trainable
-from tumorclf.pipeline import make_dataset
-from tumorclf.progress import keras_progress
+from tumorclf.pipeline import predict_images
 from tumorclf.rundir import DEFAULT_THRESHOLD, RunDir
 from tumorclf.splits import make_split, manifest_csv
 from tumorclf.training import is_chief, is_multiworker, select_precision, select_strategy, train
@@ -94,9 +93,7 @@ def run_experiment(cfg: Config) -> Path:
 
         best = load_model(result.best_checkpoint)
         test_labels = labels["test"]
-        test_data = make_dataset(images["test"], test_labels, cfg.batch_size)
-        probs = best.predict(test_data, verbose=0,
-                             callbacks=[keras_progress(len(test_data), "predicting the test split")])
+        probs = predict_images(best, images["test"], test_labels, cfg.batch_size, "predicting the test split")
         metrics = classification_metrics(test_labels, probs, DEFAULT_THRESHOLD)
         metrics.update(best_epoch=result.best_epoch, best_val_f1=result.best_val_f1, epochs_run=result.epochs_run,
                        train_minutes=round(result.train_seconds / 60, 2),
