@@ -34,7 +34,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
     run = RunDir(args.run).require_finished()
-    threshold = run.threshold()
+    threshold, temperature = run.threshold(), run.temperature()
     files = sorted(f for f in args.data.rglob("*") if f.is_file())[:: args.every]
     with tempfile.TemporaryDirectory() as tmp:
         export = Path(tmp) / "export"
@@ -43,21 +43,23 @@ def main() -> None:
         subprocess.run(["tumorclf", "predict", "--model", str(run.best_model), *map(str, files), "--out", str(preds)],
                        check=True)
         with open(preds) as handle:
-            predicted = {row["path"]: float(row["prob_tumor"]) for row in csv.DictReader(handle) if not row["error"]}
+            predicted = {row["path"]: (float(row["prob_tumor"]), row["predicted"])
+                         for row in csv.DictReader(handle) if not row["error"]}
         serve = tf.saved_model.load(str(export)).signatures["serve_bytes"]
         deltas, flips, refused = [], 0, collections.Counter()
         for path in files:
             try:
-                served = float(list(serve(image_bytes=tf.constant([path.read_bytes()])).values())[0].numpy()[0, 1])
+                out = serve(image_bytes=tf.constant([path.read_bytes()]))  # calibrated P(Tumor) and decision
+                served, decision = float(out["prob_tumor"].numpy()[0]), int(out["decision"].numpy()[0])
             except tf.errors.InvalidArgumentError:
                 with Image.open(path) as image:
                     refused[f"{image.format}/{image.mode}"] += 1
                 continue
-            expected = predicted[str(path)]
+            expected, expected_class = predicted[str(path)]
             deltas.append(abs(served - expected))
-            flips += (served >= threshold) != (expected >= threshold)
+            flips += ("Tumor" if decision else "Healthy") != expected_class
     result = {"run": str(run), "files": len(files), "accepted": len(deltas), "refused_by_format": dict(refused),
-              "max_abs_dp": max(deltas), "mean_abs_dp": sum(deltas) / len(deltas), "threshold": threshold,
+              "max_abs_dp": max(deltas), "mean_abs_dp": sum(deltas) / len(deltas), "threshold": threshold, "temperature": temperature,
               "decisions_flipped": int(flips), "command": " ".join(["python", *sys.argv])}
     atomic_write_json(args.out, result)
     print(json.dumps(result, indent=2))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import os
+import shutil
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -82,3 +84,32 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "--deterministic", "--precision", "float32", "--strategy", "default"]
     assert main(args) == 0
     return root / "runs" / "run"
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def one_error_line(capsys) -> str:
+    """The one `tumorclf: error:` line a command printed to stderr (and nothing else, no traceback)."""
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tumorclf: error:") and "Traceback" not in err[0], err
+    return err[0]
+
+
+def copy_with_operating_point(run: Path, dest: Path, temperature: float | None, threshold: float = 0.5,
+                              validation: dict | None = None) -> Path:
+    """A copy of `run` at `dest` with an operating_point.json of `temperature` and `threshold` (None: with
+    none, as runs before operating points). The shared run is never changed."""
+    from tumorclf.calibration import OperatingPoint
+    from tumorclf.rundir import RunDir
+
+    shutil.copytree(run, dest, ignore=shutil.ignore_patterns("evaluation*"))  # only this test's evaluations
+    copy = RunDir(dest)
+    copy.operating_point_file.unlink(missing_ok=True)
+    if temperature is not None:
+        copy.write_operating_point(OperatingPoint(
+            temperature=temperature, threshold=threshold, target_sensitivity=0.95, youden_threshold=threshold,
+            fitted_on="validation", n=18, validation=validation or {}))
+    return dest

@@ -86,10 +86,45 @@ def test_yaml_type_errors_name_the_key_and_the_type(tmp_path: Path, yaml_text: s
     ({"feature_views": 0}, "feature_views must be a positive"),
     ({"recipe": "quick"}, "unknown recipe"),
     ({"colour": "red"}, "unknown config keys: colour"),
+    ({"target_sensitivity": 0}, r"target_sensitivity must be in \(0, 1\], got 0"),
+    ({"target_sensitivity": -0.5}, "target_sensitivity must be in"),
+    ({"target_sensitivity": 1.01}, "target_sensitivity must be in"),
+    ({"target_sensitivity": float("nan")}, "target_sensitivity must be in"),
+    ({"split": "source"}, "split source needs --sources FILE.csv and --holdout-sources"),
+    ({"split": "source", "sources": "s.csv"}, "needs --sources FILE.csv and --holdout-sources"),
+    ({"split": "source", "sources": "s.csv", "holdout_sources": " , "}, "needs --sources FILE.csv and --holdout"),
+    ({"holdout_sources": "a"}, "belong to --split source"),
+    ({"sources": "s.csv", "unlisted_source": "misc"}, "belong to --split source"),
+    ({"sources": "s.csv"}, "--sources, --holdout-sources and --unlisted-source belong to --split source"),
+    ({"split": "paper", "sources": "s.csv"}, "belong to --split source"),
 ])
 def test_bad_values_are_refused(values, message):
     with pytest.raises(ConfigError, match=message):
         Config.from_dict(values)
+
+
+def test_target_sensitivity():
+    assert Config().target_sensitivity == 0.95
+    assert Config(target_sensitivity=1).target_sensitivity == 1.0
+    assert flags("--target-sensitivity", "0.9").target_sensitivity == 0.9
+    # a launch option: training does not use it (the operating point is refitted from the validation
+    # predictions at the end of the run), so a run can be resumed with another target
+    assert Config(target_sensitivity=0.9).defining() == Config().defining()
+    assert "target_sensitivity" not in Config().defining()
+
+
+def test_holdout_sources_are_one_sorted_spelling():
+    cfg = Config(split="source", sources="s.csv", holdout_sources="b, a")
+    assert cfg.holdout_sources == "a,b" and cfg.holdout == ("a", "b")
+    assert cfg.run_name == "simplecnn_scratch_lso-a+b_224px_seed42"
+    assert Config(split="source", sources="s.csv", holdout_sources=" b,a,,b ").holdout_sources == "a,b"
+    assert cfg.defining() == Config(split="source", sources="s.csv", holdout_sources="a,b").defining()
+    assert Config.from_dict(cfg.to_dict()) == cfg
+    cfg = flags("--split", "source", "--sources", "s.csv", "--holdout-sources", "figshare, br35h", "--unlisted-source",
+                "misc", "--model", "vgg16", "--image-size", "64")
+    assert (cfg.holdout, cfg.unlisted_source) == (("br35h", "figshare"), "misc")
+    assert cfg.run_name == "vgg16_scratch_lso-br35h+figshare_64px_seed42"
+    assert Config(holdout_sources=None).holdout == () and Config().run_name == "simplecnn_scratch_grouped_224px_seed42"
 
 
 def test_launch_options_do_not_define_the_run():
@@ -112,6 +147,10 @@ def test_bad_yaml(tmp_path: Path):
     (["train", "--learning-rate", "1e-4x"], "learning_rate: expected a number"),
     (["train", "--model", "alexnet"], "invalid choice: 'alexnet'"),
     (["train", "--bogus"], "unrecognized arguments: --bogus"),
+    (["train", "--target-sensitivity", "0"], "target_sensitivity must be in (0, 1], got 0"),
+    (["train", "--target-sensitivity", "high"], "target_sensitivity: expected a number, got 'high'"),
+    (["train", "--split", "leave-one-out"], "invalid choice: 'leave-one-out'"),
+    (["train", "--sources", "s.csv"], "--sources, --holdout-sources and --unlisted-source belong to --split source"),
     (["nonsense"], "invalid choice: 'nonsense'"),
     (["predict"], "the following arguments are required"),
 ])

@@ -1,4 +1,5 @@
-"""`tumorclf evaluate`: the run's own test split again, external class folders, and clean refusals."""
+"""`tumorclf evaluate`: the run's own test split again, external class folders, the operating point fitted on
+validation only, the contamination check, group-bootstrap intervals, and clean refusals."""
 
 from __future__ import annotations
 
@@ -7,67 +8,132 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import write_blob_dataset
+from conftest import one_error_line, read_csv, write_blob_dataset
+from tumorclf.bootstrap import METRICS, bootstrap_intervals
+from tumorclf.calibration import OperatingPoint, apply_temperature, fit_operating_point
 from tumorclf.cli import main
+from tumorclf.evaluate import dataset_report
+from tumorclf.evaluation import confusion_matrix, decide, roc_auc
 
-METRIC_KEYS = {"accuracy", "per_class_accuracy", "precision", "recall", "f1", "auc", "confusion_matrix", "n",
-               "balanced_accuracy", "sensitivity", "specificity", "brier"}
+BOOTSTRAP = ["--bootstrap", "200"]
+REPORT_KEYS = {"n", "groups", "threshold", "skipped", "folder", "contaminated", "clean", "confusion_matrix",
+               "operating_points", "ece_uncalibrated", "brier_uncalibrated", *METRICS}
+CLASS = ("Healthy", "Tumor")
 
 
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
+def copy_run(trained_run: Path, where: Path) -> Path:
+    """A private copy of the shared run, for anything that may write into the run folder."""
+    shutil.copytree(trained_run, where, ignore=shutil.ignore_patterns("evaluation"))
+    return where
 
 
-def one_error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("tumorclf: error:") and "Traceback" not in err[0], err
-    return err[0]
+def value(metric: dict) -> float:
+    assert set(metric) == {"value", "ci95"}, metric
+    return metric["value"]
+
+
+def assert_intervals(entry: dict) -> None:
+    """Every metric is {"value", "ci95": [lo, hi]} with lo <= hi."""
+    for name in (*METRICS, "ece_uncalibrated", "brier_uncalibrated"):
+        metric = entry[name]
+        assert set(metric) == {"value", "ci95"}, name
+        if metric["value"] is not None:
+            lo, hi = metric["ci95"]
+            assert lo <= hi, name
+
+
+def val_rows(run: Path) -> tuple[np.ndarray, np.ndarray]:
+    rows = read_csv(run / "val_predictions.csv")
+    return (np.array([int(row["label"]) for row in rows]), np.array([float(row["prob_tumor"]) for row in rows]))
+
+
+def assert_calibrated(rows: list[dict[str, str]], temperature: float, threshold: float) -> None:
+    """prob_tumor is the raw P(Tumor) at `temperature` and predicted is it decided at `threshold`. Both columns
+    are rounded to 6 decimals, so the calibrated value is bounded by that of the raw value's rounding interval
+    (temperature scaling is monotonic)."""
+    raw = np.array([float(row["prob_tumor_raw"]) for row in rows])
+    calibrated = np.array([float(row["prob_tumor"]) for row in rows])
+    low, high = apply_temperature(raw - 5e-7, temperature), apply_temperature(raw + 5e-7, temperature)
+    assert np.all((low - 5e-7 <= calibrated) & (calibrated <= high + 5e-7)), (raw, calibrated)
+    sure = np.abs(calibrated - threshold) > 1e-6
+    assert np.array_equal(np.array([CLASS.index(row["predicted"]) for row in rows])[sure],
+                          decide(calibrated, threshold)[sure])
 
 
 def test_test_split_again_equals_the_runs_metrics(trained_run: Path, tmp_path: Path, capsys):
-    run = tmp_path / "run"
-    shutil.copytree(trained_run, run)  # the default --out writes into the run folder: not into the shared one
-    assert main(["evaluate", "--run", str(run)]) == 0
+    run = copy_run(trained_run, tmp_path / "run")  # the default --out writes into the run folder
+    point = OperatingPoint.from_dict(json.loads((trained_run / "operating_point.json").read_text()))
+    expected = json.loads((trained_run / "metrics.json").read_text())
+    split = {row["path"]: row for row in read_csv(trained_run / "split.csv")}
+    saved = {row["path"]: row for row in read_csv(trained_run / "test_predictions.csv")}
+
+    # by default: the run's operating point (fitted on validation), applied to calibrated P(Tumor)
+    assert main(["evaluate", "--run", str(run), *BOOTSTRAP]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-1] == str(run / "evaluation" / "evaluation.json")
-    assert [line.split()[0] for line in out[-3:-1]] == ["test", "pooled"]
-
+    assert [line.split()[0] for line in out[-3:-1]] == ["dataset", "test"]  # one dataset: no pooled entry
     report = json.loads((run / "evaluation" / "evaluation.json").read_text())
-    expected = json.loads((trained_run / "metrics.json").read_text())
-    assert report["run"] == str(run) and report["threshold"] == expected["threshold"]
-    assert set(report["datasets"]) == {"test", "pooled"}
+    assert report["run"] == str(run)
+    assert report["threshold"] == point.threshold and report["temperature"] == point.temperature
+    assert report["operating_point"]["saved_in_run"] is True and report["bootstrap"]["resamples"] == 200
+    assert set(report["datasets"]) == {"test"}
     test = report["datasets"]["test"]
-    assert METRIC_KEYS <= set(test) and test["skipped"] == 0
-    assert test["confusion_matrix"] == expected["confusion_matrix"] and test["n"] == expected["n"]
-    for key in ("test_loss", "accuracy", "precision", "recall", "f1", "auc"):
-        assert test[key] == pytest.approx(expected[key], abs=1e-6), key
-    assert test["per_class_accuracy"] == pytest.approx(expected["per_class_accuracy"])
-    assert test["balanced_accuracy"] == pytest.approx(
-        (expected["per_class_accuracy"]["healthy"] + expected["per_class_accuracy"]["tumor"]) / 2)
-    assert test["specificity"] == pytest.approx(expected["per_class_accuracy"]["healthy"])
-    assert 0 <= test["brier"] <= 1
-    assert {k: v for k, v in report["datasets"]["pooled"].items() if k != "folder"} == \
-        {k: v for k, v in test.items() if k != "folder"}
-
+    assert REPORT_KEYS <= set(test) and test["skipped"] == 0 and test["n"] == expected["n"]
+    assert test["threshold"] == point.threshold
+    assert test["operating_points"]["target_sensitivity"]["threshold"] == point.threshold
+    assert test["operating_points"]["youden"]["threshold"] == point.youden_threshold
+    assert test["operating_points"]["default_0.5"]["threshold"] == 0.5
+    assert_intervals(test)
     rows = read_csv(run / "evaluation" / "predictions.csv")
-    saved = {row["path"]: row for row in read_csv(trained_run / "test_predictions.csv")}
-    assert len(rows) == len(saved) == expected["n"]
-    for row in rows:
-        assert row["dataset"] == "test"
-        assert float(row["prob_tumor"]) == pytest.approx(float(saved[row["path"]]["prob_tumor"]), abs=2e-6)
-        assert row["label"] == ("Healthy", "Tumor")[int(saved[row["path"]]["label"])]
-        assert row["predicted"] == ("Healthy", "Tumor")[int(saved[row["path"]]["predicted"])]  # the run's decisions
+    assert list(rows[0]) == ["dataset", "path", "label", "prob_tumor_raw", "prob_tumor", "predicted", "group",
+                             "contaminated"]
+    assert_calibrated(rows, point.temperature, point.threshold)
+
+    # bootstrap groups: the duplicate groups split.csv records
+    assert [row["group"] for row in rows] == [split[row["path"]]["group"] for row in rows]
+    assert test["groups"] == len({split[path]["group"] for path in saved})
+    # the own test split holds no copy of a train/val image (the grouped split)
+    assert test["contaminated"] == 0 and test["clean"] == {"n": test["n"], "same_as_all": True}
+    assert all(row["contaminated"] == "" for row in rows)
+    assert read_csv(run / "evaluation" / "contaminated.csv") == []
     assert read_csv(run / "evaluation" / "skipped.csv") == []
+    for name in ("reliability.png", "roc.png"):
+        assert (run / "evaluation" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # again: the earlier evaluation is kept unless --overwrite
     before = (run / "evaluation" / "evaluation.json").read_bytes()
-    assert main(["evaluate", "--run", str(run)]) == 2
+    assert main(["evaluate", "--run", str(run), *BOOTSTRAP]) == 2
     assert "already holds an evaluation" in one_error_line(capsys)
     assert (run / "evaluation" / "evaluation.json").read_bytes() == before
+
+    # at 0.5 it is the run's metrics.json: temperature scaling keeps 0.5 at 0.5 and the order of the scores
+    assert main(["evaluate", "--run", str(run), "--threshold", "0.5", "--overwrite", *BOOTSTRAP]) == 0
+    capsys.readouterr()
+    report = json.loads((run / "evaluation" / "evaluation.json").read_text())
+    assert report["threshold"] == expected["threshold"] == 0.5
+    test = report["datasets"]["test"]
+    assert test["confusion_matrix"] == expected["confusion_matrix"] and test["n"] == expected["n"]
+    for key, theirs in (("accuracy", "accuracy"), ("precision", "precision"), ("sensitivity", "recall"),
+                        ("f1", "f1"), ("auc", "auc")):
+        assert value(test[key]) == pytest.approx(expected[theirs], abs=1e-6), key
+    assert value(test["sensitivity"]) == pytest.approx(expected["per_class_accuracy"]["tumor"])
+    assert value(test["specificity"]) == pytest.approx(expected["per_class_accuracy"]["healthy"])
+    assert value(test["balanced_accuracy"]) == pytest.approx(
+        (expected["per_class_accuracy"]["healthy"] + expected["per_class_accuracy"]["tumor"]) / 2)
+    assert 0 <= value(test["brier"]) <= 1 and 0 <= value(test["ece"]) <= 1
+
+    rows = read_csv(run / "evaluation" / "predictions.csv")
+    assert len(rows) == len(saved) == expected["n"]
+    for row in rows:
+        assert row["dataset"] == "test"
+        assert float(row["prob_tumor_raw"]) == pytest.approx(float(saved[row["path"]]["prob_tumor"]), abs=2e-6)
+        assert row["label"] == CLASS[int(saved[row["path"]]["label"])]
+        assert row["predicted"] == CLASS[int(saved[row["path"]]["predicted"])]  # the run's decisions
+        assert row["group"] == split[row["path"]]["group"]
 
 
 def test_external_folders_are_reported_each_and_pooled(trained_run: Path, tmp_path: Path, capsys):
@@ -80,7 +146,7 @@ def test_external_folders_are_reported_each_and_pooled(trained_run: Path, tmp_pa
     Image.new("L", (30, 30), 40).save(other / "normal" / "small.bmp")
     out = tmp_path / "eval"
     assert main(["evaluate", "--run", str(trained_run), "--data", str(own), str(other), "--out", str(out),
-                 "--threshold", "0.4", "--batch-size", "5"]) == 0
+                 "--threshold", "0.4", "--batch-size", "5", *BOOTSTRAP]) == 0
     table = capsys.readouterr().out.strip().splitlines()
     assert [line.split()[0] for line in table[-4:-1]] == ["data", "site", "pooled"]
 
@@ -91,11 +157,14 @@ def test_external_folders_are_reported_each_and_pooled(trained_run: Path, tmp_pa
     assert (datasets["site"]["n"], datasets["site"]["skipped"]) == (13, 2)
     assert datasets["pooled"]["n"] == 133 and datasets["pooled"]["skipped"] == 2
     for name in ("data", "site", "pooled"):
-        assert METRIC_KEYS <= set(datasets[name])
+        assert REPORT_KEYS <= set(datasets[name]) and datasets[name]["threshold"] == 0.4
+        assert_intervals(datasets[name])
         assert sum(map(sum, datasets[name]["confusion_matrix"])) == datasets[name]["n"]
     assert datasets["pooled"]["confusion_matrix"] == [
         [a + b for a, b in zip(row_a, row_b)]
         for row_a, row_b in zip(datasets["data"]["confusion_matrix"], datasets["site"]["confusion_matrix"])]
+    assert datasets["pooled"]["contaminated"] == datasets["data"]["contaminated"] + datasets["site"]["contaminated"]
+    assert datasets["pooled"]["groups"] <= datasets["data"]["groups"] + datasets["site"]["groups"]
     assert datasets["site"]["folder"] == str(other)
 
     rows = read_csv(out / "predictions.csv")
@@ -106,10 +175,206 @@ def test_external_folders_are_reported_each_and_pooled(trained_run: Path, tmp_pa
     assert skipped.keys() == {"glioma/broken.png", "normal/moved.jpg"}
     assert skipped["normal/moved.jpg"] == "dangling symbolic link"
 
+    # the run's own data folder: exactly its train and val files are byte copies of what it trained on
+    split = {row["path"]: row["split"] for row in read_csv(trained_run / "split.csv")}
+    data_rows = {row["path"]: row for row in rows if row["dataset"] == "data"}
+    assert {path: row["contaminated"] for path, row in data_rows.items()} == \
+        {path: "" if where == "test" else "exact" for path, where in split.items()}
+    assert datasets["data"]["contaminated"] == sum(where != "test" for where in split.values())
+    assert datasets["data"]["clean"]["n"] == sum(where == "test" for where in split.values())
+
     # the run's test files, scored inside the whole folder, get the probabilities of the test pass
     saved = {row["path"]: float(row["prob_tumor"]) for row in read_csv(trained_run / "test_predictions.csv")}
-    own_rows = {row["path"]: float(row["prob_tumor"]) for row in rows if row["dataset"] == "data"}
-    assert all(own_rows[path] == pytest.approx(p, abs=2e-6) for path, p in saved.items())
+    assert all(float(data_rows[path]["prob_tumor_raw"]) == pytest.approx(p, abs=2e-6) for path, p in saved.items())
+
+
+def test_the_operating_point_is_fitted_on_validation_only(trained_run: Path, tmp_path: Path, capsys):
+    run = copy_run(trained_run, tmp_path / "run")
+    original = json.loads((trained_run / "operating_point.json").read_text())
+    split = read_csv(trained_run / "split.csv")
+    # train fitted its operating point on exactly its validation predictions
+    assert [row["path"] for row in read_csv(run / "val_predictions.csv")] == \
+        [row["path"] for row in split if row["split"] == "val"]
+    assert fit_operating_point(*val_rows(run), original["target_sensitivity"]).to_dict() == original
+
+    # a run from before operating points: its validation split is predicted, and the point fitted and saved at
+    # the run's target sensitivity (another --target-sensitivity is for this evaluation only)
+    (run / "operating_point.json").unlink()
+    (run / "val_predictions.csv").unlink()
+    assert main(["evaluate", "--run", str(run), "--out", str(tmp_path / "old"), "--bootstrap", "0",
+                 "--target-sensitivity", "0.5"]) == 0
+    capsys.readouterr()
+    recreated = {row["path"]: row for row in read_csv(run / "val_predictions.csv")}
+    for row in read_csv(trained_run / "val_predictions.csv"):
+        assert recreated[row["path"]]["label"] == row["label"]
+        assert float(recreated[row["path"]]["prob_tumor"]) == pytest.approx(float(row["prob_tumor"]), abs=2e-6)
+    refitted = json.loads((run / "operating_point.json").read_text())
+    assert refitted["temperature"] == pytest.approx(original["temperature"], rel=1e-3)
+    assert refitted["target_sensitivity"] == original["target_sensitivity"] == 0.95
+    assert refitted["fitted_on"] == "validation" and refitted["n"] == original["n"]
+    report = json.loads((tmp_path / "old" / "evaluation.json").read_text())
+    assert report["operating_point"] == {**fit_operating_point(*val_rows(run), 0.5).to_dict(), "saved_in_run": False}
+    assert all(report["datasets"]["test"][name]["ci95"] is None for name in METRICS)  # --bootstrap 0
+
+    # crafted validation predictions, no saved point: the point is fitted on them, and saved
+    labels = np.array([int(row["label"]) for row in read_csv(run / "val_predictions.csv")])
+    rng = np.random.default_rng(5)
+    crafted = np.where(labels == 1, rng.uniform(0.30, 0.97, len(labels)), rng.uniform(0.02, 0.75, len(labels)))
+    crafted = crafted.round(6)
+    rows = read_csv(run / "val_predictions.csv")
+    with open(run / "val_predictions.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "prob_tumor"])
+        writer.writerows((row["path"], row["label"], repr(float(p))) for row, p in zip(rows, crafted))
+    (run / "operating_point.json").unlink()
+    want = fit_operating_point(labels, crafted, original["target_sensitivity"])
+    test = read_csv(run / "test_predictions.csv")
+    leaked = fit_operating_point([int(row["label"]) for row in test], [float(row["prob_tumor"]) for row in test],
+                                 original["target_sensitivity"], fitted_on="test")
+    assert abs(leaked.temperature - want.temperature) > 0.05 and leaked.threshold != want.threshold
+    assert main(["evaluate", "--run", str(run), "--out", str(tmp_path / "crafted"), "--bootstrap", "50"]) == 0
+    capsys.readouterr()
+    report = json.loads((tmp_path / "crafted" / "evaluation.json").read_text())
+    on_disk = json.loads((run / "operating_point.json").read_text())
+    assert on_disk == want.to_dict() and on_disk["n"] == len(labels)
+    assert report["operating_point"] == {**want.to_dict(), "saved_in_run": True}
+    assert (report["threshold"], report["temperature"]) == (want.threshold, want.temperature)
+    assert (report["threshold"], report["temperature"]) != (leaked.threshold, leaked.temperature)
+    assert report["datasets"]["test"]["operating_points"]["youden"]["threshold"] == want.youden_threshold
+    assert_calibrated(read_csv(tmp_path / "crafted" / "predictions.csv"), want.temperature, want.threshold)
+
+    # another target sensitivity: refitted on validation for this evaluation only, the run is left as it is
+    saved_bytes = (run / "operating_point.json").read_bytes()
+    other = fit_operating_point(labels, crafted, 0.5)
+    assert other.threshold != want.threshold
+    assert main(["evaluate", "--run", str(run), "--out", str(tmp_path / "half"), "--target-sensitivity", "0.5",
+                 "--bootstrap", "50"]) == 0
+    assert "sensitivity >= 0.5 on validation" in capsys.readouterr().out
+    report = json.loads((tmp_path / "half" / "evaluation.json").read_text())
+    assert report["operating_point"] == {**other.to_dict(), "saved_in_run": False}
+    assert report["threshold"] == other.threshold
+    assert (run / "operating_point.json").read_bytes() == saved_bytes
+
+    # a saved operating point is applied unchanged: neither refitted nor rewritten (no validation needed)
+    mine = OperatingPoint(temperature=2.5, threshold=0.7, target_sensitivity=original["target_sensitivity"],
+                          youden_threshold=0.4, fitted_on="validation", n=3, validation={})
+    (run / "operating_point.json").write_text(json.dumps(mine.to_dict()))
+    saved_bytes = (run / "operating_point.json").read_bytes()
+    (run / "val_predictions.csv").unlink()
+    assert main(["evaluate", "--run", str(run), "--out", str(tmp_path / "saved"), "--bootstrap", "50"]) == 0
+    capsys.readouterr()
+    report = json.loads((tmp_path / "saved" / "evaluation.json").read_text())
+    assert report["operating_point"] == {**mine.to_dict(), "saved_in_run": True}
+    assert (report["threshold"], report["temperature"]) == (0.7, 2.5)
+    assert (run / "operating_point.json").read_bytes() == saved_bytes
+    assert not (run / "val_predictions.csv").exists()
+    assert_calibrated(read_csv(tmp_path / "saved" / "predictions.csv"), 2.5, 0.7)
+
+
+def test_intervals_resample_duplicate_groups_not_files():
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 0, 1, 1, 0], 10)  # six slices, ten near-copies of each
+    raw = np.repeat(np.array([0, 1, 0, 1, 1, 0]) * 0.3 + rng.uniform(0, 0.7, 6), 10) + rng.uniform(0, 0.01, 60)
+    point = OperatingPoint(temperature=1.0, threshold=0.5, target_sensitivity=0.95, youden_threshold=0.5,
+                           fitted_on="validation", n=60, validation={})
+    one_group = dataset_report(labels, raw, np.zeros(len(labels), dtype=np.int64), point, 0.5, 200, 0)
+    per_file = dataset_report(labels, raw, np.arange(len(labels)), point, 0.5, 200, 0)
+    six_groups = dataset_report(labels, raw, np.arange(len(labels)) // 10, point, 0.5, 200, 0)
+    assert (one_group["groups"], per_file["groups"], six_groups["groups"]) == (1, 60, 6)
+    for name in ("accuracy", "sensitivity", "brier", "auc"):
+        assert one_group[name]["value"] == per_file[name]["value"] == six_groups[name]["value"]
+    # one group: every resample is the whole set; ten copies per group: as wide as six files, wider than 60
+    assert one_group["brier"]["ci95"] == [one_group["brier"]["value"]] * 2
+    width = {name: report["brier"]["ci95"][1] - report["brier"]["ci95"][0]
+             for name, report in (("per_file", per_file), ("six_groups", six_groups))}
+    assert width["six_groups"] > 1.5 * width["per_file"] > 0
+    assert dataset_report(labels, raw, np.arange(len(labels)), point, 0.5, 0, 0)["accuracy"]["ci95"] is None
+
+
+def test_auc_is_the_raw_scores_even_where_a_small_temperature_saturates_them():
+    rng = np.random.default_rng(1)
+    # a strongly sharpening temperature (a fit never keeps one at its bound, but a saved file may hold one)
+    point = OperatingPoint(0.06, 0.5, 0.95, 0.5, "validation", 40, {})
+    labels = np.repeat([0, 1], 30)
+    raw = np.where(labels == 1, rng.uniform(0.3, 0.999, 60), rng.uniform(0.001, 0.99, 60))
+    assert roc_auc(labels, point.calibrate(raw)) != roc_auc(labels, raw)  # float64 ties at 1.0
+    report = dataset_report(labels, raw, np.arange(60), point, 0.5, 100, 0)
+    assert report["auc"]["value"] == roc_auc(labels, raw)
+    assert report["auc"] == bootstrap_intervals(labels, raw, np.arange(60), 0.5, 100, 0)["auc"]
+    assert report["confusion_matrix"] == confusion_matrix(labels, decide(raw, 0.5)).tolist()  # 0.5 stays 0.5
+
+
+def unrelated_images(size: int) -> list[np.ndarray]:
+    """Checkerboards, stripes and gradients: nothing like the blob slices the run trained on."""
+    yy, xx = np.mgrid[:size, :size]
+    patterns = [((yy // 4 + xx // 4) % 2) * 255, ((yy // 8 + xx // 8) % 2) * 255, (xx // 6 % 2) * 255,
+                ((xx + yy) // 5 % 2) * 255, xx * 255 / (size - 1), 255 - (xx + yy) * 255 / (2 * size - 2)]
+    return [np.repeat(np.asarray(p, dtype=np.uint8)[..., None], 3, axis=-1) for p in patterns]
+
+
+def test_contamination_check_finds_exact_and_near_copies_of_training_images(trained_run: Path, tmp_path: Path,
+                                                                           capsys):
+    data = trained_run.parents[1] / "data"
+    train = [row for row in read_csv(trained_run / "split.csv") if row["split"] == "train"]
+    pngs = [row for row in train if row["path"].endswith(".png")]
+    jpgs = [row for row in train if row["path"].endswith(".jpg")]
+    planted = tmp_path / "planted"
+    for folder in ("healthy", "tumor"):
+        (planted / folder).mkdir(parents=True)
+    kinds: dict[str, str] = {}
+    for row in pngs[:2] + jpgs[:2]:  # byte copies
+        name = f"{Path(row['path']).parent.name}/exact_{Path(row['path']).name}"
+        shutil.copyfile(data / row["path"], planted / name)
+        kinds[name] = "exact"
+    for row in pngs[2:4] + pngs[-2:]:  # PNG re-encoded as JPEG at quality 85
+        name = f"{Path(row['path']).parent.name}/q85_{Path(row['path']).stem}.jpg"
+        Image.open(data / row["path"]).convert("RGB").save(planted / name, "JPEG", quality=85)
+        kinds[name] = "near"
+    for row in jpgs[2:4]:  # JPEG slightly enlarged, saved as PNG
+        name = f"{Path(row['path']).parent.name}/big_{Path(row['path']).stem}.png"
+        Image.open(data / row["path"]).convert("RGB").resize((52, 52), Image.Resampling.BILINEAR).save(planted / name)
+        kinds[name] = "near"
+    for i, image in enumerate(unrelated_images(48)):
+        name = f"{('healthy', 'tumor')[i % 2]}/pattern{i}.png"
+        Image.fromarray(image).save(planted / name)
+        kinds[name] = ""
+    for name in kinds:
+        assert (planted / name).read_bytes() != b""
+    copied = {name for name, kind in kinds.items() if kind == "exact"}
+    assert all((planted / name).read_bytes() == (data / name.replace("exact_", "")).read_bytes() for name in copied)
+
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--run", str(trained_run), "--data", str(planted), "--out", str(out), *BOOTSTRAP]) == 0
+    assert "planted" in capsys.readouterr().out
+    rows = read_csv(out / "predictions.csv")
+    assert {row["path"]: row["contaminated"] for row in rows} == kinds
+    listed = {row["path"]: row for row in read_csv(out / "contaminated.csv")}
+    assert listed.keys() == {name for name, kind in kinds.items() if kind}
+    train_paths = {row["path"] for row in train}
+    for name, row in listed.items():
+        assert row["dataset"] == "planted" and row["kind"] == kinds[name]
+        assert row["train_or_val_file"] in train_paths
+        assert 0 <= int(row["hash_distance"]) <= 4
+        if row["kind"] == "exact":
+            assert row["train_or_val_file"] == name.replace("exact_", "") and row["hash_distance"] == "0"
+
+    report = json.loads((out / "evaluation.json").read_text())
+    assert report["contamination_check"] == {"sha256": True, "perceptual_hash_bits": 4, "near_copies": True}
+    entry = report["datasets"]["planted"]
+    assert entry["n"] == len(kinds) and entry["contaminated"] == 10
+    clean = entry["clean"]
+    assert clean["n"] == 6 and clean["same_as_all"] is False and set(METRICS) <= set(clean)
+    # the clean metrics are those of the clean files alone
+    mine = [row for row in rows if row["contaminated"] == ""]
+    labels = np.array([CLASS.index(row["label"]) for row in mine])
+    predicted = np.array([CLASS.index(row["predicted"]) for row in mine])
+    assert value(clean["accuracy"]) == pytest.approx(np.mean(predicted == labels))
+    assert value(clean["brier"]) == pytest.approx(np.mean((np.array([float(row["prob_tumor"]) for row in mine])
+                                                            - labels) ** 2), abs=1e-5)
+    raw = np.array([float(row["prob_tumor_raw"]) for row in mine])
+    assert value(clean["auc"]) == pytest.approx(roc_auc(labels, raw), abs=0.02)
+    everything = np.array([CLASS.index(row["label"]) == CLASS.index(row["predicted"]) for row in rows])
+    assert value(entry["accuracy"]) == pytest.approx(everything.mean())
 
 
 def test_bad_input_stops_with_one_clear_line(trained_run: Path, tmp_path: Path, capsys):
@@ -131,8 +396,7 @@ def test_bad_input_stops_with_one_clear_line(trained_run: Path, tmp_path: Path, 
                  "--out", str(tmp_path / "out")]) == 2
     assert "expected exactly two class folders" in one_error_line(capsys)
 
-    moved = tmp_path / "moved_run"
-    shutil.copytree(trained_run, moved, ignore=shutil.ignore_patterns("evaluation"))
+    moved = copy_run(trained_run, tmp_path / "moved_run")
     record = json.loads((moved / "config.json").read_text())
     record["resolved"]["data"] = str(tmp_path / "gone")
     (moved / "config.json").write_text(json.dumps(record))
@@ -141,8 +405,16 @@ def test_bad_input_stops_with_one_clear_line(trained_run: Path, tmp_path: Path, 
     assert main(["evaluate", "--run", str(moved), "--out", str(moved)]) == 2
     assert "--out must not be a run folder" in one_error_line(capsys)
 
-    assert main(["evaluate", "--run", str(trained_run), "--threshold", "1.5", "--out", str(tmp_path / "out")]) == 2
-    assert "--threshold" in one_error_line(capsys)
+    corrupt = copy_run(trained_run, tmp_path / "corrupt_run")
+    (corrupt / "operating_point.json").write_text(json.dumps({"temperature": 1.0}))
+    assert main(["evaluate", "--run", str(corrupt), "--out", str(tmp_path / "out")]) == 2
+    assert "operating_point.json is corrupt" in one_error_line(capsys)
+
+    for flags, message in ((["--threshold", "1.5"], "--threshold"), (["--target-sensitivity", "0"],
+                           "--target-sensitivity must be in (0, 1]"), (["--bootstrap", "-1"], "--bootstrap"),
+                           (["--batch-size", "0"], "--batch-size"), (["--classes", "a", "b"], "give --data too")):
+        assert main(["evaluate", "--run", str(trained_run), *flags, "--out", str(tmp_path / "out")]) == 2
+        assert message in one_error_line(capsys)
     assert main(["evaluate"]) == 2
     assert "--run" in one_error_line(capsys)
     assert not (tmp_path / "out").exists()
@@ -150,8 +422,7 @@ def test_bad_input_stops_with_one_clear_line(trained_run: Path, tmp_path: Path, 
 
 def test_out_is_never_a_run_folder_and_replaces_an_evaluation_only_with_overwrite(trained_run: Path, tmp_path: Path,
                                                                                capsys):
-    other = tmp_path / "other_run"
-    shutil.copytree(trained_run, other, ignore=shutil.ignore_patterns("evaluation"))
+    other = copy_run(trained_run, tmp_path / "other_run")
     files = {path.name: path.read_bytes() for path in other.iterdir() if path.is_file()}
     for overwrite in ([], ["--overwrite"]):
         assert main(["evaluate", "--run", str(trained_run), "--out", str(other), *overwrite]) == 2
@@ -162,6 +433,7 @@ def test_out_is_never_a_run_folder_and_replaces_an_evaluation_only_with_overwrit
     assert main(["evaluate", "--run", str(trained_run), "--out", str(tmp_path / "a_file")]) == 2
     assert "is not a folder" in one_error_line(capsys)
 
+    shared = {path.name: path.read_bytes() for path in trained_run.iterdir() if path.is_file()}
     out = tmp_path / "eval"
     out.mkdir()
     (out / "predictions.csv").write_text("an earlier evaluation, cut short\n")
@@ -171,7 +443,29 @@ def test_out_is_never_a_run_folder_and_replaces_an_evaluation_only_with_overwrit
     assert main(["evaluate", "--run", str(trained_run), "--out", str(out)]) == 2
     assert "pass --overwrite" in one_error_line(capsys)
     assert (out / "evaluation.json").read_text() == "{}"
-    assert main(["evaluate", "--run", str(trained_run), "--out", str(out), "--overwrite"]) == 0
+    assert main(["evaluate", "--run", str(trained_run), "--out", str(out), "--overwrite", *BOOTSTRAP]) == 0
     assert json.loads((out / "evaluation.json").read_text())["datasets"]["test"]["n"] > 0
     assert read_csv(out / "predictions.csv")[0]["dataset"] == "test"
+    assert {path.name for path in out.iterdir()} == {"evaluation.json", "predictions.csv", "skipped.csv",
+                                                    "contaminated.csv", "reliability.png", "roc.png"}
     assert not (trained_run / "evaluation").exists()
+    assert {path.name: path.read_bytes() for path in trained_run.iterdir() if path.is_file()} == shared
+
+
+def test_pooled_groups_span_folders_and_a_folder_counts_once(trained_run: Path, tmp_path: Path, capsys):
+    first = write_blob_dataset(tmp_path / "first", per_class=4, size=60, seed=21)
+    second = tmp_path / "second"
+    shutil.copytree(first, second)  # the same images again: in the pooled bootstrap they are one group each
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--run", str(trained_run), "--data", str(first), str(second), "--out", str(out),
+                 "--bootstrap", "50"]) == 0
+    datasets = json.loads((out / "evaluation.json").read_text())["datasets"]
+    assert datasets["pooled"]["n"] == 2 * datasets["first"]["n"] == 16
+    assert datasets["pooled"]["groups"] == datasets["first"]["groups"] == datasets["second"]["groups"]
+    rows = read_csv(out / "predictions.csv")
+    assert {row["dataset"] for row in rows} == {"first", "second"}
+
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(trained_run), "--data", str(first), str(tmp_path / "." / "first"),
+                 "--out", str(tmp_path / "again")]) == 2
+    assert "the same folder more than once" in one_error_line(capsys)

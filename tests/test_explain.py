@@ -10,10 +10,12 @@ from PIL import Image
 
 from conftest import BLOB_CENTRE, BLOB_RADIUS, blob_image
 import tumorclf.explain as explain
+from tumorclf.calibration import OperatingPoint
 from tumorclf.cli import main
 from tumorclf.explain import class_to_explain, heatmaps, load_run_model, output_stems, target_layer
 from tumorclf.models import build_model
 from tumorclf.registry import MODELS
+from tumorclf.rundir import RunDir
 
 EXPECTED_LAYER = {"simplecnn": "relu3", "vgg16": "block5_conv3", "resnet50": "conv5_block3_out",
                   "resnet101": "conv5_block3_out", "resnet152": "conv5_block3_out", "densenet121": "relu"}
@@ -133,10 +135,22 @@ def test_predicted_class_follows_the_run_threshold(trained_run: Path, tmp_path: 
     metrics = json.loads((run / "metrics.json").read_text())
     for threshold, expected in ((0.0, [1, 1, 1]), (0.5, [0, 1, 1]), (0.69, [0, 0, 1]), (0.7, [0, 0, 0]),
                                 (1.0, [0, 0, 0])):  # float32(0.7) < 0.7: Healthy at 0.7, as classification_metrics
+        (run / "operating_point.json").unlink(missing_ok=True)  # a run without one: metrics.json's threshold
         (run / "metrics.json").write_text(json.dumps({**metrics, "threshold": threshold}))
         explained.clear()
         explain.explain_run(run, files, "gradcam", "predicted")
         assert explained == [expected]
+        # with an operating point (temperature 1 keeps P): its threshold, not metrics.json's
+        (run / "metrics.json").write_text(json.dumps({**metrics, "threshold": 1.0 - threshold}))
+        RunDir(run).write_operating_point(OperatingPoint(1.0, threshold, 0.95, threshold, "validation", 1, {}))
+        explained.clear()
+        explain.explain_run(run, files, "gradcam", "predicted")
+        assert explained == [expected]
+    # a temperature moves P(tumor) before the threshold: T = 0.5 sharpens 0.7 to 0.845, 0.2 to 0.059
+    RunDir(run).write_operating_point(OperatingPoint(0.5, 0.8, 0.95, 0.8, "validation", 1, {}))
+    explained.clear()
+    explain.explain_run(run, files, "gradcam", "predicted")
+    assert explained == [[0, 0, 1]]
 
 
 def test_outcome_overlays_take_the_prediction_at_the_threshold(trained_run: Path, tmp_path: Path, monkeypatch):

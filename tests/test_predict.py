@@ -12,11 +12,14 @@ import pytest
 from PIL import Image
 
 import tumorclf.predict as predict
+from tumorclf.calibration import apply_temperature
 from tumorclf.cli import main
 from tumorclf.decoder import DECODER_VERSION, decode_image
+from tumorclf.evaluation import decide
 from tumorclf.export import export_run
-from tumorclf.predict import default_threshold
+from tumorclf.predict import recorded_operating_point
 from tumorclf.rundir import DEFAULT_THRESHOLD, RunDir
+from conftest import copy_with_operating_point
 
 
 @pytest.fixture
@@ -31,11 +34,19 @@ def folder(tmp_path: Path, trained_run: Path) -> Path:
 
 
 EXPORT_THRESHOLD = 0.37  # not the default, so the card is seen to be read
+RUN_TEMPERATURE, RUN_THRESHOLD = 2.5, 0.62  # the operating point of `calibrated_run`
 
 
 @pytest.fixture(scope="module")
-def exported(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return export_run(trained_run, tmp_path_factory.mktemp("export") / "model", threshold=EXPORT_THRESHOLD)
+def calibrated_run(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return copy_with_operating_point(trained_run, tmp_path_factory.mktemp("calibrated") / "run", RUN_TEMPERATURE,
+                                     RUN_THRESHOLD)
+
+
+@pytest.fixture(scope="module")
+def exported(calibrated_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The calibrated run exported with --threshold: the temperature stays the run's."""
+    return export_run(calibrated_run, tmp_path_factory.mktemp("export") / "model", threshold=EXPORT_THRESHOLD)
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -43,26 +54,38 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def test_predict_folder_keeps_going_past_a_broken_file(folder: Path, trained_run: Path, tmp_path: Path, caplog):
+def test_predict_folder_keeps_going_past_a_broken_file(folder: Path, calibrated_run: Path, tmp_path: Path, caplog):
     out = tmp_path / "preds.csv"
     with caplog.at_level("INFO", logger="tumorclf"):
-        assert main(["predict", "--model", str(trained_run / "best.keras"), str(folder), "--out", str(out),
+        assert main(["predict", "--model", str(calibrated_run / "best.keras"), str(folder), "--out", str(out),
                      "--batch-size", "16"]) == 0
     rows = read_csv(out)
-    assert list(rows[0]) == ["path", "prob_tumor", "predicted", "error"]
+    assert list(rows[0]) == ["path", "prob_tumor", "predicted", "error", "prob_tumor_raw"]
     assert len(rows) == 121
     broken = [r for r in rows if r["path"].endswith("broken.jpg")]
-    assert len(broken) == 1 and broken[0]["error"] and broken[0]["prob_tumor"] == ""
+    assert len(broken) == 1 and broken[0]["error"] and broken[0]["prob_tumor"] == broken[0]["prob_tumor_raw"] == ""
     good = [r for r in rows if not r["error"]]
     assert len(good) == 120 and all(r["predicted"] in ("Healthy", "Tumor") for r in good)
     # progress of a batch larger than one batch: at least the closing line
     assert any(r.getMessage().startswith("predict: 121/121 files") for r in caplog.records)
+    # where the temperature and threshold came from: the run's operating point
+    assert (f"temperature 2.5 and threshold 0.62 (from {calibrated_run / 'operating_point.json'})"
+            in caplog.text)
 
-    # same decoding as training: equal to the model on decode_image's pixels
-    model = keras.saving.load_model(trained_run / "best.keras")
+    # same decoding as training: equal to the model on decode_image's pixels; prob_tumor is calibrated
+    model = keras.saving.load_model(calibrated_run / "best.keras")
     first = Path(good[0]["path"])
     expected = model.predict(decode_image(first, 48)[None].astype("float32"), verbose=0)[0, 1]
-    assert float(good[0]["prob_tumor"]) == pytest.approx(expected, abs=1e-5)
+    assert float(good[0]["prob_tumor_raw"]) == pytest.approx(expected, abs=1e-5)
+    assert float(good[0]["prob_tumor"]) == pytest.approx(apply_temperature(expected, RUN_TEMPERATURE), abs=1e-5)
+    raw = model.predict(np.stack([decode_image(Path(r["path"]), 48) for r in good]).astype("float32"), verbose=0)[:, 1]
+    calibrated = np.array([float(r["prob_tumor"]) for r in good])
+    np.testing.assert_allclose([float(r["prob_tumor_raw"]) for r in good], raw, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(calibrated, apply_temperature(raw, RUN_TEMPERATURE), atol=1e-5, rtol=0)
+    assert np.max(np.abs(calibrated - raw)) > 0.05  # the temperature is applied, not only recorded
+    clear = np.abs(calibrated - RUN_THRESHOLD) > 1e-5  # decided at the run's threshold on calibrated P(Tumor)
+    assert [r["predicted"] for r, c in zip(good, clear) if c] == [
+        "Tumor" if p >= RUN_THRESHOLD else "Healthy" for p, c in zip(calibrated, clear) if c]
 
 
 # --- thresholds: on known probabilities, and on a model whose outputs are not saturated ---------------------
@@ -105,7 +128,25 @@ def test_predict_files_decides_at_the_threshold(tmp_path: Path, threshold: float
     assert rows[2]["error"] and rows[2]["prob_tumor"] is None and rows[2]["predicted"] is None
     readable = [r for r in rows if not r["error"]]
     assert [r["prob_tumor"] for r in readable] == [round(float(p), 6) for p in KNOWN]
+    assert [r["prob_tumor_raw"] for r in readable] == [round(float(p), 6) for p in KNOWN]  # temperature 1
     assert decisions(rows) == KNOWN_DECISIONS[threshold]
+
+
+@pytest.mark.parametrize("temperature", [0.5, 3.0])
+def test_predict_files_calibrates_then_decides(tmp_path: Path, temperature: float):
+    files = known_images(tmp_path)
+    calibrated = apply_temperature(KNOWN, temperature)
+    for threshold in (0.3, 0.5, float(calibrated[3])):  # the last: exactly a calibrated value, so Tumor there
+        rows = list(predict.predict_files(known_predictor, 8, files, threshold, batch_size=2,
+                                          temperature=temperature))
+        readable = [r for r in rows if not r["error"]]
+        assert [r["prob_tumor_raw"] for r in readable] == [round(float(p), 6) for p in KNOWN]
+        assert [r["prob_tumor"] for r in readable] == [round(float(p), 6) for p in calibrated]
+        assert decisions(rows) == "".join("HT"[d] for d in decide(calibrated, threshold))
+    assert decisions(rows)[3] == "T"
+    # a temperature changes decisions at thresholds other than 0.5 (it keeps 0.5 at 0.5)
+    assert decisions(list(predict.predict_files(known_predictor, 8, files, 0.3, temperature=temperature))) != \
+        KNOWN_DECISIONS[0.3]
 
 
 def test_predict_files_default_threshold(tmp_path: Path):
@@ -127,10 +168,49 @@ def test_cli_threshold_and_model_card_on_known_probabilities(tmp_path: Path, mon
         assert main(["predict", "--model", str(model), *map(str, files), "--out", str(out),
                      "--threshold", str(threshold)]) == 0
         assert decisions(json.loads(out.read_text())) == KNOWN_DECISIONS[threshold]
-    (model.parent / "model_card.json").write_text(json.dumps({"threshold": 0.7}))
+    (model.parent / "model_card.json").write_text(json.dumps({"threshold": 0.7}))  # a card from before temperatures
     out = tmp_path / "card.csv"
     assert main(["predict", "--model", str(model), *map(str, files), "--out", str(out)]) == 0
     assert decisions(read_csv(out)) == KNOWN_DECISIONS[0.7]
+    assert all(r["prob_tumor"] == r["prob_tumor_raw"] for r in read_csv(out))
+
+
+def test_cli_temperature_from_the_card_and_threshold_override(tmp_path: Path, monkeypatch, caplog, capsys):
+    """The card's temperature always applies; --threshold replaces only the card's threshold."""
+    files = known_images(tmp_path / "in")
+    monkeypatch.setattr(predict, "load_predictor", lambda path: (known_predictor, 8))
+    model = tmp_path / "model" / "model.keras"
+    model.parent.mkdir()
+    model.write_bytes(b"stub")
+    card = model.parent / "model_card.json"
+    card.write_text(json.dumps({"temperature": 3.0, "threshold": 0.55}))
+    calibrated = apply_temperature(KNOWN, 3.0)
+    for extra, threshold in (([], 0.55), (["--threshold", "0.4"], 0.4)):
+        out = tmp_path / "out.json"
+        caplog.clear()
+        with caplog.at_level("INFO", logger="tumorclf"):
+            assert main(["predict", "--model", str(model), *map(str, files), "--out", str(out), *extra]) == 0
+        rows = [r for r in json.loads(out.read_text()) if not r["error"]]
+        assert [r["prob_tumor"] for r in rows] == [round(float(p), 6) for p in calibrated]
+        assert decisions(rows) == "".join("HT"[d] for d in decide(calibrated, threshold))
+        said = (f"temperature 3 and threshold 0.55 (from {card})" if not extra else
+                f"temperature 3 (from {card}), threshold 0.4 (from --threshold)")
+        assert said in caplog.text
+    assert decisions(rows) != "".join("HT"[d] for d in decide(KNOWN, 0.4))  # calibrated, not raw, is decided
+
+    for bad, says in (({"temperature": 0, "threshold": 0.5}, "no valid temperature"),
+                      ({"temperature": "hot", "threshold": 0.5}, "no valid temperature"),
+                      ({"temperature": 2.0}, "no valid threshold"), ([0.5], "unreadable")):
+        card.write_text(json.dumps(bad))
+        assert main(["predict", "--model", str(model), str(files[0])]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("tumorclf: error:") and says in err and err.count("\n") == 1, err
+    # with --threshold, a card without a valid threshold still gives its temperature
+    card.write_text(json.dumps({"temperature": 2.0}))
+    assert main(["predict", "--model", str(model), *map(str, files), "--out", str(tmp_path / "t.json"),
+                 "--threshold", "0.5"]) == 0
+    rows = [r for r in json.loads((tmp_path / "t.json").read_text()) if not r["error"]]
+    assert [r["prob_tumor"] for r in rows] == [round(float(p), 6) for p in apply_temperature(KNOWN, 2.0)]
 
 
 @pytest.fixture(scope="module")
@@ -181,18 +261,21 @@ def test_saved_model_and_keras_agree_and_threshold_applies(unsaturated, tmp_path
             assert {"Healthy", "Tumor"} <= set(predicted)
 
 
-def test_default_threshold_is_the_one_recorded_with_the_model(unsaturated, trained_run: Path, tmp_path: Path):
-    assert default_threshold(trained_run / "best.keras") == (RunDir(trained_run).threshold(),
-                                                            str(RunDir(trained_run).metrics_file))
+def test_default_threshold_is_the_one_recorded_with_the_model(unsaturated, calibrated_run: Path, trained_run: Path,
+                                                              tmp_path: Path):
+    run = RunDir(calibrated_run)
+    assert recorded_operating_point(run.best_model) == (RUN_TEMPERATURE, RUN_THRESHOLD, str(run.operating_point_file))
+    old = RunDir(copy_with_operating_point(trained_run, tmp_path / "old_run", None))  # a run from before operating points
+    assert recorded_operating_point(old.best_model) == (1.0, old.threshold(), str(old.metrics_file))
     lone = tmp_path / "lone" / "model.keras"
     lone.parent.mkdir()
     shutil.copy(trained_run / "best.keras", lone)
-    assert default_threshold(lone) == (DEFAULT_THRESHOLD, "default")
+    assert recorded_operating_point(lone) is None  # predict falls back to T = 1 and DEFAULT_THRESHOLD
 
     folder, images = unsaturated
     carded = tmp_path / "carded"
     shutil.copytree(folder, carded)
-    assert default_threshold(carded) == (DEFAULT_THRESHOLD, "default")
+    assert recorded_operating_point(carded) is None
     probs = np.unique([r["prob_tumor"] for r in run_predict(carded, images, tmp_path / "p.json")])
     gaps = [(hi - lo, (lo + hi) / 2) for lo, hi in zip(probs, probs[1:])]
     middle = gaps[len(gaps) // 4 : 3 * len(gaps) // 4 + 1]  # the widest gap of the middle half: both classes
@@ -201,7 +284,7 @@ def test_default_threshold_is_the_one_recorded_with_the_model(unsaturated, train
     card = carded / predict.MODEL_CARD_FILE
     card.write_text(json.dumps({"threshold": float(threshold), "decoder": {"trained_with": DECODER_VERSION}}))
     for model in (carded, carded / "model.keras"):  # the SavedModel and the .keras file beside its card
-        assert default_threshold(model) == (threshold, str(card))
+        assert recorded_operating_point(model) == (1.0, threshold, str(card))  # a card without temperature: 1
         rows = run_predict(model, images, tmp_path / "carded.json")
         predicted = [r["predicted"] for r in rows]
         assert predicted == expected_decisions(rows, threshold)
@@ -211,8 +294,82 @@ def test_default_threshold_is_the_one_recorded_with_the_model(unsaturated, train
 def test_an_export_records_the_threshold_predict_uses(exported: Path):
     card = exported / predict.MODEL_CARD_FILE
     assert json.loads(card.read_text())["threshold"] == EXPORT_THRESHOLD
+    assert json.loads(card.read_text())["temperature"] == RUN_TEMPERATURE
     for model in (exported, exported / "model.keras"):
-        assert default_threshold(model) == (EXPORT_THRESHOLD, str(card))
+        assert recorded_operating_point(model) == (RUN_TEMPERATURE, EXPORT_THRESHOLD, str(card))
+
+
+def test_predict_on_an_export_equals_its_own_outputs(exported: Path, calibrated_run: Path, trained_run: Path,
+                                                     tmp_path: Path):
+    """predict with the SavedModel, with its model.keras and with the run's best.keras (same temperature,
+    the export's threshold given) agree, and equal the SavedModel's own prob_tumor and decision."""
+    import tensorflow as tf
+
+    folder = trained_run.parents[1] / "data"
+    files = sorted(folder.rglob("*.*"))[::6]
+    runs = [run_predict(exported, folder, tmp_path / "sm.json"), run_predict(exported / "model.keras", folder,
+                                                                             tmp_path / "k.json"),
+            run_predict(calibrated_run / "best.keras", folder, tmp_path / "run.json", "--threshold",
+                        str(EXPORT_THRESHOLD))]
+    by_path = [{r["path"]: r for r in rows} for rows in runs]
+    served = tf.saved_model.load(str(exported)).signatures["serve"](
+        images=tf.constant(np.stack([decode_image(f, 48) for f in files]).astype("float32")))
+    for rows in by_path:
+        np.testing.assert_allclose([rows[str(f)]["prob_tumor"] for f in files], served["prob_tumor"].numpy(),
+                                   atol=1e-5, rtol=0)
+        np.testing.assert_allclose([rows[str(f)]["prob_tumor_raw"] for f in files],
+                                   served["probabilities"].numpy()[:, 1], atol=1e-5, rtol=0)
+        decided = served["decision"].numpy()
+        assert [rows[str(f)]["predicted"] for f in files] == [("Healthy", "Tumor")[d] for d in decided]
+    assert {"Healthy", "Tumor"} == {r["predicted"] for r in runs[0]}
+
+
+def test_a_saved_model_without_its_card_uses_the_operating_point_inside_it(exported: Path, trained_run: Path,
+                                                                           tmp_path: Path, caplog):
+    folder = trained_run.parents[1] / "data"
+    bare = tmp_path / "bare"
+    shutil.copytree(exported, bare)
+    (bare / predict.MODEL_CARD_FILE).unlink()
+    with caplog.at_level("INFO", logger="tumorclf"):
+        rows = run_predict(bare, folder, tmp_path / "bare.json")
+    assert f"temperature 2.5 and threshold {EXPORT_THRESHOLD:g} (from the SavedModel {bare})" in caplog.text
+    assert rows == run_predict(exported, folder, tmp_path / "carded.json")
+
+
+def test_a_card_that_contradicts_its_saved_model_is_refused(exported: Path, trained_run: Path, tmp_path: Path,
+                                                            capsys, caplog):
+    folder = trained_run.parents[1] / "data"
+    edited = tmp_path / "edited"
+    shutil.copytree(exported, edited)
+    card = edited / predict.MODEL_CARD_FILE
+    values = json.loads(card.read_text())
+    card.write_text(json.dumps({**values, "temperature": 1.0}))
+    assert main(["predict", "--model", str(edited), str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tumorclf: error:") and "calibrates with 2.5" in err and err.count("\n") == 1, err
+    # another threshold in the card is predict's to apply (with a warning that the graph's decision differs)
+    card.write_text(json.dumps({**values, "threshold": 0.9}))
+    with caplog.at_level("WARNING", logger="tumorclf"):
+        rows = run_predict(edited, folder, tmp_path / "t.json")
+    assert "decision output uses 0.37" in caplog.text
+    assert [r["predicted"] for r in rows] == ["Tumor" if r["prob_tumor"] >= 0.9 else "Healthy" for r in rows]
+
+
+def test_an_export_from_before_operating_points_still_predicts(unsaturated, tmp_path: Path):
+    """A SavedModel whose `serve` has one unnamed output (the softmax), as exports were before."""
+    import tensorflow as tf
+
+    folder, images = unsaturated
+    model = keras.saving.load_model(folder / "model.keras")
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(name="serve", fn=lambda x: model(x, training=False),
+                         input_signature=[tf.TensorSpec((None, 32, 32, 3), tf.float32, name="images")])
+    archive.write_out(str(tmp_path / "old"), verbose=False)
+    rows = run_predict(tmp_path / "old", images, tmp_path / "old.json")
+    assert all(r["prob_tumor"] == r["prob_tumor_raw"] for r in rows)
+    expected = run_predict(folder / "model.keras", images, tmp_path / "k.json")
+    np.testing.assert_allclose([r["prob_tumor"] for r in rows], [r["prob_tumor"] for r in expected], atol=1e-5)
 
 
 def test_help_states_the_default_threshold():

@@ -134,6 +134,43 @@ def test_threshold_default_recorded_and_corrupt(tmp_path: Path):
     assert "expected a JSON object" in one_line(exc)
 
 
+def test_operating_point_round_trip_defaults_and_corruption(tmp_path: Path):
+    from tumorclf.calibration import OperatingPoint
+
+    run = RunDir(tmp_path)
+    run.metrics_file.write_text(json.dumps({"threshold": 0.3}))
+    assert run.operating_point() is None and run.temperature() == 1.0
+    assert run.threshold() == run.metrics_threshold() == 0.3  # a run from before operating points
+    point = OperatingPoint(2.5, 0.62, 0.95, 0.41, "validation", 10, {"ece_before": float("nan")})
+    run.write_operating_point(point)
+    assert "NaN" not in run.operating_point_file.read_text()  # strict JSON: NaN is written as null
+    assert run.operating_point().temperature == 2.5 and run.temperature() == 2.5
+    assert run.threshold() == 0.62 and run.metrics_threshold() == 0.3  # calibrated vs raw P(Tumor)
+    for bad in ({"temperature": 0}, {"threshold": 1.5}, {"threshold": "high"}):
+        run.operating_point_file.write_text(json.dumps({**point.to_dict(), **bad}))
+        with pytest.raises(RunError) as exc:
+            run.threshold()
+        assert "operating_point.json is corrupt" in one_line(exc)
+    run.operating_point_file.write_text(json.dumps({"temperature": 2.0}))
+    with pytest.raises(RunError) as exc:
+        run.operating_point()
+    assert "missing" in one_line(exc)
+
+
+def test_val_predictions_keep_float32_precision_and_a_write_error_is_one_line(tmp_path: Path):
+    import numpy as np
+
+    run = RunDir(tmp_path)
+    probs = np.float32([0.123456789, 1e-9, 0.99999994])
+    kept = run.write_val_predictions(["a.png", "b.png", "c.png"], np.array([0, 1, 1]), probs)
+    assert np.array_equal(np.float32(kept), probs)  # read back as the same float32
+    assert [float(r["prob_tumor"]) for r in run.val_predictions()] == kept
+    assert [r["label"] for r in run.val_predictions()] == ["0", "1", "1"]
+    with pytest.raises(RunError) as exc:
+        RunDir(tmp_path / "val_predictions.csv").write_val_predictions(["a"], [0], [0.5])  # a file, not a folder
+    assert "cannot write into" in one_line(exc)
+
+
 def test_missing_folder_and_files_are_one_line(tmp_path: Path):
     with pytest.raises(RunError) as exc:
         RunDir(tmp_path / "nope").split_rows()

@@ -7,7 +7,9 @@ import pytest
 
 from tumorclf.data import DataError, load_dataset
 from tumorclf.splits import (
+    EXCLUDED,
     SPLIT_NAMES,
+    check_holdout,
     group_duplicates,
     grouped_split,
     make_split,
@@ -15,6 +17,7 @@ from tumorclf.splits import (
     near_duplicate_pairs,
     paper_split,
     perceptual_hash,
+    read_sources,
 )
 
 FRACTIONS = (0.7, 0.15, 0.15)
@@ -85,6 +88,103 @@ def test_manifest_lists_every_file(blob_dataset: Path):
     assert lines[0] == "path,label,split,group,sha256"
     assert len(lines) == len(ds) + 1
     assert {line.split(",")[2] for line in lines[1:]} == set(SPLIT_NAMES)
+
+
+def leave_source_out_data():
+    """Files of sources a, b and c (b to be held out). Some files of a and c copy a file of b: byte for byte
+    (the same content) or nearly (brightened), one of them twice over (a byte copy of the near copy)."""
+    rng = np.random.default_rng(4)
+    unique = list(rng.integers(0, 256, (150, 32, 32, 3), dtype=np.uint8))
+    sources = ["a"] * 60 + ["b"] * 30 + ["c"] * 60
+    labels = [i % 2 for i in range(150)]
+    image_index = list(range(150))
+    copies = {}  # file -> the held-out file it copies
+    for copy_of, source in ((60, "a"), (61, "c"), (62, "c")):  # byte-identical copies of held-out files
+        copies[len(image_index)] = copy_of
+        image_index.append(copy_of), sources.append(source), labels.append(labels[copy_of])
+    for copy_of, source in ((70, "a"), (71, "c")):  # near copies (+3 brightness: a few pHash bits at most)
+        unique.append(np.clip(unique[copy_of].astype(int) + 3, 0, 255).astype(np.uint8))
+        copies[len(image_index)] = copy_of
+        image_index.append(len(unique) - 1), sources.append(source), labels.append(labels[copy_of])
+    copies[len(image_index)] = 70  # a byte copy (in a) of the near copy of 70
+    image_index.append(len(unique) - 2), sources.append("a"), labels.append(labels[70])
+    image_index.append(5), sources.append("c"), labels.append(labels[5])  # a copy between two training sources
+    return (np.array(labels), np.array(image_index), np.stack(unique), np.array(sources), copies)
+
+
+def test_source_split_keeps_held_out_files_and_their_copies_out_of_train_and_val():
+    labels, image_index, unique, sources, copies = leave_source_out_data()
+    split = make_split("source", labels, image_index, unique, FRACTIONS, 42, 4, sources, ("b",))
+    a = split.assignment
+    assert np.array_equal(a, make_split("source", labels, image_index, unique, FRACTIONS, 42, 4, sources,
+                                        ("b",)).assignment)
+    held = sources == "b"
+    assert np.all(a[held] == 2) and not np.any(a[~held] == 2)  # test is the held-out source, all of it
+    assert sorted(np.flatnonzero(a == EXCLUDED).tolist()) == sorted(copies)  # exactly the copies of it
+    used = np.flatnonzero((a == 0) | (a == 1))
+    assert len(used) == len(labels) - 30 - len(copies)
+    # independently of the grouping: no train/val file shares content with, or hashes near, a held-out file
+    assert not set(image_index[used]) & set(image_index[held])
+    hashes = perceptual_hash(unique)
+    distance = np.bitwise_count(hashes[image_index[used]][:, None] ^ hashes[image_index[held]][None, :])
+    assert distance.min() > 4
+    near = np.bitwise_count(hashes[image_index[list(copies)]] ^ hashes[image_index[list(copies.values())]])
+    assert near.max() <= 4  # the planted copies really are copies
+    assert a[-1] == a[5] and a[5] in (0, 1)  # a copy between training sources stays with its original
+    assert split.groups[-1] == split.groups[5]
+    report = split.report
+    assert report["protocol"] == "source" and report["holdout_sources"] == "b"
+    assert report["excluded_duplicates_of_holdout"] == len(copies) == 6
+    assert report["excluded_groups"] == 5 and report["groups_spanning_splits"] == 0
+    assert (report["source_a"], report["source_b"], report["source_c"]) == (63, 30, 64)
+    assert report["test_healthy"] + report["test_tumor"] == 30
+    assert report["train_healthy"] + report["train_tumor"] + report["val_healthy"] + report["val_tumor"] == len(used)
+    train, val = report["train_healthy"] + report["train_tumor"], report["val_healthy"] + report["val_tumor"]
+    assert train / (train + val) == pytest.approx(0.7 / 0.85, abs=0.05)  # train:val as in FRACTIONS
+
+    lines = manifest_csv([f"f{i}.png" for i in range(len(labels))], labels, ["x"] * len(labels), split).splitlines()
+    assert {int(line.split(",")[0][1:-4]) for line in lines[1:] if line.split(",")[2] == "excluded"} == set(copies)
+
+    # byte identity only: the near copies are no longer duplicates, and train on
+    split = make_split("source", labels, image_index, unique, FRACTIONS, 42, -1, sources, ("b",))
+    assert sorted(np.flatnonzero(split.assignment == EXCLUDED).tolist()) == [150, 151, 152]
+
+    # two held-out sources
+    split = make_split("source", labels, image_index, unique, FRACTIONS, 42, 4, sources, ("a", "b"))
+    assert np.all(split.assignment[np.isin(sources, ["a", "b"])] == 2)
+    assert not np.any(split.assignment[sources == "c"] == 2) and split.report["holdout_sources"] == "a,b"
+    assert sorted(np.flatnonzero(split.assignment == EXCLUDED).tolist()) == [151, 152, 154, 156]
+
+    with pytest.raises(ValueError, match="source protocol needs"):
+        make_split("source", labels, image_index, unique, FRACTIONS, 42, 4)
+    one_class = sources.copy()
+    one_class[(sources == "b") & (labels == 0)] = "a"
+    with pytest.raises(DataError, match="the test split has no healthy images \\(held out: b\\)"):
+        make_split("source", labels, image_index, unique, FRACTIONS, 42, 4, one_class, ("b",))
+
+
+def test_read_sources(tmp_path: Path):
+    table = tmp_path / "sources.csv"
+    table.write_text("site,path,source\nx,healthy/a.png,s1\ny,./tumor/b.png, s2 \nz,tumor/unused.png,s3\n")
+    assert read_sources(table, ["healthy/a.png", "tumor/b.png"]).tolist() == ["s1", "s2"]
+    with pytest.raises(DataError, match="1 of 3 files are not in .*'healthy/c.png'.*--unlisted-source"):
+        read_sources(table, ["healthy/a.png", "healthy/c.png", "tumor/b.png"])
+    assert read_sources(table, ["healthy/a.png", "healthy/c.png"], "other").tolist() == ["s1", "other"]
+    table.write_text("path,site\nhealthy/a.png,s1\n")
+    with pytest.raises(DataError, match="has no source column \\(columns: path, site\\)"):
+        read_sources(table, ["healthy/a.png"])
+    table.write_text("path,source\nhealthy/a.png,\n")
+    with pytest.raises(DataError, match="gives no source for 1 paths"):
+        read_sources(table, ["healthy/a.png"])
+    with pytest.raises(DataError, match="sources file not found"):
+        read_sources(tmp_path / "missing.csv", ["healthy/a.png"])
+
+    sources = np.array(["s1", "s2", "s2"])
+    check_holdout(sources, ("s2",))
+    with pytest.raises(DataError, match="unknown held-out source\\(s\\) s9; the files' sources are s1, s2"):
+        check_holdout(sources, ("s2", "s9"))
+    with pytest.raises(DataError, match="holding out every source"):
+        check_holdout(sources, ("s1", "s2"))
 
 
 @pytest.mark.dataset

@@ -20,7 +20,7 @@ import yaml
 from tumorclf.errors import UserError
 from tumorclf.registry import MODELS
 
-SPLITS = ("grouped", "paper")
+SPLITS = ("grouped", "paper", "source")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
 FINE_TUNE = ("full", "frozen", "from_layer", "two_phase")
@@ -65,11 +65,22 @@ class Config:
     momentum: float = option(0.9, "SGD momentum")
     dropout: float = option(0.5, "dropout before the classifier")
     augment: bool = option(True, "train-time augmentation (--no-augment turns it off)")
-    split: str = option("grouped", "grouped (leak-free) or paper (over files)", choices=SPLITS)
+    split: str = option("grouped", "grouped (leak-free), paper (over files) or source (leave-source-out: test on "
+                        "--holdout-sources, train and validate on the others)", choices=SPLITS)
+    sources: str | None = option(None, "with split source: CSV of path,source (path relative to the data folder)",
+                                 launch=True, metavar="FILE.csv")
+    holdout_sources: str | None = option(None, "with split source: the sources to test on, NAME[,NAME...]",
+                                         metavar="NAMES")
+    unlisted_source: str | None = option(None, "with split source: the source of files the CSV does not list "
+                                         "(default: they are an error)", metavar="NAME")
     seed: int = option(42, "seed of the split, the data order, augmentation and initialisation")
     split_fractions: tuple[float, float, float] = option((0.70, 0.15, 0.15), "train, val and test fractions",
                                                          metavar="F")
     near_duplicate_bits: int = option(4, "pHash distance that counts as a near-duplicate (-1: byte identity only)")
+    # launch: training does not depend on it (the operating point is fitted at the end of the run, from the
+    # validation predictions), so a run can be resumed with another target
+    target_sensitivity: float = option(0.95, "the operating point: the highest threshold on calibrated P(Tumor) "
+                                       "that reaches this sensitivity on the validation split", launch=True)
     classes: tuple[str, str] | None = option(None, "name the two class folders: HEALTHY TUMOR", metavar="DIR")
     cache_dir: str | None = option(None, "decoded-image cache (default $TUMORCLF_CACHE or ~/.cache/tumorclf)",
                                    launch=True)
@@ -92,6 +103,8 @@ class Config:
         for f in fields(self):
             setattr(self, f.name, coerce(f.name, getattr(self, f.name), hints[f.name]))
         self.model = self.model.lower()
+        if self.holdout_sources is not None:  # one spelling of a set of names: sorted, comma-separated
+            self.holdout_sources = ",".join(sorted({n.strip() for n in self.holdout_sources.split(",") if n.strip()}))
         self.validate()
 
     def validate(self) -> None:
@@ -119,6 +132,10 @@ class Config:
             raise ConfigError(
                 f"near_duplicate_bits must be in [-1, 32] (-1: byte-identical only), got {self.near_duplicate_bits}"
             )
+        if self.split == "source" and not (self.sources and self.holdout_sources):
+            raise ConfigError("split source needs --sources FILE.csv and --holdout-sources NAME[,NAME...]")
+        if self.split != "source" and (self.sources or self.holdout_sources or self.unlisted_source):
+            raise ConfigError("--sources, --holdout-sources and --unlisted-source belong to --split source")
         if self.fine_tune == "from_layer" and not self.unfreeze_from:
             raise ConfigError("fine_tune=from_layer needs unfreeze_from (a layer or block name)")
         if self.fine_tune == "two_phase" and self.epochs <= self.head_epochs:
@@ -132,6 +149,8 @@ class Config:
                 raise ConfigError("recipe fast fine-tunes a pretrained backbone: add --imagenet")
             if self.fine_tune != "full":
                 raise ConfigError("recipe fast sets its own fine-tuning (the top stage and head); drop --fine-tune")
+        if not 0 < self.target_sensitivity <= 1:
+            raise ConfigError(f"target_sensitivity must be in (0, 1], got {self.target_sensitivity}")
         if self.feature_views < 1:
             raise ConfigError(f"feature_views must be a positive integer, got {self.feature_views}")
         if self.max_minutes is not None and not self.max_minutes > 0:
@@ -152,7 +171,13 @@ class Config:
             return self.name
         weights = "imagenet" if self.imagenet else "scratch"
         recipe = "_fast" if self.recipe == "fast" else ""
-        return f"{self.model}_{weights}_{self.split}_{self.image_size}px_seed{self.seed}{recipe}"
+        split = f"lso-{self.holdout_sources.replace(',', '+')}" if self.split == "source" else self.split
+        return f"{self.model}_{weights}_{split}_{self.image_size}px_seed{self.seed}{recipe}"
+
+    @property
+    def holdout(self) -> tuple[str, ...]:
+        """The held-out source names (split source), sorted."""
+        return tuple(self.holdout_sources.split(",")) if self.holdout_sources else ()
 
     @property
     def run_dir(self) -> Path:

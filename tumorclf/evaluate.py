@@ -1,58 +1,90 @@
-"""`tumorclf evaluate`: score a finished run on its own test split, or on other folders of class folders.
+"""`tumorclf evaluate`: score a finished run on its own test split, or on other folders of class folders,
+with the run's validation-fitted operating point, a contamination check, and group-bootstrap intervals.
 
-Usage: ``tumorclf evaluate --run RUN [--data DIR ...] [--out DIR] [--overwrite] [--threshold T] [--batch-size N]``
+Usage: ``tumorclf evaluate --run RUN [--data DIR ...] [--target-sensitivity S] [--bootstrap N] [--out DIR]
+[--overwrite] [--threshold T] [--classes HEALTHY TUMOR] [--batch-size N] [--seed N]``
 
-Without ``--data`` the run's own test split is scored again (the files `split.csv` assigns to test,
-under the run's data folder), with the decoder training used and the run's operating threshold: the
-result equals the test metrics in the run's `metrics.json`. With ``--data``, each folder holds two
-class folders, named as for training (or ``--classes HEALTHY TUMOR``); each folder is reported on its
-own and all of them pooled. Files that cannot be read or decoded are skipped and counted.
+Without ``--data`` the run's own test split is scored again (the files `split.csv` assigns to test, under
+the run's data folder, with the decoder training used). With ``--data``, each folder holds two class
+folders named as for training (or ``--classes``); each is reported on its own and, with several, all of
+them pooled (duplicate groups formed across the folders).
 
-Writes, atomically, into ``--out`` (default ``RUN/evaluation``; never a run folder, and an earlier
-evaluation there is replaced only with ``--overwrite``):
+- **Operating point** (`tumorclf.calibration`): a temperature and thresholds fitted on the run's
+  validation predictions only (``val_predictions.csv``), then applied unchanged here. A run trained
+  before operating points existed gets its validation split predicted and its operating point saved in
+  the run folder (once). ``--target-sensitivity`` other than the run's refits for this evaluation only.
+- **Contamination check**: every scored image is matched against the images the run trained and
+  validated on, by SHA-256 and by perceptual hash within the run's near-duplicate distance. Metrics are
+  reported on all images and on the clean ones; ``contaminated.csv`` lists the matches.
+- **Intervals**: every metric has a 95% bootstrap interval that resamples duplicate groups
+  (`tumorclf.bootstrap`): for the own test split the groups of ``split.csv``, for other folders the
+  groups the run's near-duplicate rule forms among their images.
 
-- ``evaluation.json``: ``{"run", "threshold", "decoder", "datasets": {NAME: {...}, "pooled": {...}}}``,
-  each dataset with its folder, n, skipped and the metrics of `dataset_metrics`;
-- ``predictions.csv``: ``dataset,path,label,prob_tumor,predicted`` (path relative to the dataset's folder);
-- ``skipped.csv``: ``dataset,path,reason``.
+Writes, atomically, into ``--out`` (default ``RUN/evaluation``; never a run folder; an earlier evaluation
+is replaced only with ``--overwrite``): ``predictions.csv``, ``skipped.csv``, ``contaminated.csv``,
+``reliability.png``, ``roc.png`` and, last, ``evaluation.json``.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+import matplotlib
 
-from tumorclf import data
-from tumorclf.artifacts import atomic_write_json, atomic_write_text, csv_text
-from tumorclf.decoder import DECODER_VERSION
-from tumorclf.errors import UsageError
-from tumorclf.evaluation import balanced_accuracy, brier_score, classification_metrics, decide, specificity
-from tumorclf.pipeline import predict_images
-from tumorclf.rundir import RunDir, RunError, RunExistsError
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from tumorclf import data  # noqa: E402
+from tumorclf.artifacts import (atomic_write_bytes, atomic_write_json, atomic_write_text, csv_text,  # noqa: E402
+                                figure_png, json_safe)
+from tumorclf.bootstrap import DEFAULT_RESAMPLES, bootstrap_intervals, format_interval  # noqa: E402
+from tumorclf.calibration import OperatingPoint, fit_operating_point, reliability  # noqa: E402
+from tumorclf.decoder import DECODER_VERSION  # noqa: E402
+from tumorclf.errors import UsageError  # noqa: E402
+from tumorclf.evaluation import confusion_matrix, decide, roc_curve  # noqa: E402
+from tumorclf.pipeline import predict_images  # noqa: E402
+from tumorclf.rundir import DEFAULT_THRESHOLD, RunDir, RunError, RunExistsError  # noqa: E402
+from tumorclf.splits import group_duplicates, perceptual_hash  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 TEST_SPLIT = "test"  # the dataset name of the run's own test split
 POOLED = "pooled"  # the dataset name of all datasets together
-EVALUATION_FILE, PREDICTIONS_FILE, SKIPPED_FILE = "evaluation.json", "predictions.csv", "skipped.csv"
-PREDICTION_COLUMNS = ["dataset", "path", "label", "prob_tumor", "predicted"]
-TABLE_COLUMNS = [("n", "n", "d"), ("skipped", "skipped", "d"), ("accuracy", "acc", ".4f"),
-                 ("balanced_accuracy", "bal_acc", ".4f"), ("sensitivity", "sens", ".4f"),
-                 ("specificity", "spec", ".4f"), ("precision", "prec", ".4f"), ("f1", "f1", ".4f"),
-                 ("auc", "auc", ".4f"), ("brier", "brier", ".4f")]
+OUTPUT_FILES = ("evaluation.json", "predictions.csv", "skipped.csv", "contaminated.csv", "reliability.png",
+                "roc.png")
+EVALUATION_FILE, PREDICTIONS_FILE, SKIPPED_FILE, CONTAMINATED_FILE, RELIABILITY_PNG, ROC_PNG = OUTPUT_FILES
+PREDICTION_COLUMNS = ["dataset", "path", "label", "prob_tumor_raw", "prob_tumor", "predicted", "group",
+                      "contaminated"]
+TABLE_METRICS = [("balanced_accuracy", "balanced acc"), ("sensitivity", "sensitivity"),
+                 ("specificity", "specificity"), ("auc", "AUC"), ("ece", "ECE")]
+
+
+@dataclass
+class Contamination:
+    """Per file: "exact" (same SHA-256 as a train/val file), "near" (perceptual hash within the run's
+    near-duplicate distance) or "" (clean), the train/val file matched, and the hash distance (-1: none)."""
+
+    kind: list[str]
+    match: list[str]
+    distance: np.ndarray
+
+    @property
+    def mask(self) -> np.ndarray:
+        return np.array([bool(kind) for kind in self.kind], dtype=bool)
 
 
 @dataclass
 class Scored:
-    """One dataset and the run's predictions on it: file i is `dataset.paths[i]` with `probs[i]`."""
+    """One dataset and the run's raw predictions on it: file i is `dataset.paths[i]` with `probs[i]`."""
 
     name: str
     dataset: data.Dataset  # decoded images, labels, SHA-256 and the skipped files
     probs: np.ndarray  # (n, 2) softmax outputs: P(Healthy), P(Tumor)
+    groups: np.ndarray  # duplicate group of each file (bootstrap unit)
+    contamination: Contamination
 
     @property
     def labels(self) -> np.ndarray:
@@ -63,36 +95,38 @@ class Scored:
         return self.probs[:, 1]
 
 
-def dataset_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float) -> dict:
-    """`classification_metrics` (accuracy, per-class accuracy, precision, recall, F1, AUC, confusion matrix,
-    n, loss) plus sensitivity (= recall), specificity, balanced accuracy and the Brier score of P(Tumor)."""
-    metrics = classification_metrics(labels, probs, threshold)
-    predicted = decide(np.asarray(probs)[:, 1], threshold)  # the decisions classification_metrics took
-    metrics.update(sensitivity=metrics["recall"], specificity=specificity(labels, predicted),
-                   balanced_accuracy=balanced_accuracy(labels, predicted), brier=brier_score(labels, probs[:, 1]))
-    return metrics
+@dataclass
+class Reference:
+    """What the run trained and validated on: SHA-256 to path, and (when its data folder is still there) the
+    perceptual hashes of its images."""
+
+    sha_to_path: dict[str, str]
+    paths: list[str]
+    hashes: np.ndarray | None
 
 
-def own_test_split(run: RunDir) -> data.Dataset:
-    """The run's test files (split.csv) under its data folder, decoded as in training."""
+def own_split(run: RunDir, names: tuple[str, ...], needed_for: str = "pass --data to score other folders",
+              changed_means: str = "the result will differ from its metrics.json") -> data.Dataset:
+    """The run's files of the splits `names` (split.csv) under its data folder, decoded as in training.
+    `needed_for` and `changed_means` complete the messages when the folder is gone or files changed."""
     cfg = run.config()
-    rows = [row for row in run.split_rows() if row["split"] == "test"]
+    rows = [row for row in run.split_rows() if row["split"] in names]
     if not rows:
-        raise RunError(f"{run.split_file} assigns no file to the test split")
+        raise RunError(f"{run.split_file} assigns no file to the {'/'.join(names)} split")
     root = run.data_root()
     if not root.is_dir():
-        raise RunError(f"the data folder of {run} is gone: {root}; pass --data to score other folders")
+        raise RunError(f"the data folder of {run} is gone: {root}; {needed_for}")
     folders = data.find_class_folders(root, cfg.classes)
     dataset = data.load_files(root, folders, [(root / row["path"], int(row["label"])) for row in rows],
                               cfg.image_size, cfg.cache_dir)
     if not dataset.paths:
-        raise RunError(f"none of the {len(rows)} test files of {run} can be read under {root}, e.g. "
+        raise RunError(f"none of the {len(rows)} {'/'.join(names)} files of {run} can be read under {root}, e.g. "
                        f"{dataset.skipped[0][0]}: {dataset.skipped[0][1]}")
     recorded = {row["path"]: row.get("sha256") for row in rows}
     changed = sum(1 for path, sha in zip(dataset.paths, dataset.sha256) if recorded[path] not in (None, "", sha))
     if changed or dataset.skipped:
-        log.warning("%d test files changed and %d unreadable since %s was trained: the result will differ from "
-                    "its metrics.json", changed, len(dataset.skipped), run.name)
+        log.warning("%d %s files changed and %d unreadable since %s was trained: %s", changed, "/".join(names),
+                    len(dataset.skipped), run.name, changed_means)
     return dataset
 
 
@@ -114,88 +148,273 @@ def dataset_names(folders: list[Path]) -> list[str]:
     return names
 
 
+def reference_set(run: RunDir) -> Reference:
+    """The run's train and validation images, for the contamination check. Without the run's data folder
+    only byte-identical copies can be found (logged)."""
+    rows = [row for row in run.split_rows() if row["split"] in ("train", "val")]
+    sha_to_path = {row["sha256"]: row["path"] for row in rows if row.get("sha256")}
+    if not run.data_root().is_dir():
+        log.warning("the data folder of %s is gone (%s): the contamination check finds exact copies only",
+                    run.name, run.data_root())
+        return Reference(sha_to_path, [], None)
+    seen = own_split(run, ("train", "val"), changed_means="the contamination check compares with them as they are now")
+    hashes = perceptual_hash(seen.unique_images)[seen.image_index]
+    return Reference(sha_to_path, seen.paths, hashes)
+
+
+def check_contamination(dataset: data.Dataset, reference: Reference, max_bits: int) -> Contamination:
+    """Match each file of `dataset` against the run's train/val images (see `Contamination`)."""
+    n = len(dataset.paths)
+    kind, match, distance = [""] * n, [""] * n, np.full(n, -1, dtype=np.int64)
+    for i, sha in enumerate(dataset.sha256):
+        if sha in reference.sha_to_path:
+            kind[i], match[i], distance[i] = "exact", reference.sha_to_path[sha], 0
+    if reference.hashes is not None and len(reference.hashes) and max_bits >= 0 and n:
+        own = perceptual_hash(dataset.unique_images)
+        nearest = np.empty(len(own), dtype=np.int64)
+        closest = np.empty(len(own), dtype=np.int64)
+        for start in range(0, len(own), 512):
+            bits = np.bitwise_count(own[start:start + 512, None] ^ reference.hashes[None, :])
+            closest[start:start + 512] = np.argmin(bits, axis=1)
+            nearest[start:start + 512] = bits[np.arange(len(bits)), closest[start:start + 512]]
+        for i, row in enumerate(dataset.image_index):
+            if not kind[i] and nearest[row] <= max_bits:
+                kind[i], match[i], distance[i] = "near", reference.paths[closest[row]], nearest[row]
+    return Contamination(kind, match, distance)
+
+
+def pooled_groups(scored: list[Scored], max_bits: int) -> np.ndarray:
+    """Duplicate groups over the files of several datasets at once (byte copies and near copies across
+    folders share a group), in the order of their files."""
+    images = np.concatenate([item.dataset.unique_images for item in scored])
+    offsets = np.cumsum([0] + [len(item.dataset.unique_images) for item in scored])
+    index = np.concatenate([item.dataset.image_index + offset for item, offset in zip(scored, offsets)])
+    return group_duplicates(index, images, max_bits)[0]
+
+
+def test_groups(run: RunDir, dataset: data.Dataset) -> np.ndarray:
+    """The duplicate groups split.csv records for the run's test files."""
+    group_of = {row["path"]: row.get("group") for row in run.split_rows()}
+    try:
+        return np.array([int(group_of[path]) for path in dataset.paths], dtype=np.int64)
+    except (TypeError, ValueError, KeyError):
+        raise RunError(f"{run.split_file} has no valid group column for its test files") from None
+
+
+def validation_predictions(run: RunDir, model, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and raw P(Tumor) of the run's validation split: val_predictions.csv, or (runs from before it
+    was written) predicted now and saved in the run folder."""
+    if not run.val_predictions_file.is_file():
+        log.info("%s has no val_predictions.csv (trained before operating points): predicting its validation "
+                 "split once and saving it", run.name)
+        val = own_split(run, ("val",), needed_for="it holds the validation split, needed once to fit the operating "
+                        "point of a run trained before operating points", changed_means="the operating point is "
+                        "fitted on them as they are now")
+        probs = predict_images(model, val.images(), val.labels, batch_size, "predicting the validation split")
+        run.write_val_predictions(val.paths, val.labels, probs[:, 1])
+    rows = run.val_predictions()
+    try:
+        return (np.array([int(row["label"]) for row in rows], dtype=np.int64),
+                np.array([float(row["prob_tumor"]) for row in rows], dtype=np.float64))
+    except ValueError as exc:
+        raise RunError(f"{run.val_predictions_file} is corrupt: {exc}") from None
+
+
+def operating_point(run: RunDir, model, batch_size: int, target: float | None) -> tuple[OperatingPoint, bool]:
+    """The run's operating point, fitted on validation, and whether it is the one saved in the run folder.
+
+    A run without one gets it fitted and saved (at its config's target sensitivity); a different `target` is
+    fitted for this evaluation only and leaves the saved one unchanged."""
+    saved = run.operating_point()
+    if saved is None:  # saved at the config's target: `target` must not change the run's operating point
+        labels, prob = validation_predictions(run, model, batch_size)
+        saved = fit_operating_point(labels, prob, run.config().target_sensitivity)
+        run.write_operating_point(saved)
+        log.info("saved the operating point fitted on validation in %s", run.operating_point_file)
+    if target is None or target == saved.target_sensitivity:
+        return saved, True
+    labels, prob = validation_predictions(run, model, batch_size)
+    return fit_operating_point(labels, prob, target), False
+
+
+def dataset_report(labels: np.ndarray, raw: np.ndarray, groups: np.ndarray, point: OperatingPoint,
+                   threshold: float, n_bootstrap: int, seed: int) -> dict:
+    """Every metric with its group-bootstrap interval, on calibrated P(Tumor) decided at `threshold`, plus
+    the uncalibrated ECE and Brier score and sensitivity/specificity at each operating point."""
+    calibrated = point.calibrate(raw)
+
+    def intervals(prob: np.ndarray, at: float) -> dict:
+        return bootstrap_intervals(labels, prob, groups, at, n_bootstrap, seed)
+
+    main = intervals(calibrated, threshold)
+    uncalibrated = intervals(raw, DEFAULT_THRESHOLD)
+    main["auc"] = uncalibrated["auc"]  # same resamples; raw order, as a small temperature saturates ties into 0/1
+    report = {"n": int(len(labels)), "groups": int(len(np.unique(groups))), "threshold": threshold, **main,
+              "ece_uncalibrated": uncalibrated["ece"], "brier_uncalibrated": uncalibrated["brier"],
+              "confusion_matrix": confusion_matrix(labels, decide(calibrated, threshold)).tolist()}
+    points = {"target_sensitivity": point.threshold, "youden": point.youden_threshold,
+              "default_0.5": DEFAULT_THRESHOLD}
+    report["operating_points"] = {}
+    for name, at in points.items():
+        metrics = main if at == threshold else intervals(calibrated, at)
+        report["operating_points"][name] = {"threshold": at, "sensitivity": metrics["sensitivity"],
+                                            "specificity": metrics["specificity"]}
+    return report
+
+
 def evaluate(run: RunDir, data_dirs: list[Path] | None = None, threshold: float | None = None,
-             batch_size: int | None = None, classes: tuple[str, str] | None = None) -> tuple[dict, list[Scored]]:
+             batch_size: int | None = None, classes: tuple[str, str] | None = None,
+             target_sensitivity: float | None = None, n_bootstrap: int = DEFAULT_RESAMPLES,
+             seed: int = 0) -> tuple[dict, list[Scored], OperatingPoint]:
     """Score `run` on its test split (no `data_dirs`) or on each folder of `data_dirs`; returns the report
-    (the content of evaluation.json) and the scored datasets."""
+    (the content of evaluation.json), the scored datasets and the operating point applied."""
     run.require_finished()
     record = run.record()
     cfg = record.config
-    threshold = run.threshold() if threshold is None else threshold
     batch_size = batch_size or cfg.batch_size
     if record.decoder != DECODER_VERSION:
         log.warning("%s was trained with decoder version %s, this tumorclf decodes with version %s: "
                     "results may differ from its metrics.json", run.name, record.decoder, DECODER_VERSION)
     if data_dirs:
+        repeated = sorted({str(f) for f in data_dirs if [g.resolve() for g in data_dirs].count(f.resolve()) > 1})
+        if repeated:
+            raise UsageError(f"evaluate: --data names the same folder more than once ({', '.join(repeated)})")
         datasets = dict(zip(dataset_names(data_dirs),
                             (external(folder, cfg.image_size, classes, cfg.cache_dir) for folder in data_dirs)))
     else:
-        datasets = {TEST_SPLIT: own_test_split(run)}
+        datasets = {TEST_SPLIT: own_split(run, ("test",))}
     model = run.load_model()
-    scored = [Scored(name, dataset, predict_images(model, dataset.images(), dataset.labels, batch_size,
-                                                  f"predicting {name}"))
-              for name, dataset in datasets.items()]
-    report = {"run": str(run.path), "threshold": threshold, "decoder": DECODER_VERSION, "datasets": {}}
+    point, saved = operating_point(run, model, batch_size, target_sensitivity)
+    threshold = point.threshold if threshold is None else threshold
+    reference = reference_set(run)
+    scored = []
+    for name, dataset in datasets.items():
+        probs = predict_images(model, dataset.images(), dataset.labels, batch_size, f"predicting {name}")
+        groups = (test_groups(run, dataset) if not data_dirs
+                  else group_duplicates(dataset.image_index, dataset.unique_images, cfg.near_duplicate_bits)[0])
+        scored.append(Scored(name, dataset, probs, groups,
+                             check_contamination(dataset, reference, cfg.near_duplicate_bits)))
+    report = {"run": str(run.path), "decoder": DECODER_VERSION, "threshold": threshold,
+              "temperature": point.temperature,
+              "operating_point": {**point.to_dict(), "saved_in_run": saved},
+              "bootstrap": {"resamples": n_bootstrap, "unit": "duplicate groups", "level": 0.95, "seed": seed,
+                            "interval": "percentile"},
+              "contamination_check": {"sha256": True, "perceptual_hash_bits": cfg.near_duplicate_bits,
+                                      "near_copies": reference.hashes is not None},
+              "datasets": {}}
+    checked = "sha256 and perceptual hash" if reference.hashes is not None else "sha256 only (data folder gone)"
+    parts = [(item.name, str(item.dataset.root), len(item.dataset.skipped), item.labels, item.prob_tumor,
+              item.groups, item.contamination.mask) for item in scored]
+    if len(scored) > 1:  # pooled, with groups formed over all folders together: copies across them count once
+        parts.append((POOLED, None, sum(p[2] for p in parts), np.concatenate([p[3] for p in parts]),
+                      np.concatenate([p[4] for p in parts]), pooled_groups(scored, cfg.near_duplicate_bits),
+                      np.concatenate([p[6] for p in parts])))
+    for name, folder, skipped, labels, raw, groups, dirty in parts:
+        entry = {"folder": folder, "skipped": skipped, "contaminated": int(dirty.sum()), "contamination_check": checked,
+                 **dataset_report(labels, raw, groups, point, threshold, n_bootstrap, seed)}
+        clean = ~dirty
+        entry["clean"] = ({"n": entry["n"], "same_as_all": True} if not dirty.any() else
+                          {"n": int(clean.sum()), "same_as_all": False,
+                           **({} if not clean.any() else
+                              {**bootstrap_intervals(labels[clean], point.calibrate(raw[clean]), groups[clean],
+                                                     threshold, n_bootstrap, seed),
+                               "auc": bootstrap_intervals(labels[clean], raw[clean], groups[clean], threshold,
+                                                          n_bootstrap, seed)["auc"]})})
+        report["datasets"][name] = entry
+    return report, scored, point
+
+
+def reliability_png(scored: list[Scored], point: OperatingPoint) -> bytes:
+    """Reliability diagram of each dataset: observed tumor rate against mean P(Tumor) per bin, before and
+    after the temperature."""
+    fig, axes = plt.subplots(1, len(scored), figsize=(4.5 * len(scored), 4.5), squeeze=False)
+    for ax, item in zip(axes[0], scored):
+        ax.plot([0, 1], [0, 1], "k--", linewidth=0.8, label="perfect")
+        for prob, label in ((item.prob_tumor, "raw"), (point.calibrate(item.prob_tumor), f"T = {point.temperature:.2f}")):
+            mean_p, rate, counts = reliability(item.labels, prob)
+            filled = counts > 0
+            ax.plot(mean_p[filled], rate[filled], "o-", label=label)
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean predicted P(Tumor)", ylabel="observed tumor rate",
+               title=f"Reliability: {item.name} (n={len(item.labels)})")
+        ax.legend(loc="upper left")
+    return figure_png(fig)
+
+
+def roc_png(scored: list[Scored], point: OperatingPoint, threshold: float) -> bytes:
+    """ROC curve of each dataset with the operating points (chosen on validation) marked."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
     for item in scored:
-        report["datasets"][item.name] = {"folder": str(item.dataset.root), "skipped": len(item.dataset.skipped),
-                                         **dataset_metrics(item.labels, item.probs, threshold)}
-    report["datasets"][POOLED] = {
-        "folder": None, "skipped": sum(len(item.dataset.skipped) for item in scored),
-        **dataset_metrics(np.concatenate([item.labels for item in scored]),
-                          np.concatenate([item.probs for item in scored]), threshold)}
-    return report, scored
+        calibrated = point.calibrate(item.prob_tumor)
+        fpr, tpr, _ = roc_curve(item.labels, item.prob_tumor)  # the raw order: the reported AUC's curve
+        line, = ax.plot(fpr, tpr, label=item.name)
+        for at, marker, what in ((threshold, "o", "threshold"), (point.youden_threshold, "s", "Youden")):
+            (tn, fp), (fn, tp) = confusion_matrix(item.labels, decide(calibrated, at))
+            ax.plot(fp / max(tn + fp, 1), tp / max(tp + fn, 1), marker, color=line.get_color(), markersize=8,
+                    label=f"{item.name}: {what} {at:.3f}")
+    ax.set(xlabel="False positive rate", ylabel="True positive rate",
+           title=f"ROC, operating point for sensitivity >= {point.target_sensitivity:g} on validation")
+    ax.legend(loc="lower right", fontsize=7)
+    return figure_png(fig)
 
 
-def json_safe(value):
-    """`value` with NaN and infinities as None (JSON has no NaN)."""
-    if isinstance(value, dict):
-        return {key: json_safe(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(item) for item in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def write_outputs(out: Path, report: dict, scored: list[Scored]) -> None:
-    """predictions.csv, skipped.csv, then evaluation.json (last, so its presence means complete)."""
+def write_outputs(out: Path, report: dict, scored: list[Scored], point: OperatingPoint) -> None:
+    """The CSVs and figures, then evaluation.json (last, so its presence means complete)."""
     threshold = report["threshold"]
-    predictions = ((item.name, path, data.CLASS_NAMES[label], round(float(p), 6), data.CLASS_NAMES[int(decision)])
+    predictions = ((item.name, path, data.CLASS_NAMES[label], round(float(raw), 6), round(float(p), 6),
+                    data.CLASS_NAMES[int(decision)], int(group), kind)
                    for item in scored
-                   for path, label, p, decision in zip(item.dataset.paths, item.labels, item.prob_tumor,
-                                                       decide(item.prob_tumor, threshold)))
+                   for path, label, raw, p, decision, group, kind in zip(
+                       item.dataset.paths, item.labels, item.prob_tumor, point.calibrate(item.prob_tumor),
+                       decide(point.calibrate(item.prob_tumor), threshold), item.groups, item.contamination.kind))
     atomic_write_text(out / PREDICTIONS_FILE, csv_text(PREDICTION_COLUMNS, predictions))
     skipped = ((item.name, path, reason) for item in scored for path, reason in item.dataset.skipped)
     atomic_write_text(out / SKIPPED_FILE, csv_text(["dataset", "path", "reason"], skipped))
+    contaminated = ((item.name, path, kind, match, int(distance))
+                    for item in scored
+                    for path, kind, match, distance in zip(item.dataset.paths, item.contamination.kind,
+                                                           item.contamination.match, item.contamination.distance)
+                    if kind)
+    atomic_write_text(out / CONTAMINATED_FILE, csv_text(["dataset", "path", "kind", "train_or_val_file",
+                                                         "hash_distance"], contaminated))
+    atomic_write_bytes(out / RELIABILITY_PNG, reliability_png(scored, point))
+    atomic_write_bytes(out / ROC_PNG, roc_png(scored, point, threshold))
     atomic_write_json(out / EVALUATION_FILE, json_safe(report))
 
 
 def table(report: dict) -> str:
-    """The datasets of a report as a fixed-width text table, one row each."""
+    """The datasets of a report as text: n, contaminated, and each headline metric with its interval."""
     width = max(len("dataset"), *(len(name) for name in report["datasets"]))
-    lines = [f"{'dataset':<{width}}" + "".join(f" {title:>7}" for _, title, _ in TABLE_COLUMNS)]
+    cells = [["dataset", "n", "contam."] + [title for _, title in TABLE_METRICS] + ["ECE raw"]]
     for name, metrics in report["datasets"].items():
-        cells = []
-        for key, _, fmt in TABLE_COLUMNS:
-            value = metrics.get(key)
-            cells.append(f" {'-':>7}" if value is None or (isinstance(value, float) and math.isnan(value))
-                         else f" {value:>7{fmt}}")
-        lines.append(f"{name:<{width}}" + "".join(cells))
-    return "\n".join(lines)
+        cells.append([name, str(metrics["n"]), str(metrics["contaminated"])]
+                     + [format_interval(metrics[key]) for key, _ in TABLE_METRICS]
+                     + [format_interval(metrics["ece_uncalibrated"])])
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    widths[0] = width
+    return "\n".join("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in
+                               enumerate(zip(row, widths))) for row in cells)
 
 
 def add_arguments(p) -> None:
     p.add_argument("--run", required=True, type=Path, help="a finished run folder")
     p.add_argument("--data", nargs="+", type=Path, metavar="DIR",
-                   help="folders of two class folders to score, each on its own and pooled "
+                   help="folders of two class folders to score, each on its own and (several) pooled "
                         "(default: the run's own test split)")
     p.add_argument("--classes", nargs=2, metavar=("HEALTHY", "TUMOR"),
                    help="with --data: the class folder names, where the folder names do not tell")
+    p.add_argument("--target-sensitivity", type=float, metavar="S",
+                   help="operating point: the highest threshold reaching this sensitivity on validation "
+                        "(default: the run's saved operating point, fitted at its config's target)")
+    p.add_argument("--bootstrap", type=int, default=DEFAULT_RESAMPLES, metavar="N",
+                   help=f"bootstrap resamples of duplicate groups for the 95%% intervals (default {DEFAULT_RESAMPLES};"
+                        " 0: none)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
     p.add_argument("--out", type=Path, metavar="DIR",
-                   help="folder for evaluation.json, predictions.csv and skipped.csv (default: RUN/evaluation)")
+                   help="folder for evaluation.json and the other outputs (default: RUN/evaluation)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in --out")
     p.add_argument("--threshold", type=float, metavar="T",
-                   help="P(Tumor) at or above which Tumor is predicted (default: the run's operating threshold)")
+                   help="calibrated P(Tumor) at or above which Tumor is predicted (default: the operating point)")
     p.add_argument("--batch-size", type=int, metavar="N", help="prediction batch size (default: the run's)")
 
 
@@ -207,7 +426,7 @@ def check_out(out: Path, run: RunDir, overwrite: bool) -> None:
                          "replaced); choose another --out")
     if out.exists() and not out.is_dir():
         raise UsageError(f"evaluate: --out {out} exists and is not a folder")
-    earlier = [name for name in (EVALUATION_FILE, PREDICTIONS_FILE, SKIPPED_FILE) if (out / name).exists()]
+    earlier = [name for name in OUTPUT_FILES if (out / name).exists()]
     if earlier and not overwrite:
         raise RunExistsError(f"evaluate: {out} already holds an evaluation ({', '.join(earlier)}); pass --overwrite "
                              "to replace it or --out to choose another folder")
@@ -216,6 +435,10 @@ def check_out(out: Path, run: RunDir, overwrite: bool) -> None:
 def run(args) -> int:
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         raise UsageError(f"evaluate: --threshold must be in [0, 1], got {args.threshold}")
+    if args.target_sensitivity is not None and not 0 < args.target_sensitivity <= 1:
+        raise UsageError(f"evaluate: --target-sensitivity must be in (0, 1], got {args.target_sensitivity}")
+    if args.bootstrap < 0:
+        raise UsageError(f"evaluate: --bootstrap must be >= 0, got {args.bootstrap}")
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError(f"evaluate: --batch-size must be a positive integer, got {args.batch_size}")
     if args.classes and not args.data:
@@ -223,11 +446,14 @@ def run(args) -> int:
     run_dir = RunDir(args.run)
     out = args.out or run_dir.evaluation_dir
     check_out(out, run_dir, args.overwrite)
-    report, scored = evaluate(run_dir, args.data, args.threshold, args.batch_size,
-                              tuple(args.classes) if args.classes else None)
+    report, scored, point = evaluate(run_dir, args.data, args.threshold, args.batch_size,
+                                     tuple(args.classes) if args.classes else None, args.target_sensitivity,
+                                     args.bootstrap, args.seed)
     (out / EVALUATION_FILE).unlink(missing_ok=True)  # replaced: absent until the new outputs are complete
-    write_outputs(out, report, scored)
-    print(f"{run_dir.name} at threshold {report['threshold']:g}")
+    write_outputs(out, report, scored, point)
+    print(f"{run_dir.name}: temperature {point.temperature:.3f}, threshold {report['threshold']:.4f} "
+          f"(sensitivity >= {point.target_sensitivity:g} on validation); 95% intervals over "
+          f"{args.bootstrap} resamples of duplicate groups")
     print(table(report))
     print(out / EVALUATION_FILE)
     return 0

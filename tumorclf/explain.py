@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tumorclf.artifacts import atomic_write_bytes, figure_png  # noqa: E402
+from tumorclf.calibration import apply_temperature  # noqa: E402
 from tumorclf.data import CLASS_NAMES, expand_inputs, label_from_folder  # noqa: E402
 from tumorclf.decoder import DecodeError, decode_image  # noqa: E402
 from tumorclf.errors import UsageError, UserError  # noqa: E402
@@ -142,7 +143,8 @@ def class_to_explain(target: str, prob_tumor: np.ndarray, threshold: float) -> n
 
 def explain_run(run_dir: Path | RunDir, files: list[Path], method: str, target: str, layer: str | None = None):
     """Decode `files` at the run's size, predict, and compute heatmaps: (kept files, images, P(tumor), maps).
-    The predicted class is taken at the run's operating threshold."""
+    P(tumor) is calibrated with the run's temperature and the predicted class taken at its operating
+    threshold, as `predict` does."""
     run = _run(run_dir)
     model = load_run_model(run)
     threshold = run.threshold()
@@ -150,7 +152,7 @@ def explain_run(run_dir: Path | RunDir, files: list[Path], method: str, target: 
     images, kept = _decode_all(files, int(model.input_shape[1]))
     if not kept:
         return [], images, np.empty(0), np.empty((0, *images.shape[1:3]))
-    prob_tumor = model.predict(images.astype("float32"), verbose=0)[:, 1]
+    prob_tumor = apply_temperature(model.predict(images.astype("float32"), verbose=0)[:, 1], run.temperature())
     classes = class_to_explain(target, prob_tumor, threshold)
     with Progress(len(kept), f"{method} {run.name}", unit="images") as progress:
         cams = []

@@ -1,9 +1,10 @@
 """`tumorclf export`: a run's best model as a TensorFlow SavedModel with two serving signatures and a model card.
 
-Usage: ``tumorclf export --run RUN [--out saved_models/NAME] [--threshold T] [--overwrite] [--measure N]``
+Usage: ``tumorclf export --run RUN [--out saved_models/NAME] [--threshold T] [--overwrite] [--measure N]
+[--evaluation DIR ...]``
 (``python -m tumorclf.export`` is an alias.)
 
-Signatures:
+Signatures (inputs):
 
 - ``serve``: ``images`` float32 [N, S, S, 3], 0-255 RGB already decoded and resized (for example by
   `tumorclf.decoder.decode_image`); preprocessing is inside the model.
@@ -12,13 +13,34 @@ Signatures:
   `decoder.GRAPH_FORMATS`. Other formats (TIFF, WebP, 16-bit PNG, CMYK JPEG, paletted or compressed BMP)
   make the call fail with an InvalidArgumentError naming the format; decode those with `tumorclf predict`.
 
+Both return the same dict (`OperatingPointHead`), with the run's operating point applied in the graph:
+
+- ``probabilities`` float32 [N, 2]: the model's softmax [P(Healthy), P(Tumor)], uncalibrated (as before);
+- ``prob_tumor`` float32 [N]: calibrated P(Tumor) = sigmoid(logit(P) / T) with P clipped to
+  [1e-7, 1 - 1e-7], the float64 steps of `tumorclf.calibration.apply_temperature` (clip, log - log1p,
+  divide by T, 1 / (1 + exp(-x)); within 1e-15 of NumPy before the cast to float32); T = 1: the raw
+  P(Tumor) unchanged;
+- ``decision`` int64 [N]: 1 (Tumor) where calibrated P(Tumor) >= threshold, else 0: the decision
+  `tumorclf.evaluation.decide` takes on `tumorclf predict`'s float64 calibrated probability, bit for bit
+  (see `decision_cutoff`).
+
+The temperature and threshold are the run's (`RunDir.temperature()`, `RunDir.threshold()`: its
+``operating_point.json`` fitted on validation; runs without one: T = 1 and the threshold of its
+``metrics.json``); ``--threshold`` replaces the threshold only. They are also kept in the SavedModel
+(variable collection ``operating_point``: temperature, threshold, raw cutoff) and in ``model_card.json``.
+
 The folder also holds ``model.keras``, ``model_card.json`` (read by `tumorclf predict` for its default
-threshold) and ``MODEL_CARD.md``. The default decision threshold is the run's operating threshold.
+temperature and threshold) and ``MODEL_CARD.md``: intended and out-of-scope use, the operating point,
+every evaluation found in the run folder (``evaluation*/``) or given with ``--evaluation DIR`` (an
+evaluation of this run written elsewhere, e.g. ``tumorclf evaluate --run RUN --out DIR``) and the known
+limitations (`KNOWN_LIMITATIONS`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -29,43 +51,285 @@ import numpy as np
 import tensorflow as tf
 
 from tumorclf import decoder
-from tumorclf.artifacts import atomic_write_json, atomic_write_text, versions
+from tumorclf.artifacts import atomic_write_json, atomic_write_text, json_safe, versions
+from tumorclf.bootstrap import format_interval
+from tumorclf.calibration import CLIP, apply_temperature
 from tumorclf.errors import UsageError
-from tumorclf.predict import MODEL_CARD_FILE  # the name predict reads its default threshold from
-from tumorclf.rundir import RunDir, RunExistsError
+from tumorclf.evaluation import decide
+from tumorclf.predict import MODEL_CARD_FILE  # the card's file name predict reads its defaults from
+from tumorclf.rundir import DEFAULT_THRESHOLD, RunDir, RunExistsError
 
 log = logging.getLogger(__name__)
 
 
-def export_saved_model(model: keras.Model, path: Path) -> None:
-    """Write `model` as a SavedModel with signatures `serve` (0-255 RGB) and `serve_bytes` (encoded images)."""
+INTENDED_USE = ("Research and teaching: comparing and explaining (e.g. Grad-CAM) classifiers of single 2-D brain "
+                "MRI slices, Healthy vs Tumor, trained on public data; studying leakage, shortcut learning and "
+                "calibration.")
+OUT_OF_SCOPE = (
+    "Not a diagnostic device: not cleared, certified or clinically validated; its output must not be used to "
+    "diagnose, screen, triage or treat anyone.",
+    "No clinical decisions of any kind, alone or as a second reader.",
+    "Not validated on other scanners, MRI sequences, field strengths, institutions or patient populations than "
+    "the public collections it was trained on; expect much worse results there (see the leave-source-out "
+    "limitation).",
+    "3-D volumes only slice-wise: it scores one 2-D slice at a time and gives no volume- or patient-level answer.",
+    "No localisation, segmentation, tumour type or grade; other pathologies were not learned. Grad-CAM maps "
+    "are explanations of the classifier, not segmentations.",
+    "No out-of-distribution detection: any image, MRI or not, gets a probability.",
+)
+# The leave-source-out sentence, on its own so tests can find it: the numbers are those of one recipe's
+# measurement (README), stated as such, not the exported model's.
+LEAVE_SOURCE_OUT_LIMITATION = (
+    "This project's leave-source-out measurement of the fast VGG16 recipe (README, 'Leave-source-out and the "
+    "operating point (issue 14)'), trained on {br35h, unattributed} and tested on the 1,092 files of {sartaj, "
+    "figshare} (2026-11-26), gave balanced accuracy 0.654 [95% interval 0.610, 0.699], sensitivity 0.755 "
+    "[0.721, 0.790] and specificity 0.553 [0.467, 0.638] at its validation operating point (chosen for "
+    "sensitivity 0.95), AUC 0.674 [0.615, 0.731], and ECE 0.22, against balanced accuracy 0.950 [0.916, 0.976] "
+    "and AUC 0.991 on the grouped split's in-source test: on collections not seen in training that model was "
+    "far less accurate, missed the sensitivity it was tuned for, and its probabilities were not calibrated. "
+    "These are that recipe's numbers, not necessarily this model's: other models were not measured this way "
+    "and should be assumed to degrade similarly until they are."
+)
+VALIDATION_REUSE_LIMITATION = (
+    "One validation split does two jobs: it picks the best epoch (by validation F1) and it fits the temperature "
+    "and threshold, so the validation sensitivity, specificity and ECE at the operating point are optimistic; "
+    "judge the operating point by the test split or external data (`tumorclf evaluate`)."
+)
+KNOWN_LIMITATIONS = (
+    "The dataset is stitched from public collections (br35h, sartaj, figshare, unattributed; "
+    "../shared/data/provenance.csv) whose source almost determines the label (br35h and sartaj are Healthy, "
+    "figshare and nearly all unattributed files Tumor): a model can score well by recognising the collection "
+    "(size, contrast, sequence, cropping) rather than the tumour.",
+    LEAVE_SOURCE_OUT_LIMITATION,
+    "2-D slices only: single slices, no volumes, no patient-level result.",
+    "Near-duplicate images in the source data: 544 byte-identical copies and about 2,000 further re-encoded or "
+    "contrast-changed copies (about 2,000 duplicate groups among 4,600 files). The grouped split keeps each "
+    "group in one split, but the effective number of independent images is far below the file count, and a "
+    "split over files (the study's `paper` split) overstates accuracy.",
+    "Small recipe trained on a 2-core CPU (small models or frozen ImageNet features, a few epochs, one seed, "
+    "no tuning, no ensembling): not the best these architectures can do.",
+    "The temperature and threshold were fitted on a validation split of the same collections; they need not "
+    "hold on other data, where calibration and the sensitivity reached can differ.",
+    VALIDATION_REUSE_LIMITATION,
+)
+EVALUATION_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "auc", "ece")
+
+
+def decision_cutoff(temperature: float, threshold: float) -> float:
+    """The smallest float32 raw P(Tumor) that `tumorclf predict` decides Tumor: the least p with
+    decide(apply_temperature(p, temperature), threshold) == 1 (-inf if every p, +inf if none).
+
+    The graph decides on the raw float32 P(Tumor) (`raw >= cutoff`), not on its own float64 calibration:
+    TensorFlow's and NumPy's log/exp differ in the last bit for about one value in seven, and the fitted
+    threshold *is* the calibrated value of a validation image, so a float64 comparison in the graph could
+    flip that image. Calibration is monotonic, so this cutoff gives NumPy's decision exactly for every
+    float32 input."""
+    def tumor(bits: int) -> bool:
+        p = np.array([bits], dtype=np.uint32).view(np.float32)
+        return bool(decide(apply_temperature(p, temperature), threshold)[0])
+
+    low, high = 0, int(np.array([1.0], dtype=np.float32).view(np.uint32)[0])  # positive float32 bits are ordered
+    if tumor(low):
+        return -math.inf
+    if not tumor(high):
+        return math.inf
+    while high - low > 1:  # tumor(low) is False, tumor(high) True
+        middle = (low + high) // 2
+        low, high = (low, middle) if tumor(middle) else (middle, high)
+    return float(np.array([high], dtype=np.uint32).view(np.float32)[0])
+
+
+class OperatingPointHead(tf.Module):
+    """The serving outputs from the model's softmax: `probabilities` (as is), `prob_tumor` (calibrated with
+    `temperature`, float64 ops mirroring `tumorclf.calibration.apply_temperature`, returned as float32) and
+    `decision` (int64, 1 where calibrated P(Tumor) >= `threshold`, as `tumorclf.evaluation.decide` decides on
+    `tumorclf predict`'s probability). Temperature 1 leaves P(Tumor) unchanged (runs without an operating
+    point): `prob_tumor` is the raw P(Tumor) and `decision` compares it with the threshold in float64."""
+
+    def __init__(self, temperature: float, threshold: float):
+        super().__init__(name="operating_point")
+        temperature, threshold = float(temperature), float(threshold)
+        if not (math.isfinite(temperature) and temperature > 0) or not 0 <= threshold <= 1:
+            raise ValueError(f"temperature must be > 0 and threshold in [0, 1], got {temperature}, {threshold}")
+        self.calibrated = temperature != 1.0
+        self.temperature = tf.Variable(temperature, dtype=tf.float64, trainable=False, name="temperature")
+        self.threshold = tf.Variable(threshold, dtype=tf.float64, trainable=False, name="threshold")
+        self.raw_cutoff = tf.Variable(decision_cutoff(temperature, threshold), dtype=tf.float32, trainable=False,
+                                      name="raw_cutoff")
+
+    @property
+    def variables_in_order(self) -> list[tf.Variable]:
+        return [self.temperature, self.threshold, self.raw_cutoff]
+
+    def __call__(self, probabilities: tf.Tensor) -> dict[str, tf.Tensor]:
+        probabilities = tf.cast(probabilities, tf.float32)
+        raw = probabilities[:, 1]
+        if not self.calibrated:
+            prob_tumor = raw
+            decision = tf.cast(tf.cast(raw, tf.float64) >= self.threshold, tf.int64)
+        else:
+            p = tf.clip_by_value(tf.cast(raw, tf.float64), CLIP, 1 - CLIP)
+            logit = tf.math.log(p) - tf.math.log1p(-p)
+            prob_tumor = tf.cast(1.0 / (1.0 + tf.exp(-logit / self.temperature)), tf.float32)
+            decision = tf.cast(raw >= self.raw_cutoff, tf.int64)
+        return {"probabilities": probabilities, "prob_tumor": prob_tumor, "decision": decision}
+
+
+def export_saved_model(model: keras.Model, path: Path, temperature: float = 1.0,
+                       threshold: float = DEFAULT_THRESHOLD) -> None:
+    """Write `model` as a SavedModel with signatures `serve` (0-255 RGB) and `serve_bytes` (encoded images),
+    both returning `OperatingPointHead`'s outputs at `temperature` and `threshold`."""
     size = int(model.input_shape[1])
+    head = OperatingPointHead(temperature, threshold)
     archive = keras.export.ExportArchive()
     archive.track(model)
+    archive.track(head)
+    archive.add_variable_collection("operating_point", head.variables_in_order)
     archive.add_endpoint(
         name="serve",
-        fn=lambda images: model(images, training=False),
+        fn=lambda images: head(model(images, training=False)),
         input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32, name="images")],
     )
     archive.add_endpoint(
         name="serve_bytes",
-        fn=lambda image_bytes: model(decoder.decode_bytes_graph(image_bytes, size), training=False),
+        fn=lambda image_bytes: head(model(decoder.decode_bytes_graph(image_bytes, size), training=False)),
         input_signature=[tf.TensorSpec((None,), tf.string, name="image_bytes")],
     )
     archive.write_out(str(path), verbose=False)
 
 
-def model_card(run: RunDir, threshold: float) -> dict:
-    """What a user of the export needs to know, from the run's record and metrics."""
+def _metric(values: dict, name: str) -> dict:
+    """{value, ci95} of one metric of an evaluation.json dataset: `{"value", "ci95"}` (with intervals) or a
+    plain number (evaluations before intervals)."""
+    def number(x) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    item = values.get(name)
+    if isinstance(item, dict):
+        value, ci = item.get("value"), item.get("ci95")
+        return {"value": value if number(value) else None,
+                "ci95": ci if isinstance(ci, list) and len(ci) == 2 and all(map(number, ci)) else None}
+    return {"value": item if number(item) else None, "ci95": None}
+
+
+def _read_evaluation(path: Path) -> dict:
+    """An evaluation.json as written by `tumorclf evaluate` (raises OSError, ValueError, KeyError or
+    TypeError when it is not one)."""
+    report = json.loads(path.read_text())
+    if not isinstance(report, dict) or not isinstance(report["datasets"], dict):
+        raise TypeError("datasets is not an object")
+    return report
+
+
+def _summary(report: dict) -> dict:
+    """What a card reader needs of one evaluation.json: its threshold and temperature, and per dataset n,
+    contaminated and `EVALUATION_METRICS` with their 95% intervals."""
+    return {
+        "threshold": report.get("threshold"), "temperature": report.get("temperature"),
+        "datasets": {name: {"n": values.get("n"), "contaminated": values.get("contaminated"),
+                            **{metric: _metric(values, metric) for metric in EVALUATION_METRICS}}
+                     for name, values in report["datasets"].items() if isinstance(values, dict)},
+    }
+
+
+def run_evaluations(run: RunDir) -> dict:
+    """Every `evaluation.json` in the run's `evaluation*` subfolders, keyed by the subfolder's name and
+    reduced by `_summary`. An unreadable file is left out with a warning."""
+    found = {}
+    for folder in sorted(p for p in run.path.glob("evaluation*") if p.is_dir()):
+        path = folder / "evaluation.json"
+        if not path.is_file():
+            continue
+        try:
+            found[folder.name] = _summary(_read_evaluation(path))
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+            log.warning("left %s out of the model card: unreadable (%s)", path, " ".join(str(exc).split()))
+    return found
+
+
+def external_evaluations(run: RunDir, folders: list[Path], known: dict | None = None) -> dict:
+    """The `evaluation.json` of each folder of `tumorclf export --evaluation` (evaluations written with
+    `tumorclf evaluate --out` outside the run folder), keyed by the folder's name and reduced by `_summary`,
+    with the folder as given (`folder`). Each must be readable and an evaluation of `run` (its `run`, a
+    relative path taken from the current directory, resolves to the run folder); otherwise a one-line
+    UsageError. A folder already in the card (one of the run's own subfolders `known`, from
+    `run_evaluations`, or one given twice) is not added again; two different folders of one name are an
+    error."""
+    found, where = {}, {name: run.path / name for name in known or {}}
+    for folder in folders:
+        folder = Path(folder)
+        name = folder.name
+        if name in where and where[name].resolve() == folder.resolve():
+            continue  # the run's own evaluation subfolder, or a folder given twice: already in the card
+        path = folder / "evaluation.json"
+        if not path.is_file():
+            raise UsageError(f"export: --evaluation {folder} holds no evaluation.json (write one with tumorclf "
+                             f"evaluate --run {run.path} --out {folder})")
+        try:
+            report = _read_evaluation(path)
+            evaluated = report.get("run")
+            if not isinstance(evaluated, str) or not evaluated:
+                raise TypeError("it names no run")
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+            raise UsageError(f"export: --evaluation {folder}: unreadable evaluation.json "
+                             f"({' '.join(str(exc).split())})") from None
+        if Path(evaluated).resolve() != run.path.resolve():
+            raise UsageError(f"export: --evaluation {folder} is an evaluation of the run {evaluated}, not of "
+                             f"{run.path}")
+        if name in where:
+            raise UsageError(f"export: --evaluation {folder}: the card already has an evaluation named {name!r} "
+                             f"({where[name]}); rename one of the folders")
+        found[name] = {"folder": str(folder), **_summary(report)}
+        where[name] = folder
+    return found
+
+
+def model_card(run: RunDir, threshold: float | None = None, evaluations: list[Path] | None = None) -> dict:
+    """What a user of the export needs to know, from the run's record, metrics, operating point and
+    evaluations (its `evaluation*` subfolders and the folders `evaluations`, see `external_evaluations`).
+    `threshold` replaces the run's (`RunDir.threshold()`) when given."""
     record, metrics = run.record(), run.metrics()
     cfg, resolved = record.config, record.resolved
     size = cfg.image_size
     trained_decoder = record.decoder
-    return {
+    point = run.operating_point()
+    temperature = run.temperature()
+    if threshold is None:
+        threshold = run.threshold()
+        threshold_source = (run.operating_point_file.name if point else
+                            run.metrics_file.name if "threshold" in metrics else "default")
+    else:
+        threshold = float(threshold)
+        threshold_source = "--threshold" + (f" (the operating point's is {point.threshold:g})" if point else "")
+    holdout = getattr(cfg, "holdout_sources", None)
+    found_evaluations = run_evaluations(run)
+    found_evaluations.update(external_evaluations(run, evaluations or [], found_evaluations))
+    cutoff = decision_cutoff(temperature, threshold)
+    return json_safe({
         "model": cfg.model,
         "weights_origin": resolved.get("weights_origin"),
         "input": f"{size}x{size} RGB, float 0-255 (preprocessing is inside the model)",
-        "output": "softmax probabilities [Healthy, Tumor]",
+        "output": {"probabilities": "float32 [N, 2], softmax [P(Healthy), P(Tumor)], uncalibrated",
+                   "prob_tumor": "float32 [N], calibrated P(Tumor) = sigmoid(logit(P(Tumor)) / temperature), "
+                                 "P(Tumor) clipped to [1e-7, 1 - 1e-7] (temperature 1: P(Tumor) unchanged)",
+                   "decision": "int64 [N], 1 (Tumor) where calibrated P(Tumor) >= threshold (compared in float64 "
+                               "as tumorclf.evaluation.decide), else 0 (Healthy)"},
+        "intended_use": INTENDED_USE,
+        "out_of_scope": list(OUT_OF_SCOPE),
+        "temperature": temperature,
+        "threshold": threshold,
+        "threshold_source": threshold_source,
+        "raw_cutoff": cutoff if math.isfinite(cutoff) else None,
+        "operating_point": point.to_dict() if point else None,
+        "leave_source_out": None if cfg.split != "source" else {
+            "held_out_sources": holdout.split(",") if holdout else [],
+            "sources": {key[len("source_"):]: value for key, value in record.split.items()
+                        if key.startswith("source_")},
+            "note": "a leave-source-out run: its test split is every file of the held-out sources, none of which "
+                    "(nor any near-copy) was used for training or validation",
+        },
+        "known_limitations": list(KNOWN_LIMITATIONS),
+        "evaluations": found_evaluations,
         "classes": resolved.get("class_names"),
         "data": resolved.get("data"),
         "split_protocol": cfg.split,
@@ -75,7 +339,6 @@ def model_card(run: RunDir, threshold: float) -> dict:
         "best_epoch": metrics.get("best_epoch"),
         "test_metrics": {k: metrics.get(k) for k in ("accuracy", "precision", "recall", "f1", "auc", "test_loss",
                                                      "confusion_matrix", "per_class_accuracy")},
-        "threshold": threshold,
         "decoder": {
             "version": decoder.DECODER_VERSION,
             "trained_with": trained_decoder,
@@ -89,22 +352,30 @@ def model_card(run: RunDir, threshold: float) -> dict:
                                              "exif') or in compressed XMP is not applied",
         },
         "signatures": {"serve": f"images float32 [N, {size}, {size}, 3] 0-255 RGB, decoded and resized by "
-                                "tumorclf.decoder.decode_image",
+                                "tumorclf.decoder.decode_image; returns probabilities, prob_tumor, decision",
                        "serve_bytes": f"image_bytes string [N] ({decoder.GRAPH_FORMATS}), decoded and resized "
-                                      "in the graph exactly as tumorclf predict does"},
+                                      "in the graph exactly as tumorclf predict does; returns probabilities, "
+                                      "prob_tumor, decision"},
         "source_run": str(run.path.resolve()),
         "versions": versions(),
-    }
+    })
+
+
+def _number(value, digits: int = 4) -> str:
+    """A number of the card as `format_interval` writes it (`-` when missing or undefined)."""
+    return format_interval({"value": value if isinstance(value, (int, float)) and not isinstance(value, bool)
+                            else None}, digits)
 
 
 def card_markdown(card: dict) -> str:
     m = card["test_metrics"]
 
     def number(key: str) -> str:
-        return "n/a" if m.get(key) is None else f"{m[key]:.4f}"
+        return _number(m.get(key))
 
     dec = card["decoder"]
-    return "\n".join([
+    point = card.get("operating_point")
+    lines = [
         f"# Model card: {card['model']}",
         "",
         f"- Task: brain MRI slice, {card['classes'][0]} (0) vs {card['classes'][1]} (1)",
@@ -112,17 +383,72 @@ def card_markdown(card: dict) -> str:
         f"- Input: {card['input']}",
         f"- Data: {card['data']}, split protocol `{card['split_protocol']}`",
         f"- Recipe: {card['recipe']}",
-        f"- Decision threshold on P(Tumor): {card['threshold']}",
-        f"- Test: accuracy {number('accuracy')}, precision {number('precision')}, recall {number('recall')}, "
-        f"F1 {number('f1')}, AUC {number('auc')}, confusion matrix {m.get('confusion_matrix')}",
+        f"- Calibration temperature: {card['temperature']:g}; decision threshold on calibrated P(Tumor): "
+        f"{card['threshold']:g} (from {card['threshold_source']})",
+        f"- Test (metrics.json): accuracy {number('accuracy')}, precision {number('precision')}, recall "
+        f"{number('recall')}, F1 {number('f1')}, AUC {number('auc')}, confusion matrix {m.get('confusion_matrix')}",
         f"- Decoder: version {dec['version']} (the run was trained with version {dec['trained_with']}): "
         f"{dec['steps']}",
         f"- serve: {card['signatures']['serve']}",
         f"- serve_bytes: {card['signatures']['serve_bytes']}. Refused with an error: {dec['serve_bytes_refuses']}. "
         f"Known difference: {dec['serve_bytes_known_differences']}.",
+        "- Outputs: " + "; ".join(f"`{name}` {text}" for name, text in card["output"].items()),
         f"- Versions: {card['versions']}",
         "",
-    ])
+        "## Intended use",
+        "",
+        card["intended_use"],
+        "",
+        "## Out of scope",
+        "",
+        *(f"- {item}" for item in card["out_of_scope"]),
+        "",
+        "## Operating point",
+        "",
+    ]
+    if point:
+        validation = point.get("validation") or {}
+        lines += [
+            f"Fitted on the {point.get('fitted_on')} split ({point.get('n')} images): temperature "
+            f"{_number(point.get('temperature'))}, threshold {_number(point.get('threshold'))} on calibrated "
+            f"P(Tumor), the highest reaching sensitivity {_number(point.get('target_sensitivity'), 2)} there "
+            f"(Youden's threshold {_number(point.get('youden_threshold'))}).",
+            "",
+            f"- At the threshold on validation: sensitivity {_number(validation.get('sensitivity_at_threshold'))}, "
+            f"specificity {_number(validation.get('specificity_at_threshold'))} (optimistic: the same split chose "
+            "the epoch and fitted the threshold)",
+            f"- ECE on validation: {_number(validation.get('ece_before'))} before, "
+            f"{_number(validation.get('ece_after'))} after the temperature",
+        ]
+        if not card["threshold_source"].startswith(("operating_point", "default")) and \
+                card["threshold"] != point.get("threshold"):
+            lines.append(f"- This export decides at {card['threshold']:g} instead ({card['threshold_source']}).")
+    else:
+        lines.append(f"None: the run has no operating_point.json. P(Tumor) is not calibrated (temperature 1) and "
+                     f"the threshold {card['threshold']:g} comes from {card['threshold_source']}.")
+    lines += ["", "## Evaluations", ""]
+    if not card["evaluations"]:
+        lines.append("None in the run folder or given (run `tumorclf evaluate --run RUN`, or pass "
+                     "`--evaluation DIR` for one written elsewhere).")
+    for folder, evaluation in card["evaluations"].items():
+        temperature = evaluation.get("temperature")
+        lines += [f"`{evaluation.get('folder', folder)}/evaluation.json`, threshold {evaluation.get('threshold')}, "
+                  f"temperature {'1 (uncalibrated)' if temperature is None else temperature}; value [95% interval]:",
+                  "",
+                  "| dataset | n | contaminated | " + " | ".join(EVALUATION_METRICS) + " |",
+                  "|---|---|---|" + "---|" * len(EVALUATION_METRICS)]
+        for name, values in evaluation["datasets"].items():
+            cells = [format_interval(values.get(metric) or {}) for metric in EVALUATION_METRICS]
+            lines.append(f"| {name} | {values.get('n')} | {values.get('contaminated', 'n/a')} | "
+                         + " | ".join(cells) + " |")
+        lines.append("")
+    lso = card.get("leave_source_out")
+    if lso:
+        lines += ["", "## Leave-source-out run", "",
+                  f"This run held out the source(s) {', '.join(lso['held_out_sources'])}: {lso['note']}. "
+                  f"Files per source: {lso['sources']}."]
+    lines += ["", "## Known limitations", "", *(f"- {item}" for item in card["known_limitations"]), ""]
+    return "\n".join(line for i, line in enumerate(lines) if line or i == 0 or lines[i - 1])  # no double blanks
 
 
 def measure_inference(model: keras.Model, saved_model_dir: Path, n: int, batch_size: int = 32) -> dict:
@@ -145,18 +471,21 @@ def measure_inference(model: keras.Model, saved_model_dir: Path, n: int, batch_s
 
 
 def export_run(run_dir: str | Path | RunDir, out: str | Path | None = None, threshold: float | None = None,
-               overwrite: bool = False, measure: int = 0) -> Path:
+               overwrite: bool = False, measure: int = 0, evaluations: list[Path] | None = None) -> Path:
     """Export the run's best model to `out` (default `saved_models/<run name>`); returns the folder.
 
-    `threshold` (default: the run's operating threshold) is recorded in the model card."""
+    The run's temperature and `threshold` (default: the run's operating threshold) are applied in both
+    signatures and recorded in the model card, with the run's evaluations and those of the folders
+    `evaluations` (`external_evaluations`)."""
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     run.require_finished()
-    threshold = run.threshold() if threshold is None else float(threshold)
-    if not 0 <= threshold <= 1:
+    if threshold is not None and not 0 <= threshold <= 1:
         raise UsageError(f"export: --threshold must be in [0, 1], got {threshold}")
     out = Path(out) if out else Path("saved_models") / run.name
     check_destination(run, out, overwrite)
-    card = model_card(run, threshold)  # reads every run file before the slow part
+    card = model_card(run, threshold, evaluations)  # reads every run file before the slow part
+    log.info("%s: temperature %g, threshold %g (from %s)", run, card["temperature"], card["threshold"],
+             card["threshold_source"])
     if card["decoder"]["trained_with"] != decoder.DECODER_VERSION:
         log.warning("%s was trained with decoder version %s; this export and tumorclf predict decode with "
                     "version %s (slightly different pixels)", run, card["decoder"]["trained_with"],
@@ -166,7 +495,7 @@ def export_run(run_dir: str | Path | RunDir, out: str | Path | None = None, thre
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        export_saved_model(model, staging)
+        export_saved_model(model, staging, card["temperature"], card["threshold"])
         shutil.copy2(run.best_model, staging / "model.keras")
         if measure:
             card["inference_speed"] = measure_inference(model, staging, measure)
@@ -224,12 +553,16 @@ def add_arguments(p) -> None:
     p.add_argument("--run", required=True, type=Path, help="a finished run folder")
     p.add_argument("--out", type=Path, help="destination (default saved_models/<run name>)")
     p.add_argument("--threshold", type=float, metavar="T",
-                   help="decision threshold on P(Tumor) recorded in the model card (default: the run's operating "
-                        "threshold)")
+                   help="decision threshold on calibrated P(Tumor), applied by both signatures and recorded in "
+                        "the model card (default: the run's operating threshold; the temperature is always the "
+                        "run's)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier export at --out (never a run folder or other files)")
     p.add_argument("--measure", type=int, default=0, metavar="N",
                    help="time the SavedModel against in-process predict on N images; result in the card")
+    p.add_argument("--evaluation", nargs="+", type=Path, metavar="DIR",
+                   help="folders of tumorclf evaluate --out (an evaluation.json of this run) to add to the model "
+                        "card beside the run's own evaluation*/ subfolders")
 
 
 def run(args) -> int:
@@ -237,7 +570,7 @@ def run(args) -> int:
         raise UsageError(f"export: --threshold must be in [0, 1], got {args.threshold}")
     if args.measure < 0:
         raise UsageError(f"export: --measure must be 0 or a positive number of images, got {args.measure}")
-    out = export_run(args.run, args.out, args.threshold, args.overwrite, args.measure)
+    out = export_run(args.run, args.out, args.threshold, args.overwrite, args.measure, args.evaluation)
     print(out)
     return 0
 

@@ -28,7 +28,7 @@ def leakage_rows(run_dir: Path | RunDir) -> list[dict]:
     run = RunDir(run_dir) if not isinstance(run_dir, RunDir) else run_dir
     rows = run.split_rows()
     predictions = {row["path"]: row for row in run.test_predictions()}
-    threshold = run.threshold()
+    threshold = run.metrics_threshold()  # the decisions behind metrics.json, on raw P(Tumor)
     missing = [row["path"] for row in rows if row["split"] == "test" and row["path"] not in predictions]
     if missing:
         raise RunError(f"{run}: {len(missing)} test images of split.csv have no prediction, e.g. {missing[0]}")

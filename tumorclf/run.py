@@ -15,14 +15,15 @@ import keras
 import tensorflow as tf
 
 from tumorclf.artifacts import atomic_write_text, csv_text, versions
+from tumorclf.calibration import fit_operating_point
 from tumorclf.config import Config, ConfigError, add_config_flags, build_config
-from tumorclf.data import CLASS_NAMES, DataError, load_dataset
+from tumorclf.data import CLASS_NAMES, DataError, file_sha256, load_dataset
 from tumorclf.decoder import DECODER_VERSION
 from tumorclf.evaluation import classification_metrics, decide, write_reports
 from tumorclf.models import build_model, load_model, resolve_weights, set_trainable
 from tumorclf.pipeline import predict_images
 from tumorclf.rundir import DEFAULT_THRESHOLD, RunDir
-from tumorclf.splits import make_split, manifest_csv
+from tumorclf.splits import check_holdout, make_split, manifest_csv, read_sources
 from tumorclf.training import is_chief, is_multiworker, select_precision, select_strategy, train
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,11 @@ def run_experiment(cfg: Config) -> Path:
     if cfg.fine_tune == "from_layer":  # layer names are known only from a built model: check before writing
         set_trainable(build_model(cfg.model, cfg.image_size), "from_layer", cfg.unfreeze_from)
     data = load_dataset(cfg.resolved_data(), cfg.image_size, cfg.classes, cfg.cache_dir, cfg.max_files)
+    sources = read_sources(Path(cfg.sources), data.paths, cfg.unlisted_source) if cfg.split == "source" else None
+    if sources is not None:
+        check_holdout(sources, cfg.holdout)
     split = make_split(cfg.split, data.labels, data.image_index, data.unique_images,
-                       cfg.split_fractions, cfg.seed, cfg.near_duplicate_bits)
+                       cfg.split_fractions, cfg.seed, cfg.near_duplicate_bits, sources, cfg.holdout)
     subsets = {name: split.indices(name) for name in ("train", "val", "test")}
     small = {name: len(rows) for name, rows in subsets.items() if len(rows) < cfg.batch_size}
     if small:
@@ -62,6 +66,10 @@ def run_experiment(cfg: Config) -> Path:
         log.info("non-chief worker: the chief writes %s", cfg.run_dir)
     if resuming:
         check_same_config(run, cfg)
+        recorded = run.record().resolved.get("sources_sha256") if run.config_file.is_file() else None
+        if sources is not None and recorded not in (None, file_sha256(Path(cfg.sources))):
+            raise ConfigError(f"{run} was started with another --sources file (its SHA-256 differs); resume with "
+                              "the same file or choose another --name")
         if run.metrics_file.is_file():
             log.info("%s is already finished; nothing to resume", run)
             return run.path
@@ -83,6 +91,8 @@ def run_experiment(cfg: Config) -> Path:
             "strategy": type(strategy).__name__,
             "replicas": strategy.num_replicas_in_sync,
             "decoder": DECODER_VERSION,
+            **({"sources": str(Path(cfg.sources).resolve()), "sources_sha256": file_sha256(Path(cfg.sources))}
+               if sources is not None else {}),
         }, split=split.report, skipped_files=len(data.skipped), versions=versions())
         atomic_write_text(run.split_file, manifest_csv(data.paths, data.labels, data.sha256, split))
         atomic_write_text(run.skipped_file, csv_text(["path", "reason"], data.skipped))
@@ -92,6 +102,8 @@ def run_experiment(cfg: Config) -> Path:
         result = train(cfg, run, build, strategy, images, labels, resume=resuming)  # every recipe and backend
 
         best = load_model(result.best_checkpoint)
+        point = save_operating_point(run, cfg, best, [data.paths[i] for i in subsets["val"]], images["val"],
+                                     labels["val"])
         test_labels = labels["test"]
         probs = predict_images(best, images["test"], test_labels, cfg.batch_size, "predicting the test split")
         metrics = classification_metrics(test_labels, probs, DEFAULT_THRESHOLD)
@@ -112,8 +124,10 @@ def run_experiment(cfg: Config) -> Path:
                                           cfg.gradcam_per_outcome, run.gradcam_dir, metrics["threshold"])
             log.info("saved %d Grad-CAM overlays in %s", saved, run.gradcam_dir)
         shutil.rmtree(run.backup_dir, ignore_errors=True)  # finished: the resume state is no longer needed
-        log.info("test: accuracy %.4f, f1 %.4f, auc %.4f (best epoch %s) -> %s",
-                 metrics["accuracy"], metrics["f1"], metrics["auc"], result.best_epoch, run_dir)
+        log.info("test: accuracy %.4f, f1 %.4f, auc %.4f at threshold %g (best epoch %s) -> %s; operating point "
+                 "(validation): temperature %.3f, threshold %.4f for sensitivity >= %g", metrics["accuracy"],
+                 metrics["f1"], metrics["auc"], metrics["threshold"], result.best_epoch, run_dir, point.temperature,
+                 point.threshold, point.target_sensitivity)
     finally:
         run.detach_log(handler)
         if run_dir != cfg.run_dir:
@@ -121,6 +135,15 @@ def run_experiment(cfg: Config) -> Path:
     print(f"test accuracy {metrics['accuracy']:.4f}, F1 {metrics['f1']:.4f}, AUC {metrics['auc']:.4f} "
           f"(best epoch {result.best_epoch} of {result.epochs_run}, {metrics['train_minutes']} min of training)")
     return cfg.run_dir
+
+
+def save_operating_point(run: RunDir, cfg: Config, model: keras.Model, paths: list[str], images, labels):
+    """Predict the validation split with the best model, keep it (val_predictions.csv), and fit and save the
+    run's operating point on it (operating_point.json): validation only, never the test split."""
+    probs = predict_images(model, images, labels, cfg.batch_size, "predicting the validation split")
+    point = fit_operating_point(labels, run.write_val_predictions(paths, labels, probs[:, 1]), cfg.target_sensitivity)
+    run.write_operating_point(point)
+    return point
 
 
 def check_same_config(run: RunDir, cfg: Config) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tumorclf.artifacts import atomic_write_json
+from tumorclf.artifacts import atomic_write_json, atomic_write_text, csv_text, json_safe
 from tumorclf.config import Config, ConfigError
 from tumorclf.errors import UserError
 
@@ -74,6 +74,8 @@ class RunDir:
     roc_png = property(lambda self: self.path / "roc.png")
     confusion_png = property(lambda self: self.path / "confusion_matrix.png")
     predictions_file = property(lambda self: self.path / "test_predictions.csv")
+    val_predictions_file = property(lambda self: self.path / "val_predictions.csv")
+    operating_point_file = property(lambda self: self.path / "operating_point.json")
     log_file = property(lambda self: self.path / "run.log")
     progress_file = property(lambda self: self.path / "progress.json")
     backup_dir = property(lambda self: self.path / "backup")
@@ -197,8 +199,40 @@ class RunDir:
     def metrics(self) -> dict[str, Any]:
         return self._json(self.metrics_file)
 
+    def operating_point(self):
+        """operating_point.json (temperature and thresholds fitted on validation), or None for runs without."""
+        from tumorclf.calibration import OperatingPoint
+
+        if not self.operating_point_file.is_file():
+            return None
+        raw = self._json(self.operating_point_file)
+        try:
+            point = OperatingPoint.from_dict(raw)
+        except (KeyError, TypeError) as exc:
+            raise RunError(f"{self.operating_point_file} is corrupt: missing {exc}") from None
+        for key in ("temperature", "threshold", "target_sensitivity", "youden_threshold"):
+            value = getattr(point, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise RunError(f"{self.operating_point_file} is corrupt: {key} {value!r} is not a number >= 0")
+        if not point.temperature > 0 or not point.threshold <= 1:
+            raise RunError(f"{self.operating_point_file} is corrupt: temperature {point.temperature} or threshold "
+                           f"{point.threshold} out of range")
+        return point
+
+    def temperature(self) -> float:
+        """The run's calibration temperature (1.0: uncalibrated, for runs without an operating point)."""
+        point = self.operating_point()
+        return float(point.temperature) if point else 1.0
+
     def threshold(self) -> float:
-        """The run's operating threshold on P(Tumor): recorded in metrics.json, else the default."""
+        """The run's operating threshold on calibrated P(Tumor): the operating point's (fitted on validation),
+        else `metrics_threshold()`."""
+        point = self.operating_point()
+        return float(point.threshold) if point else self.metrics_threshold()
+
+    def metrics_threshold(self) -> float:
+        """The threshold on raw P(Tumor) behind metrics.json and test_predictions.csv's decisions (else the
+        default)."""
         if not self.metrics_file.is_file():
             return DEFAULT_THRESHOLD
         value = self.metrics().get("threshold", DEFAULT_THRESHOLD)
@@ -224,6 +258,27 @@ class RunDir:
         """test_predictions.csv: path,label,prob_tumor(,predicted: the decision at the run's threshold; runs
         since the run-folder contract) for every test image."""
         return self._csv(self.predictions_file, ("path", "label", "prob_tumor"))
+
+    def val_predictions(self) -> list[dict[str, str]]:
+        """val_predictions.csv: path,label,prob_tumor (raw, uncalibrated) of every validation image."""
+        return self._csv(self.val_predictions_file, ("path", "label", "prob_tumor"))
+
+    def write_operating_point(self, point) -> None:
+        self._write(lambda: atomic_write_json(self.operating_point_file, json_safe(point.to_dict())))
+
+    def write_val_predictions(self, paths: list[str], labels, prob_tumor) -> list[float]:
+        """val_predictions.csv: P(Tumor) to 9 significant digits (a float32 read back exactly), which are also
+        returned, so that the operating point is fitted on the very numbers kept."""
+        kept = [float(f"{float(p):.9g}") for p in prob_tumor]
+        self._write(lambda: atomic_write_text(self.val_predictions_file, csv_text(
+            ["path", "label", "prob_tumor"], zip(paths, [int(label) for label in labels], kept))))
+        return kept
+
+    def _write(self, write) -> None:
+        try:
+            write()
+        except OSError as exc:
+            raise RunError(f"cannot write into {self.path}: {exc.strerror or exc}") from None
 
     def history(self) -> list[dict[str, str]]:
         """history.csv: one row per completed epoch (`epoch` 0-based, then the logged metrics)."""

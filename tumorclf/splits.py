@@ -1,8 +1,11 @@
-"""Duplicate grouping and the two split protocols: `paper` (over files) and `grouped` (leak-free)."""
+"""Duplicate grouping and the split protocols: `paper` (over files), `grouped` (leak-free) and `source`
+(leave-source-out: the test split is every file of the held-out source collections)."""
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -12,11 +15,13 @@ from tumorclf.artifacts import csv_text
 from tumorclf.data import DataError
 
 SPLIT_NAMES = ("train", "val", "test")
+EXCLUDED = -1  # the assignment of a file in no split (source protocol: a duplicate of a held-out file)
+EXCLUDED_NAME = "excluded"
 
 
 @dataclass
 class Split:
-    """Which split each file is in (0 train, 1 val, 2 test), its duplicate group, and a report."""
+    """Which split each file is in (0 train, 1 val, 2 test, -1 excluded), its duplicate group, and a report."""
 
     assignment: np.ndarray
     groups: np.ndarray
@@ -98,6 +103,7 @@ def grouped_split(
 
     A group's stratum is its majority label. Groups are dealt, largest first and in seeded
     random order among equals, to the split furthest below its target share of that stratum.
+    `fractions` may have any length: split i gets the share `fractions[i]`.
     """
     n_groups = groups.max() + 1 if len(groups) else 0
     sizes = np.bincount(groups, minlength=n_groups)
@@ -109,13 +115,29 @@ def grouped_split(
     for label in np.unique(group_label):
         members = rng.permutation(np.flatnonzero(group_label == label))
         members = members[np.argsort(-sizes[members], kind="stable")]
-        filled = np.zeros(3)
+        filled = np.zeros(len(target))
         goal = target * sizes[members].sum()
         for g in members:
             choice = int(np.argmax((goal - filled) / goal))
             group_split[g] = choice
             filled[choice] += sizes[g]
     return group_split[groups]
+
+
+def source_split(labels: np.ndarray, groups: np.ndarray, sources: np.ndarray, holdout: tuple[str, ...],
+                 fractions: tuple[float, float, float], seed: int) -> np.ndarray:
+    """Leave-source-out: every file of a `holdout` source is test; the other files are split into train
+    and val by `grouped_split` (at the train:val ratio of `fractions`), except the files of a duplicate
+    group that reaches into a held-out source, which are excluded (`EXCLUDED`) rather than leak it."""
+    held = np.isin(sources, holdout)
+    assignment = np.full(len(labels), EXCLUDED, dtype=np.int64)
+    assignment[held] = 2
+    touched = np.isin(groups, np.unique(groups[held]))
+    rest = np.flatnonzero(~touched)
+    if len(rest):
+        _, local_groups = np.unique(groups[rest], return_inverse=True)
+        assignment[rest] = grouped_split(labels[rest], local_groups, fractions[:2], seed)
+    return assignment
 
 
 def make_split(
@@ -126,17 +148,26 @@ def make_split(
     fractions: tuple[float, float, float],
     seed: int,
     near_duplicate_bits: int,
+    sources: np.ndarray | None = None,
+    holdout: tuple[str, ...] = (),
 ) -> Split:
-    """Group duplicates, split by `protocol`, and check that every split holds both classes."""
+    """Group duplicates, split by `protocol`, and check that every split holds both classes.
+
+    `sources` (each file's source collection) and `holdout` are the `source` protocol's."""
     groups, merges = group_duplicates(image_index, unique_images, near_duplicate_bits)
     if protocol == "paper":
         assignment = paper_split(labels, fractions, seed)
     elif protocol == "grouped":
         assignment = grouped_split(labels, groups, fractions, seed)
+    elif protocol == "source":
+        if sources is None or not holdout:
+            raise ValueError("the source protocol needs each file's source and the held-out sources")
+        assignment = source_split(labels, groups, sources, holdout, fractions, seed)
     else:
         raise ValueError(f"unknown split protocol {protocol!r}")
     mixed = _groups_with_several(groups, labels)
-    leaked = _groups_with_several(groups, assignment)
+    used = assignment != EXCLUDED
+    leaked = _groups_with_several(groups[used], assignment[used])
     report: dict[str, int | str] = {
         "protocol": protocol,
         "files": len(labels),
@@ -147,16 +178,66 @@ def make_split(
         "groups_with_both_labels": int(mixed),
         "groups_spanning_splits": int(leaked),
     }
+    if protocol == "source":
+        report["holdout_sources"] = ",".join(holdout)
+        report["excluded_duplicates_of_holdout"] = int(np.sum(~used))
+        report["excluded_groups"] = int(len(np.unique(groups[~used])))
+        for name in sorted(set(sources.tolist())):
+            report[f"source_{name}"] = int(np.sum(sources == name))
     for i, name in enumerate(SPLIT_NAMES):
         for label, class_name in enumerate(("healthy", "tumor")):
             count = int(np.sum((assignment == i) & (labels == label)))
             report[f"{name}_{class_name}"] = count
             if count == 0:
+                where = (f" (held out: {', '.join(holdout)})" if protocol == "source" else "")
                 raise DataError(
-                    f"the {name} split has no {class_name} images ({len(labels)} usable files): "
-                    "the dataset is too small for a 3-way split"
+                    f"the {name} split has no {class_name} images{where} ({len(labels)} usable files): "
+                    + ("hold out other sources, or sources of both classes" if protocol == "source" and name == "test"
+                       else "the dataset is too small for this split")
                 )
     return Split(assignment, groups, report)
+
+
+def read_sources(csv_path: Path, paths: list[str], unlisted: str | None = None) -> np.ndarray:
+    """Each file's source collection from a `path,source` CSV (path relative to the data folder; other
+    columns ignored). A file the CSV does not list is a `DataError`, unless `unlisted` names its source."""
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            missing = {"path", "source"} - set(reader.fieldnames or ())
+            if missing:
+                raise DataError(f"sources file {csv_path} has no {' or '.join(sorted(missing))} column "
+                                f"(columns: {', '.join(reader.fieldnames or ()) or 'none'})")
+            listed: dict[str, str] = {}
+            for row in reader:
+                path, source = Path(row["path"] or "").as_posix(), (row["source"] or "").strip()
+                if listed.get(path, source) != source:
+                    raise DataError(f"sources file {csv_path} lists {path!r} twice, as {listed[path]!r} and "
+                                    f"{source!r}")
+                listed[path] = source
+    except FileNotFoundError:
+        raise DataError(f"sources file not found: {csv_path}") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"sources file {csv_path} cannot be read as CSV: {exc}") from None
+    blank = [path for path, source in listed.items() if not source]
+    if blank:
+        raise DataError(f"sources file {csv_path} gives no source for {len(blank)} paths, e.g. {blank[0]!r}")
+    out = [listed.get(Path(path).as_posix(), unlisted) for path in paths]
+    absent = [path for path, source in zip(paths, out) if source is None]
+    if absent:
+        raise DataError(f"{len(absent)} of {len(paths)} files are not in {csv_path}, e.g. {absent[0]!r}; "
+                        "add them or name their source with --unlisted-source NAME")
+    return np.asarray(out, dtype=str)
+
+
+def check_holdout(sources: np.ndarray, holdout: tuple[str, ...]) -> None:
+    """A held-out source must exist, and at least one source must remain to train on."""
+    known = sorted(set(sources.tolist()))
+    unknown = [name for name in holdout if name not in known]
+    if unknown:
+        raise DataError(f"unknown held-out source(s) {', '.join(unknown)}; the files' sources are {', '.join(known)}")
+    if set(known) <= set(holdout):
+        raise DataError(f"holding out every source ({', '.join(known)}) leaves nothing to train on")
 
 
 def _groups_with_several(groups: np.ndarray, values: np.ndarray) -> int:
@@ -167,5 +248,6 @@ def _groups_with_several(groups: np.ndarray, values: np.ndarray) -> int:
 
 def manifest_csv(paths: list[str], labels: np.ndarray, sha256: list[str], split: Split) -> str:
     """The split manifest as CSV text: path,label,split,group,sha256."""
-    rows = zip(paths, labels.tolist(), (SPLIT_NAMES[a] for a in split.assignment), split.groups.tolist(), sha256)
+    names = (EXCLUDED_NAME if a == EXCLUDED else SPLIT_NAMES[a] for a in split.assignment)
+    rows = zip(paths, labels.tolist(), names, split.groups.tolist(), sha256)
     return csv_text(["path", "label", "split", "group", "sha256"], rows)
