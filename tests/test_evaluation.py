@@ -8,7 +8,8 @@ import pytest
 from sklearn import metrics as skm
 
 from tumorclf.evaluation import (balanced_accuracy, brier_score, classification_metrics, confusion_matrix, decide,
-                                 roc_auc, roc_curve, specificity, write_reports)
+                                 roc_auc, roc_curve, specificity)
+from tumorclf.reports import write_reports
 from tumorclf.rundir import DEFAULT_THRESHOLD, RunDir
 
 

@@ -1,18 +1,11 @@
-"""Test metrics from predicted probabilities, and the report files of a run."""
+"""Functional metrics from predicted probabilities (each checked against scikit-learn in the tests) and the
+one place a threshold is applied (`decide`). NumPy only: the report files are `tumorclf.reports`'."""
 
 from __future__ import annotations
 
-import json
+import numpy as np
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from tumorclf.artifacts import atomic_write_bytes, atomic_write_text, csv_text, figure_png  # noqa: E402
-from tumorclf.rundir import DEFAULT_THRESHOLD, RunDir  # noqa: E402
-
+DEFAULT_THRESHOLD = 0.5  # P(Tumor) at or above which Tumor is predicted, unless a run records another
 EPSILON = 1e-7  # Keras' clipping in categorical cross-entropy
 
 
@@ -102,29 +95,3 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, threshold: flo
         "threshold": threshold,
         "n": int(len(y_true)),
     }
-
-
-def write_reports(run: RunDir, metrics: dict, y_true: np.ndarray, probs: np.ndarray, title: str) -> None:
-    """The run's metrics.json, roc.csv, roc.png and confusion-matrix PNG, each written atomically
-    (metrics.json last: with best.keras it marks the run finished)."""
-    fpr, tpr, thresholds = roc_curve(y_true, probs[:, 1])
-    atomic_write_text(run.roc_file, csv_text(["threshold", "fpr", "tpr"], zip(thresholds, fpr, tpr)))
-
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    ax.plot(fpr, tpr, label=f"AUC = {metrics['auc']:.4f}")
-    ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
-    ax.set(xlabel="False positive rate", ylabel="True positive rate", title=f"ROC: {title}")
-    ax.legend(loc="lower right")
-    atomic_write_bytes(run.roc_png, figure_png(fig))
-
-    fig, ax = plt.subplots(figsize=(4.5, 4))
-    matrix = np.asarray(metrics["confusion_matrix"])
-    ax.imshow(matrix, cmap="Blues")
-    for (i, j), count in np.ndenumerate(matrix):
-        ax.text(j, i, str(count), ha="center", va="center", color="white" if count > matrix.max() / 2 else "black")
-    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["Healthy", "Tumor"], yticklabels=["Healthy", "Tumor"])
-    ax.set(xlabel="Predicted", ylabel="True", title=f"Confusion matrix: {title}")
-    atomic_write_bytes(run.confusion_png, figure_png(fig))
-
-    atomic_write_text(run.metrics_file, json.dumps(metrics, indent=2) + "\n")
-

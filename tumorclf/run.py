@@ -19,9 +19,10 @@ from tumorclf.calibration import fit_operating_point
 from tumorclf.config import Config, ConfigError, add_config_flags, build_config
 from tumorclf.data import CLASS_NAMES, DataError, file_sha256, load_dataset
 from tumorclf.decoder import DECODER_VERSION
-from tumorclf.evaluation import classification_metrics, decide, write_reports
+from tumorclf.evaluation import classification_metrics, decide
 from tumorclf.models import build_model, load_model, resolve_weights, set_trainable
 from tumorclf.pipeline import predict_images
+from tumorclf.reports import write_reports
 from tumorclf.rundir import DEFAULT_THRESHOLD, RunDir
 from tumorclf.splits import check_holdout, make_split, manifest_csv, read_sources
 from tumorclf.training import is_chief, is_multiworker, select_precision, select_strategy, train

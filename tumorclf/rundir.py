@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from tumorclf.artifacts import atomic_write_json, atomic_write_text, csv_text, json_safe
+from tumorclf.calibration import OperatingPoint
 from tumorclf.config import Config, ConfigError
 from tumorclf.errors import UserError
+from tumorclf.evaluation import DEFAULT_THRESHOLD
 
 SCHEMA_VERSION = 2  # 1: runs before the run-folder contract (no "schema" key); same files and keys
-DEFAULT_THRESHOLD = 0.5  # P(Tumor) at or above which a run says Tumor, unless its metrics.json records another
 
 
 class RunError(UserError, ValueError):
@@ -199,10 +200,8 @@ class RunDir:
     def metrics(self) -> dict[str, Any]:
         return self._json(self.metrics_file)
 
-    def operating_point(self):
+    def operating_point(self) -> OperatingPoint | None:
         """operating_point.json (temperature and thresholds fitted on validation), or None for runs without."""
-        from tumorclf.calibration import OperatingPoint
-
         if not self.operating_point_file.is_file():
             return None
         raw = self._json(self.operating_point_file)
@@ -263,7 +262,7 @@ class RunDir:
         """val_predictions.csv: path,label,prob_tumor (raw, uncalibrated) of every validation image."""
         return self._csv(self.val_predictions_file, ("path", "label", "prob_tumor"))
 
-    def write_operating_point(self, point) -> None:
+    def write_operating_point(self, point: OperatingPoint) -> None:
         self._write(lambda: atomic_write_json(self.operating_point_file, json_safe(point.to_dict())))
 
     def write_val_predictions(self, paths: list[str], labels, prob_tumor) -> list[float]:
