@@ -95,6 +95,13 @@ def test_leave_source_out_run_never_trains_on_a_held_out_file_or_a_copy_of_one(t
     assert json.loads((run / "operating_point.json").read_text())["n"] == sum(s == "val" for s in where.values())
     assert len(read_csv(run / "test_predictions.csv")) == len(held)
 
+    # resuming with another sources file (same name, other content) is refused before anything is read from the run
+    with open(tmp_path / "sources.csv", "a", newline="") as handle:
+        csv.writer(handle).writerow(["healthy/not_there.png", "s9", ""])
+    capsys.readouterr()
+    assert main([*args, "--unlisted-source", "extra", "--resume"]) == 2
+    assert "another --sources file" in one_error_line(capsys)
+
 
 def test_source_split_refusals_are_one_line(tmp_path: Path, capsys):
     data = write_blob_dataset(tmp_path / "data", per_class=12, size=32, seed=4)
