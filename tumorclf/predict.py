@@ -8,7 +8,8 @@ Files are decoded by `tumorclf.decoder.decode_image`, the decoder training uses,
 decoded gets an error in its row and the others are still scored.
 
 Each row: ``path, prob_tumor, predicted, error, prob_tumor_raw``. ``prob_tumor`` is the **calibrated**
-P(Tumor), sigmoid(logit(P) / T) (`calibrate`), ``prob_tumor_raw`` the model's softmax P(Tumor), and
+P(Tumor), sigmoid(logit(P) / T) (`tumorclf.calibration.apply_temperature`), ``prob_tumor_raw`` the
+model's softmax P(Tumor), and
 ``predicted`` is Tumor where the calibrated P(Tumor) is at or above the threshold
 (`tumorclf.evaluation.decide`). The temperature T and the threshold are the ones recorded with the model
 (`recorded_operating_point`): the ``temperature`` and ``threshold`` of ``model_card.json`` beside it
@@ -174,7 +175,7 @@ def _decode(path: Path, size: int) -> tuple[np.ndarray | None, str]:
 
 def predict_files(predict: Predictor, size: int, files: list[Path], threshold: float = DEFAULT_THRESHOLD,
                   batch_size: int = 32, workers: int = 2, temperature: float = 1.0) -> Iterator[dict]:
-    """One row per file: path, prob_tumor (calibrated with `temperature`, `calibrate`), predicted (at
+    """One row per file: path, prob_tumor (calibrated with `temperature`, `apply_temperature`), predicted (at
     `threshold` on the calibrated P(Tumor)), error, prob_tumor_raw (the model's). Unreadable files get an
     error, not a stop. More files than one batch show progress (a bar on a terminal, log lines otherwise)."""
     progress = Progress(len(files), "predict", unit="files") if len(files) > batch_size else None
