@@ -85,6 +85,9 @@ def test_yaml_type_errors_name_the_key_and_the_type(tmp_path: Path, yaml_text: s
     ({"max_minutes": 0}, "max_minutes must be > 0"),
     ({"feature_views": 0}, "feature_views must be a positive"),
     ({"recipe": "quick"}, "unknown recipe"),
+    ({"intensity": "zscore"}, "unknown intensity 'zscore'; choose one of: raw, percentile"),
+    ({"framing": "tight"}, "unknown framing 'tight'; choose one of: full, foreground"),
+    ({"acquisition": True, "augment": False}, "acquisition augmentation is train-time augmentation"),
     ({"colour": "red"}, "unknown config keys: colour"),
     ({"target_sensitivity": 0}, r"target_sensitivity must be in \(0, 1\], got 0"),
     ({"target_sensitivity": -0.5}, "target_sensitivity must be in"),
@@ -179,3 +182,44 @@ def test_python_m_aliases(module: str, command: str):
     result = subprocess.run([sys.executable, "-m", f"tumorclf.{module}", "--help"], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0 and result.stdout.startswith(f"usage: tumorclf {command}")
+
+
+def test_robust_recipe_presets_its_measures_and_an_explicit_value_wins():
+    """`--recipe robust` turns on percentile intensity, foreground framing and acquisition augmentation; a value
+    given explicitly (flag, YAML, study entry) wins, and each such difference names the run folder."""
+    robust = Config(model="vgg16", imagenet=True, recipe="robust")
+    assert (robust.intensity, robust.framing, robust.acquisition) == ("percentile", "foreground", True)
+    assert robust.run_name == "vgg16_imagenet_grouped_224px_seed42_robust"
+    fast = Config(model="vgg16", imagenet=True, recipe="fast")
+    assert (fast.intensity, fast.framing, fast.acquisition) == ("raw", "full", False)
+    assert Config(model="vgg16", imagenet=True, recipe="robust", acquisition=False).run_name.endswith(
+        "_robust_no-acquisition")
+    one = Config(model="vgg16", imagenet=True, recipe="fast", framing="foreground", acquisition=True)
+    assert one.run_name.endswith("_fast_foreground_acquisition")
+    assert Config().run_name == "simplecnn_scratch_grouped_224px_seed42"  # the paper recipe: no suffix
+
+
+def test_a_config_json_written_before_the_measures_reads_as_the_fast_recipe():
+    """Run folders from before these fields existed resolve to raw, full, no acquisition: the same run name
+    and the same defining values as when they were trained."""
+    old = Config(model="vgg16", imagenet=True, recipe="fast").to_dict()
+    for key in ("intensity", "framing", "acquisition"):
+        old.pop(key)
+    cfg = Config.from_dict(old)
+    assert (cfg.intensity, cfg.framing, cfg.acquisition) == ("raw", "full", False)
+    assert cfg.run_name == "vgg16_imagenet_grouped_224px_seed42_fast"
+    assert Config.from_dict(Config(model="vgg16", imagenet=True, recipe="robust").to_dict()).acquisition is True
+
+
+def test_measure_flags_parse(tmp_path):
+    """--intensity, --framing and --acquisition/--no-acquisition reach the config."""
+    import argparse
+
+    from tumorclf.config import add_config_flags
+
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser)
+    args = parser.parse_args(["--model", "vgg16", "--imagenet", "--recipe", "robust", "--intensity", "raw",
+                              "--no-acquisition"])
+    cfg = build_config(**vars(args))
+    assert (cfg.intensity, cfg.framing, cfg.acquisition) == ("raw", "foreground", False)

@@ -224,3 +224,19 @@ def test_same_file_name_in_two_class_folders_gives_two_outputs(trained_run: Path
     assert explain.save_outcome_overlays(trained_run / "best.keras", images, labels, prob, list(map(str, files)),
                                          2, tmp_path / "outcomes") == 2
     assert len(list((tmp_path / "outcomes").glob("TP_*.png"))) == 2
+
+
+def test_a_framed_model_is_explained_over_the_image_it_frames():
+    """With a `framing` layer, heatmaps are computed and the overlay image is the crop the convolutions see
+    (the off-centre square comes back centred); a model without one shows the images as given."""
+    model = build_model("vgg16", 64, intensity="percentile", framing="foreground")
+    images = np.zeros((1, 64, 64, 3), "uint8")
+    images[0, 4:20, 8:24] = 200
+    cams = heatmaps(model, images.astype("float32"), np.array([1]))
+    assert cams.shape == (1, 64, 64) and np.isfinite(cams).all()
+    seen = explain.as_seen(model, images)
+    assert seen.shape == images.shape and seen.dtype == np.uint8
+    rows, cols = np.nonzero(seen[0, :, :, 0] > 100)
+    assert abs(rows.mean() - 31.5) < 1 and abs(cols.mean() - 31.5) < 1
+    assert len(rows) > 8 * np.count_nonzero(images[0, :, :, 0])  # magnified about 3.6x per side
+    assert explain.as_seen(build_model("vgg16", 64), images) is images

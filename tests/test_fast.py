@@ -60,6 +60,8 @@ def test_fast_recipe_needs_a_pretrained_backbone():
     with pytest.raises(ConfigError, match="drop --fine-tune"):
         Config(model="vgg16", imagenet=True, recipe="fast", fine_tune="frozen")
     assert Config(model="vgg16", imagenet=True, recipe="fast").run_name.endswith("_fast")
+    with pytest.raises(ConfigError, match="recipe robust fine-tunes a pretrained backbone: add --imagenet"):
+        Config(model="vgg16", recipe="robust")
 
 
 @pytest.mark.skipif(not VGG16_FILE.is_file(), reason="shared VGG16 ImageNet weights not found")
@@ -122,3 +124,42 @@ def test_fast_training_resumes_from_its_backup(tmp_path: Path, caplog):
     assert json.loads((tmp_path / "progress.json").read_text())["epochs_done"] == 3
     with open(tmp_path / "history.csv") as handle:
         assert [int(row["epoch"]) for row in csv.DictReader(handle)] == [0, 1, 2]
+
+
+def test_robust_training_resumed_equals_uninterrupted(tmp_path: Path):
+    """The robust recipe (in-model framing and intensity, acquisition-augmented views) stays deterministic:
+    one epoch, then a resume to two, gives the same history and model as two epochs straight."""
+    import tensorflow as tf
+    from conftest import blob_image
+
+    from tumorclf.rundir import RunDir
+    from tumorclf.training import select_strategy, train
+
+    tf.config.experimental.enable_op_determinism()  # as `train --deterministic` does
+    rng = np.random.default_rng(3)
+    labels = {name: np.arange(n) % 2 for name, n in (("train", 24), ("val", 8), ("test", 8))}
+    images = {name: np.stack([blob_image(rng, 32, bool(y)) for y in y_all]) for name, y_all in labels.items()}
+
+    def config(epochs: int) -> Config:
+        return Config(model="vgg16", imagenet=True, recipe="robust", feature_views=2, epochs=epochs, image_size=32,
+                      batch_size=8, learning_rate=1e-3, deterministic=True)
+
+    def build() -> keras.Model:
+        keras.utils.set_random_seed(0)
+        cfg = config(1)
+        return build_model("vgg16", 32, intensity=cfg.intensity, framing=cfg.framing)
+
+    strategy = select_strategy("default")
+    train(config(2), RunDir(tmp_path / "straight"), build, strategy, images, labels)
+    train(config(1), RunDir(tmp_path / "resumed"), build, strategy, images, labels)
+    train(config(2), RunDir(tmp_path / "resumed"), build, strategy, images, labels, resume=True)
+
+    def history(run: str) -> list[dict]:
+        with open(tmp_path / run / "history.csv") as handle:
+            return [{k: v for k, v in row.items() if k != "elapsed_minutes"} for row in csv.DictReader(handle)]
+
+    assert len(history("straight")) == 2 and history("resumed") == history("straight")
+    straight, resumed = (keras.saving.load_model(tmp_path / run / "best.keras") for run in ("straight", "resumed"))
+    assert {"framing", "intensity"} <= {layer.name for layer in straight.layers}
+    for a, b in zip(straight.get_weights(), resumed.get_weights()):
+        np.testing.assert_array_equal(a, b)

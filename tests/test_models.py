@@ -144,3 +144,31 @@ def test_fine_tuning_policies():
 def test_unknown_model():
     with pytest.raises(ValueError, match="unknown model"):
         build_model("alexnet", 32)
+
+
+@pytest.mark.parametrize("name", ["vgg16", "simplecnn"])
+def test_framing_and_intensity_are_layers_that_saved_models_keep(name, tmp_path):
+    """`framing`/`intensity` put ForegroundCrop and PercentileScaling first in the model, in the stem the fast
+    recipe caches, and in the saved file: the saved model takes plain images and standardises them itself."""
+    from tumorclf.fast import split_model
+
+    model = build_model(name, 32, intensity="percentile", framing="foreground")
+    names = [layer.name for layer in model.layers]
+    assert names[1:3] == ["framing", "intensity"]
+    assert not {"framing", "intensity"} & {layer.name for layer in build_model(name, 32).layers}
+    if MODELS[name].fast_cut:
+        stem, _ = split_model(model, MODELS[name].fast_cut)
+        assert {"framing", "intensity"} <= {layer.name for layer in stem.layers}
+    x = np.zeros((2, 32, 32, 3), "float32")
+    x[0, 4:12, 6:14] = 80.0  # a small dim square, and the same square larger, brighter and elsewhere
+    x[1, 10:26, 12:28] = 240.0
+    seen = np.asarray(keras.Model(model.input, model.get_layer("intensity").output)(x))
+    # what the backbone sees is the same image (up to resampling blur at the edges), though the inputs differ
+    assert np.abs(seen[0] - seen[1]).mean() < 20 < 60 < np.abs(x[0] - x[1]).mean()
+    out = model.predict(x, verbose=0)
+    model.save(tmp_path / "m.keras")
+    np.testing.assert_allclose(keras.saving.load_model(tmp_path / "m.keras").predict(x, verbose=0), out, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown intensity"):
+        build_model(name, 32, intensity="zscore")
+    with pytest.raises(ValueError, match="unknown framing"):
+        build_model(name, 32, framing="tight")

@@ -120,7 +120,8 @@ def test_multiworker_refuses_resume_and_the_fast_recipe(blob_dataset: Path, tmp_
             *extra]
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr[-3000:]
-    assert "tumorclf: error: --strategy multiworker supports neither --resume nor --recipe fast" in done.stderr
+    assert ("tumorclf: error: --strategy multiworker supports neither --resume nor the cached-feature recipes "
+            "(fast, robust)") in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "runs").exists()
 
 

@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "explain": ("tumorclf.explain", "Grad-CAM overlays of images, for one run or several side by side"),
     "export": ("tumorclf.export", "SavedModel with serve and serve_bytes signatures, and a model card"),
     "study": ("tumorclf.study", "a resumable study of several configurations from a YAML file"),
+    "ablation": ("tumorclf.ablation", "evaluate a study's finished runs at their operating points, append-only"),
     "bench": ("tumorclf.bench", "machine limit and per-model training/inference speed"),
     "leakage": ("tumorclf.leakage", "test accuracy of runs on leaked vs clean test images"),
     "curves": ("tumorclf.curves", "time-to-accuracy curves of runs"),

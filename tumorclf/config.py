@@ -24,7 +24,14 @@ SPLITS = ("grouped", "paper", "source")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
 FINE_TUNE = ("full", "frozen", "from_layer", "two_phase")
-RECIPES = ("paper", "fast")
+RECIPES = ("paper", "fast", "robust")
+CACHED_RECIPES = ("fast", "robust")  # recipes that train the top of the model on cached stem features
+INTENSITIES = ("raw", "percentile")
+FRAMINGS = ("full", "foreground")
+# What `robust` adds to the fast recipe (issue 15; README, "Source-robust training"): the values its
+# fields take when left unset. An explicit value (flag, YAML, study entry) wins, so the ablation can
+# switch one measure off.
+ROBUST = {"intensity": "percentile", "framing": "foreground", "acquisition": True}
 
 
 class ConfigError(UserError, ValueError):
@@ -45,8 +52,9 @@ class Config:
     model: str = option("simplecnn", "architecture", choices=tuple(MODELS))
     data: str | None = option(None, "folder with two class folders (default: $TUMORCLF_DATA)", launch=True)
     imagenet: bool = option(False, "start from ImageNet weights")
-    recipe: str = option("paper", "paper (the study's SGD recipe) or fast (with --imagenet: cached frozen "
-                         "features, then the last stage and head)", choices=RECIPES)
+    recipe: str = option("paper", "paper (the study's SGD recipe), fast (with --imagenet: cached frozen "
+                         "features, then the last stage and head) or robust (fast, with percentile intensity, "
+                         "foreground framing and acquisition augmentation)", choices=RECIPES)
     feature_views: int = option(3, "fast recipe: cached views of each training image (the first unaugmented)")
     weights_dir: str | None = option(None, "folder holding Keras' ImageNet weight files (also "
                                      "$TUMORCLF_WEIGHTS_DIR)", launch=True)
@@ -65,6 +73,13 @@ class Config:
     momentum: float = option(0.9, "SGD momentum")
     dropout: float = option(0.5, "dropout before the classifier")
     augment: bool = option(True, "train-time augmentation (--no-augment turns it off)")
+    # None: the recipe's choice (robust: see ROBUST; the others: raw, full, off), resolved at construction
+    intensity: str | None = option(None, "in the model: raw, or percentile (each image scaled by its own 0.5th "
+                                   "and 99.5th percentiles); unset: the recipe's", choices=INTENSITIES)
+    framing: str | None = option(None, "in the model: full image, or foreground (cropped to a square around the "
+                                 "head); unset: the recipe's", choices=FRAMINGS)
+    acquisition: bool | None = option(None, "train-time acquisition augmentation: bias field, gamma, contrast, "
+                                      "blur/sharpening, resampling, Rician noise; unset: the recipe's")
     split: str = option("grouped", "grouped (leak-free), paper (over files) or source (leave-source-out: test on "
                         "--holdout-sources, train and validate on the others)", choices=SPLITS)
     sources: str | None = option(None, "with split source: CSV of path,source (path relative to the data folder)",
@@ -103,6 +118,10 @@ class Config:
         for f in fields(self):
             setattr(self, f.name, coerce(f.name, getattr(self, f.name), hints[f.name]))
         self.model = self.model.lower()
+        preset = ROBUST if self.recipe == "robust" else {"intensity": "raw", "framing": "full", "acquisition": False}
+        for key, value in preset.items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
         if self.holdout_sources is not None:  # one spelling of a set of names: sorted, comma-separated
             self.holdout_sources = ",".join(sorted({n.strip() for n in self.holdout_sources.split(",") if n.strip()}))
         self.validate()
@@ -142,13 +161,17 @@ class Config:
             raise ConfigError(f"fine_tune=two_phase needs epochs ({self.epochs}) > head_epochs ({self.head_epochs})")
         if self.imagenet and not MODELS[self.model].pretrainable:
             raise ConfigError(f"{self.model} has no ImageNet weights; drop --imagenet")
-        if self.recipe == "fast":
+        if self.cached_features:
             if not MODELS[self.model].fast_cut:
-                raise ConfigError(f"recipe fast fine-tunes a pretrained backbone; {self.model} has none")
+                raise ConfigError(f"recipe {self.recipe} fine-tunes a pretrained backbone; {self.model} has none")
             if not self.imagenet:
-                raise ConfigError("recipe fast fine-tunes a pretrained backbone: add --imagenet")
+                raise ConfigError(f"recipe {self.recipe} fine-tunes a pretrained backbone: add --imagenet")
             if self.fine_tune != "full":
-                raise ConfigError("recipe fast sets its own fine-tuning (the top stage and head); drop --fine-tune")
+                raise ConfigError(f"recipe {self.recipe} sets its own fine-tuning (the top stage and head); "
+                                  "drop --fine-tune")
+        if self.acquisition and not self.augment:
+            raise ConfigError("acquisition augmentation is train-time augmentation: drop --no-augment or "
+                              "--no-acquisition")
         if not 0 < self.target_sensitivity <= 1:
             raise ConfigError(f"target_sensitivity must be in (0, 1], got {self.target_sensitivity}")
         if self.feature_views < 1:
@@ -170,9 +193,32 @@ class Config:
         if self.name:
             return self.name
         weights = "imagenet" if self.imagenet else "scratch"
-        recipe = "_fast" if self.recipe == "fast" else ""
+        recipe = "" if self.recipe == "paper" else f"_{self.recipe}"
         split = f"lso-{self.holdout_sources.replace(',', '+')}" if self.split == "source" else self.split
-        return f"{self.model}_{weights}_{split}_{self.image_size}px_seed{self.seed}{recipe}"
+        return f"{self.model}_{weights}_{split}_{self.image_size}px_seed{self.seed}{recipe}{self._measures()}"
+
+    def _measures(self) -> str:
+        """The run name's suffix for measures that differ from the recipe's own (e.g. `_fast_percentile` or
+        `_robust_no-acquisition`), so that an ablation's runs get folders of their own."""
+        own = ROBUST if self.recipe == "robust" else {"intensity": "raw", "framing": "full", "acquisition": False}
+        parts = []
+        for key, default in own.items():
+            value = getattr(self, key)
+            if value != default:
+                parts.append((key if value else f"no-{key}") if isinstance(value, bool) else value)
+        return "".join(f"_{part}" for part in parts)
+
+    @property
+    def measures(self) -> str:
+        """What is on beyond the plain image and the basic augmentation, e.g. `percentile+foreground+acquisition`
+        (the robust recipe), or `none`."""
+        on = [value for value in (self.intensity, self.framing) if value not in ("raw", "full")]
+        return "+".join(on + (["acquisition"] if self.acquisition else [])) or "none"
+
+    @property
+    def cached_features(self) -> bool:
+        """Whether the recipe trains the model's top on cached stem features (`tumorclf.fast`)."""
+        return self.recipe in CACHED_RECIPES
 
     @property
     def holdout(self) -> tuple[str, ...]:

@@ -111,6 +111,16 @@ def run_title(run_dir: Path | RunDir) -> str:
     return f"{config.model} ({'ImageNet' if config.imagenet else 'scratch'})"
 
 
+def as_seen(model, images: np.ndarray) -> np.ndarray:
+    """`images` in the frame the model's convolutions see: cropped by its `framing` layer when it has one
+    (`framing.ForegroundCrop`), so that a heatmap lies over the anatomy it refers to."""
+    try:
+        framing = model.get_layer("framing")
+    except ValueError:
+        return images
+    return np.clip(np.asarray(framing(images.astype("float32"))), 0, 255).astype(images.dtype)
+
+
 def overlay(ax, image: np.ndarray, cam: np.ndarray) -> None:
     ax.imshow(image)
     ax.imshow(cam, cmap="jet", alpha=0.45, vmin=0, vmax=1)
@@ -142,7 +152,8 @@ def class_to_explain(target: str, prob_tumor: np.ndarray, threshold: float) -> n
 
 
 def explain_run(run_dir: Path | RunDir, files: list[Path], method: str, target: str, layer: str | None = None):
-    """Decode `files` at the run's size, predict, and compute heatmaps: (kept files, images, P(tumor), maps).
+    """Decode `files` at the run's size, predict, and compute heatmaps: (kept files, images as the model frames
+    them (`as_seen`), P(tumor), maps).
     P(tumor) is calibrated with the run's temperature and the predicted class taken at its operating
     threshold, as `predict` does."""
     run = _run(run_dir)
@@ -159,7 +170,7 @@ def explain_run(run_dir: Path | RunDir, files: list[Path], method: str, target: 
         for start in range(0, len(kept), CHUNK):
             cams.append(heatmaps(model, images[start:start + CHUNK], classes[start:start + CHUNK], method, layer))
             progress.update(len(cams[-1]))
-    return kept, images, prob_tumor, np.concatenate(cams)
+    return kept, as_seen(model, images), prob_tumor, np.concatenate(cams)
 
 
 def explain_images(run_dir: Path | RunDir, files: list[Path], out: Path, method: str = "gradcam",
@@ -256,10 +267,11 @@ def save_outcome_overlays(model_path: Path, images: np.ndarray, labels: np.ndarr
         return 0
     model = load_model(model_path)
     cams = heatmaps(model, images[rows], predicted[rows])
+    seen = dict(zip(rows, as_seen(model, images[rows])))
     names = [name for name, chosen in picks.items() for _ in chosen]
     stems = output_stems([paths[row] for row in rows])
     for name, row, cam, stem in zip(names, rows, cams, stems):
-        png = explain_image_png(images[row], cam, float(prob_tumor[row]), int(labels[row]), f"{name}: {paths[row]}",
+        png = explain_image_png(seen[row], cam, float(prob_tumor[row]), int(labels[row]), f"{name}: {paths[row]}",
                                 threshold)
         atomic_write_bytes(out / f"{name}_{stem}.png", png)
     return len(rows)

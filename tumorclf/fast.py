@@ -54,8 +54,9 @@ def cache_features(cfg: Config, stem: keras.Model, images: dict[str, np.ndarray]
     for view in range(n_views):
         log.info("fast recipe: caching view %d/%d of %d training images (%s)", view + 1, n_views,
                  len(images["train"]), "augmented" if view else "as is")
+        augmentation = augmenter(cfg.seed + 10 * view, cfg.acquisition) if view else None
         views.append(extract_features(stem, images["train"], cfg.batch_size, f"features, train view {view + 1}",
-                                      augmenter(cfg.seed + 10 * view) if view else None, cfg.deterministic))
+                                      augmentation, cfg.deterministic))
     held = {}
     for name in held_out:
         log.info("fast recipe: caching features of %d %s images", len(images[name]), name)

@@ -10,6 +10,8 @@ from keras import layers, ops
 
 from tumorclf.config import ConfigError
 from tumorclf.errors import UserError
+from tumorclf.framing import ForegroundCrop
+from tumorclf.intensity import PercentileScaling
 from tumorclf.registry import HEAD_LAYERS, spec
 
 class WeightsError(UserError, RuntimeError):
@@ -110,18 +112,33 @@ def build_model(
     image_size: int,
     weights: str | None = None,
     dropout: float = 0.5,
+    intensity: str = "raw",
+    framing: str = "full",
 ) -> keras.Model:
-    """One flat functional model: 0-255 RGB in, softmax over (Healthy, Tumor) out, in float32."""
+    """One flat functional model: 0-255 RGB in, softmax over (Healthy, Tumor) out, in float32.
+
+    `framing="foreground"` crops each image to its head first (`framing.ForegroundCrop`, layer "framing"),
+    `intensity="percentile"` then rescales it by its own percentiles (`intensity.PercentileScaling`, layer
+    "intensity"): both inside the model, so every use of it, exported ones included, standardises alike."""
     entry = spec(name)
     inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = inputs
+    if framing == "foreground":
+        x = ForegroundCrop(name="framing")(x)
+    elif framing != "full":
+        raise ValueError(f"unknown framing {framing!r}")
+    if intensity == "percentile":
+        x = PercentileScaling(name="intensity")(x)
+    elif intensity != "raw":
+        raise ValueError(f"unknown intensity {intensity!r}")
     if entry.pretrainable:
-        x = ImageNetPreprocessing(entry.preprocessing, name="preprocess")(inputs)
+        x = ImageNetPreprocessing(entry.preprocessing, name="preprocess")(x)
         base = getattr(keras.applications, entry.application)(include_top=False, weights=None, input_tensor=x)
         if weights is not None:
             base.load_weights(weights)
         features = base.output
     else:
-        features = _simple_cnn_features(inputs)
+        features = _simple_cnn_features(x)
     if entry.head_input == "flatten":
         x = layers.Flatten(name="flatten")(features)
         x = layers.Dense(128, activation="relu", name="fc1")(x)

@@ -16,6 +16,8 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from tumorclf.acquisition import RandomAcquisition
+
 
 @keras.saving.register_keras_serializable(package="tumorclf")
 class RandomAffine(keras.layers.Layer):
@@ -65,11 +67,12 @@ class RandomAffine(keras.layers.Layer):
                 "flip": self.flip, "seed": self.seed}
 
 
-def augmenter(seed: int) -> keras.Sequential:
+def augmenter(seed: int, acquisition: bool = False) -> keras.Sequential:
     """The train-time augmentation: flips, small rotations, zooms and shifts (one affine resampling),
-    then contrast changes."""
+    then contrast changes, then with `acquisition` the changes of another scanner (`RandomAcquisition`)."""
     return keras.Sequential(
-        [RandomAffine(rotation=0.05, zoom=0.1, shift=0.05, seed=seed), keras.layers.RandomContrast(0.1, seed=seed + 4)],
+        [RandomAffine(rotation=0.05, zoom=0.1, shift=0.05, seed=seed), keras.layers.RandomContrast(0.1, seed=seed + 4),
+         *([RandomAcquisition(seed=seed + 8)] if acquisition else [])],
         name="augmentation",
     )
 
@@ -132,6 +135,7 @@ def make_train_dataset(
     seed: int,
     augment: bool = True,
     deterministic: bool = False,
+    acquisition: bool = False,
 ) -> TrainData:
     """Training batches: reshuffled each epoch by (seed, epoch), gathered, cast, augmented, prefetched.
 
@@ -148,7 +152,7 @@ def make_train_dataset(
     ds = tf.data.Dataset.range(1).flat_map(epoch_order).batch(batch_size)
     ds = ds.apply(tf.data.experimental.assert_cardinality(n_batches))
     ds = ds.map(_gather(images, labels), num_parallel_calls=PARALLEL_CALLS, deterministic=True)
-    augmentation = augmenter(seed) if augment else None
+    augmentation = augmenter(seed, acquisition) if augment else None
     if augmentation is not None:
         ds = ds.map(
             lambda x, y: (augmentation(x, training=True), y),

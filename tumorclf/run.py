@@ -57,8 +57,9 @@ def run_experiment(cfg: Config) -> Path:
     if small:
         raise DataError(f"fewer images than one batch ({cfg.batch_size}) in split(s) {small}; "
                         "use more data or a smaller --batch-size")
-    if is_multiworker(strategy) and (cfg.resume or cfg.recipe == "fast"):
-        raise ConfigError("--strategy multiworker supports neither --resume nor --recipe fast")
+    if is_multiworker(strategy) and (cfg.resume or cfg.cached_features):
+        raise ConfigError("--strategy multiworker supports neither --resume nor the cached-feature recipes "
+                          "(fast, robust)")
     if is_chief(strategy):
         run = RunDir(cfg.run_dir)
         resuming = run.create(cfg.overwrite, cfg.resume)
@@ -97,7 +98,8 @@ def run_experiment(cfg: Config) -> Path:
         }, split=split.report, skipped_files=len(data.skipped), versions=versions())
         atomic_write_text(run.split_file, manifest_csv(data.paths, data.labels, data.sha256, split))
         atomic_write_text(run.skipped_file, csv_text(["path", "reason"], data.skipped))
-        build = lambda: build_model(cfg.model, cfg.image_size, weights, cfg.dropout)  # noqa: E731
+        build = lambda: build_model(cfg.model, cfg.image_size, weights, cfg.dropout, cfg.intensity,
+                                     cfg.framing)  # noqa: E731
         images = {name: data.images(rows) for name, rows in subsets.items()}
         labels = {name: data.labels[rows] for name, rows in subsets.items()}
         result = train(cfg, run, build, strategy, images, labels, resume=resuming)  # every recipe and backend

@@ -54,7 +54,8 @@ INTERVAL_COLUMNS = [f"{metric}_{end}" for metric in INTERVAL_METRICS for end in 
 MEASURED = ["test_loss", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision", "recall", "f1",
             "auc", *INTERVAL_COLUMNS, "n_test", "train_minutes", "epochs_run", "best_epoch"]
 INTEGERS = ("n_test", "epochs_run", "best_epoch")
-COLUMNS = ["run_name", "protocol", "model", "imagenet", "recipe", "split", "image_size", "epochs", "max_minutes",
+COLUMNS = ["run_name", "protocol", "model", "imagenet", "recipe", "measures", "split", "image_size", "epochs",
+           "max_minutes",
            *MEASURED, "status"]
 LSO = "leave-source-out"
 BARE = "†"  # marks a table value without its interval
@@ -270,8 +271,8 @@ def run_intervals(run: RunDir, metrics: dict, n_resamples: int = DEFAULT_RESAMPL
 def row_for(cfg: Config, status: str, earlier: EarlierResults | None = None,
             n_resamples: int = DEFAULT_RESAMPLES) -> dict:
     row = {"run_name": cfg.run_name, "protocol": protocol(cfg), "model": cfg.model, "imagenet": cfg.imagenet,
-           "recipe": cfg.recipe, "split": cfg.split, "image_size": cfg.image_size, "epochs": cfg.epochs,
-           "max_minutes": cfg.max_minutes, "status": status}
+           "recipe": cfg.recipe, "measures": cfg.measures, "split": cfg.split, "image_size": cfg.image_size,
+           "epochs": cfg.epochs, "max_minutes": cfg.max_minutes, "status": status}
     run = RunDir(cfg.run_dir)
     if run.metrics_file.is_file():
         row.update(measured_row(run, n_resamples))
@@ -356,9 +357,10 @@ def _footnotes(lines: list[str]) -> list[str]:
 
 
 def _name(row: dict) -> str:
-    model, recipe, size, epochs, minutes = _variant(row)
+    model, recipe, measures, size, epochs, minutes = _variant(row)
     budget = f"≤{epochs} epochs" + (f" or ~{float(minutes):g} min" if minutes not in (None, "") else "")
-    return f"{model} ({size} px, {'fast recipe, ' if recipe == 'fast' else ''}{budget})"
+    label = "" if recipe == "paper" else f"{recipe} recipe{f' ({measures})' if measures != 'none' else ''}, "
+    return f"{model} ({size} px, {label}{budget})"
 
 
 def tables_markdown(rows: list[dict], n_resamples: int = DEFAULT_RESAMPLES) -> str:
@@ -406,7 +408,8 @@ def leave_source_out_markdown(rows: list[dict]) -> list[str]:
 
 def _variant(row: dict) -> tuple:
     """What distinguishes one table line from another of the same model."""
-    return row["model"], row.get("recipe", "paper"), row["image_size"], row["epochs"], row.get("max_minutes")
+    return (row["model"], row.get("recipe") or "paper", row.get("measures") or "none", row["image_size"],
+            row["epochs"], row.get("max_minutes"))
 
 
 def roc_figure(configs: list[Config], protocol_name: str) -> bytes | None:
@@ -419,7 +422,9 @@ def roc_figure(configs: list[Config], protocol_name: str) -> bytes | None:
             continue
         fpr, tpr = _roc_points(run)
         auc = run.metrics()["auc"]
-        label = f"{cfg.model}{' ImageNet' if cfg.imagenet else ''} {cfg.image_size}px{' fast' if cfg.recipe == 'fast' else ''}"
+        recipe = "" if cfg.recipe == "paper" else f" {cfg.recipe}" + (
+            f" ({cfg.measures})" if cfg.measures != "none" else "")
+        label = f"{cfg.model}{' ImageNet' if cfg.imagenet else ''} {cfg.image_size}px{recipe}"
         ax.plot(fpr, tpr, label=f"{label}: AUC {auc:.3f}")
         plotted += 1
     if not plotted:
@@ -500,7 +505,7 @@ def run(args) -> int:
     for row in rows:
         accuracy = f"{row['accuracy']:.4f}" if row.get("accuracy") is not None else "-"
         print(f"{row['model']:<12} {'imagenet' if row['imagenet'] else 'scratch':<9} {row['recipe']:<6} "
-              f"{row['protocol']:<10} acc {accuracy:<7} {row['status'][:90]}")
+              f"{row['measures']:<12} {row['protocol']:<10} acc {accuracy:<7} {row['status'][:90]}")
     return 0
 
 

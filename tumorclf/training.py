@@ -111,7 +111,7 @@ class Phase:
 
 def phases(cfg: Config) -> list[Phase]:
     """The recipe as phases. The fast recipe fits only the model's top (last stage and head), all of it."""
-    if cfg.recipe == "fast":
+    if cfg.cached_features:
         return [Phase("full", cfg.epochs, cfg.learning_rate, "adam")]
     if cfg.fine_tune == "two_phase":
         return [Phase("frozen", cfg.head_epochs, cfg.learning_rate),
@@ -136,7 +136,7 @@ def prepare(cfg: Config, strategy: tf.distribute.Strategy, model: keras.Model, i
     """The model to fit and its feed: the whole model on image batches, or (fast recipe) its top on the
     stem's cached features, so the frozen stem runs once per image and view instead of every epoch."""
     held_out = ("val", "test") if cfg.track_test else ("val",)
-    if cfg.recipe == "fast":
+    if cfg.cached_features:
         with strategy.scope():
             stem, top = split_model(model, MODELS[cfg.model].fast_cut)
         views, features = cache_features(cfg, stem, images, held_out)
@@ -144,7 +144,7 @@ def prepare(cfg: Config, strategy: tf.distribute.Strategy, model: keras.Model, i
         held = {name: (features[name], labels[name]) for name in held_out}
         return top, Feed(cached, cached.epoch, cached.augmentation, held["val"], held.get("test"))
     data = make_train_dataset(images["train"], labels["train"], cfg.batch_size, cfg.seed, cfg.augment,
-                              cfg.deterministic)
+                              cfg.deterministic, cfg.acquisition)
     held = {name: (make_dataset(images[name], labels[name], cfg.batch_size), labels[name]) for name in held_out}
     return model, Feed(data.dataset, data.epoch, data.augmentation, held["val"], held.get("test"))
 

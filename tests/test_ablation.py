@@ -1,0 +1,72 @@
+"""The ablation table: finished runs of a study evaluated at their operating points, rows only ever appended."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import read_csv
+from tumorclf.ablation import ABLATION_FILE, EVALUATIONS, TABLE_FILE, record
+from tumorclf.cli import main
+from tumorclf.config import Config
+from tumorclf.study import study_configs
+
+# the configuration of conftest's trained_run, as a study entry
+RUN = {"model": "simplecnn", "epochs": 3, "image_size": 48, "batch_size": 8, "learning_rate": 0.01,
+       "deterministic": True, "precision": "float32", "strategy": "default"}
+
+
+def study(tmp_path: Path, trained_run: Path, runs: list[dict]) -> tuple[Path, list[Config]]:
+    """A study file over copies of the shared trained run, placed where the study expects each entry's run."""
+    spec = {"output": str(tmp_path / "runs"), "results": str(tmp_path / "results"), "splits": ["grouped"],
+            "data": json.loads((trained_run / "config.json").read_text())["config"]["data"], "runs": runs}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    configs = study_configs(spec, None)
+    return path, configs
+
+
+def test_rows_are_appended_once_per_evaluation_and_failures_are_kept(tmp_path: Path, trained_run: Path):
+    """A finished run gets one evaluated row matching its evaluation.json; asking again adds nothing; a run
+    that cannot be evaluated gets a failed row each time; an unfinished run gets none; earlier rows stay."""
+    _, configs = study(tmp_path, trained_run, [RUN, {**RUN, "seed": 7}, {**RUN, "seed": 8}])
+    good, broken, unfinished = configs
+    shutil.copytree(trained_run, good.run_dir, ignore=shutil.ignore_patterns("evaluation*"))
+    shutil.copytree(trained_run, broken.run_dir, ignore=shutil.ignore_patterns("evaluation*"))
+    (broken.run_dir / "split.csv").write_text("not,a,split\n")
+    results = tmp_path / "results"
+
+    first = record(configs, results, n_bootstrap=50)
+    assert [row["status"] for row in first] == ["evaluated", f"failed: {first[1]['status'][8:]}"]
+    assert "split.csv" in first[1]["status"]
+    rows = read_csv(results / ABLATION_FILE)
+    assert [row["run_name"] for row in rows] == [good.run_name, broken.run_name]
+    report = json.loads((results / EVALUATIONS / good.run_name / "evaluation.json").read_text())["datasets"]["test"]
+    assert float(rows[0]["balanced_accuracy"]) == pytest.approx(report["balanced_accuracy"]["value"], rel=1e-5)
+    assert float(rows[0]["auc_lo"]) == pytest.approx(report["auc"]["ci95"][0], rel=1e-5)
+    assert int(rows[0]["n_test"]) == report["n"] and rows[0]["measures"] == "none"
+    assert unfinished.run_name not in {row["run_name"] for row in rows}
+
+    second = record(configs, results, n_bootstrap=50)
+    assert [row["run_name"] for row in second] == [broken.run_name]  # tried again, failed again
+    again = read_csv(results / ABLATION_FILE)
+    assert again[:2] == rows and len(again) == 3
+    table = (results / TABLE_FILE).read_text()
+    assert "| paper | none |" in table and "3 evaluations on record" in table and "2 failed" in table
+
+
+def test_measures_name_what_was_on():
+    assert Config(model="vgg16", imagenet=True, recipe="fast").measures == "none"
+    assert Config(model="vgg16", imagenet=True, recipe="robust").measures == "percentile+foreground+acquisition"
+    assert Config(model="vgg16", imagenet=True, recipe="fast", acquisition=True).measures == "acquisition"
+
+
+def test_the_command_needs_a_results_folder(tmp_path: Path, capsys):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"runs": [{"model": "simplecnn"}]}))
+    assert main(["ablation", "--config", str(path)]) == 2
+    assert "names no `results` folder" in capsys.readouterr().err
