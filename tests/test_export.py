@@ -550,3 +550,28 @@ def test_export_cli_adds_evaluations_written_elsewhere(calibrated_run: Path, tmp
     assert sorted(card["evaluations"]) == ["evaluate_x", "evaluation", "evaluation_external"]
     assert card["evaluations"]["evaluate_x"]["datasets"]["ext"]["accuracy"]["value"] == 0.625
     assert "| ext | 12 | 1 | 0.625 [0.500, 0.900] |" in (out / "MODEL_CARD.md").read_text()
+
+
+def test_framing_and_intensity_run_inside_the_saved_model(trained_run: Path, tmp_path: Path):
+    """A model with the robust recipe's in-model framing and intensity exports with them: both signatures give
+    the .keras model's output on plain images (an off-centre dim blob, as a source with other framing sends)."""
+    from tumorclf.models import build_model
+
+    run = tmp_path / "framed"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("evaluation*"))
+    plain = keras.saving.load_model(run / "best.keras")
+    framed = build_model("simplecnn", 48, intensity="percentile", framing="foreground")
+    framed.set_weights(plain.get_weights())  # the two layers have no weights of their own
+    framed.save(run / "best.keras")
+    out = tmp_path / "saved"
+    export_run(RunDir(run), out)
+    images = np.zeros((3, 48, 48, 3), np.uint8)
+    for i, (top, left, size, level) in enumerate([(2, 3, 12, 70), (20, 25, 20, 250), (8, 8, 30, 140)]):
+        images[i, top:top + size, left:left + size] = level
+    expected = framed.predict(images.astype("float32"), verbose=0)
+    assert not np.allclose(expected, plain.predict(images.astype("float32"), verbose=0), atol=1e-3)
+    loaded = tf.saved_model.load(str(out))
+    served = loaded.signatures["serve"](images=tf.constant(images.astype("float32")))["probabilities"].numpy()
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+    np.testing.assert_allclose(serve_bytes(out, [encoded(Image.fromarray(i), "PNG") for i in images]), expected,
+                               atol=1e-5)
