@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 ABLATION_FILE = "ablation.csv"
 TABLE_FILE = "ablation.md"
 EVALUATIONS = "evaluations"
-MEASURES = ("intensity", "framing", "acquisition")  # the Config fields an ablation switches
+MEASURES = ("intensity", "framing", "acquisition", "elastic")  # the Config fields an ablation switches
 METRICS = ("balanced_accuracy", "accuracy", "sensitivity", "specificity", "auc", "ece")
 COLUMNS = ["evaluated_at", "run_name", "protocol", "recipe", "measures", *MEASURES, "n_test", "train_minutes",
            "epochs_run", "best_epoch", "threshold", "temperature",

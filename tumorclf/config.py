@@ -28,10 +28,11 @@ RECIPES = ("paper", "fast", "robust")
 CACHED_RECIPES = ("fast", "robust")  # recipes that train the top of the model on cached stem features
 INTENSITIES = ("raw", "percentile")
 FRAMINGS = ("full", "foreground")
-# What `robust` adds to the fast recipe (issue 15; README, "Source-robust training"): the values its
-# fields take when left unset. An explicit value (flag, YAML, study entry) wins, so the ablation can
-# switch one measure off.
-ROBUST = {"intensity": "percentile", "framing": "foreground", "acquisition": True}
+# The measures of issue 15 (README, "Source-robust training"): the values their fields take when left
+# unset, for every recipe (PLAIN) and what `robust` turns on. An explicit value (flag, YAML, study entry)
+# wins, so the ablation can switch one measure on or off.
+PLAIN = {"intensity": "raw", "framing": "full", "acquisition": False, "elastic": False}
+ROBUST = {**PLAIN, "intensity": "percentile", "framing": "foreground", "acquisition": True}
 
 
 class ConfigError(UserError, ValueError):
@@ -80,6 +81,8 @@ class Config:
                                  "head); unset: the recipe's", choices=FRAMINGS)
     acquisition: bool | None = option(None, "train-time acquisition augmentation: bias field, gamma, contrast, "
                                       "blur/sharpening, resampling, Rician noise; unset: the recipe's")
+    elastic: bool | None = option(None, "train-time elastic deformation (smooth random warps that break the "
+                                  "hemispheres' symmetry); unset: the recipe's")
     split: str = option("grouped", "grouped (leak-free), paper (over files) or source (leave-source-out: test on "
                         "--holdout-sources, train and validate on the others)", choices=SPLITS)
     sources: str | None = option(None, "with split source: CSV of path,source (path relative to the data folder)",
@@ -118,8 +121,7 @@ class Config:
         for f in fields(self):
             setattr(self, f.name, coerce(f.name, getattr(self, f.name), hints[f.name]))
         self.model = self.model.lower()
-        preset = ROBUST if self.recipe == "robust" else {"intensity": "raw", "framing": "full", "acquisition": False}
-        for key, value in preset.items():
+        for key, value in (ROBUST if self.recipe == "robust" else PLAIN).items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
         if self.holdout_sources is not None:  # one spelling of a set of names: sorted, comma-separated
@@ -169,9 +171,9 @@ class Config:
             if self.fine_tune != "full":
                 raise ConfigError(f"recipe {self.recipe} sets its own fine-tuning (the top stage and head); "
                                   "drop --fine-tune")
-        if self.acquisition and not self.augment:
-            raise ConfigError("acquisition augmentation is train-time augmentation: drop --no-augment or "
-                              "--no-acquisition")
+        for name in ("acquisition", "elastic"):
+            if getattr(self, name) and not self.augment:
+                raise ConfigError(f"{name} is train-time augmentation: drop --no-augment or --no-{name}")
         if not 0 < self.target_sensitivity <= 1:
             raise ConfigError(f"target_sensitivity must be in (0, 1], got {self.target_sensitivity}")
         if self.feature_views < 1:
@@ -200,7 +202,7 @@ class Config:
     def _measures(self) -> str:
         """The run name's suffix for measures that differ from the recipe's own (e.g. `_fast_percentile` or
         `_robust_no-acquisition`), so that an ablation's runs get folders of their own."""
-        own = ROBUST if self.recipe == "robust" else {"intensity": "raw", "framing": "full", "acquisition": False}
+        own = ROBUST if self.recipe == "robust" else PLAIN
         parts = []
         for key, default in own.items():
             value = getattr(self, key)
@@ -213,7 +215,7 @@ class Config:
         """What is on beyond the plain image and the basic augmentation, e.g. `percentile+foreground+acquisition`
         (the robust recipe), or `none`."""
         on = [value for value in (self.intensity, self.framing) if value not in ("raw", "full")]
-        return "+".join(on + (["acquisition"] if self.acquisition else [])) or "none"
+        return "+".join(on + [name for name in ("acquisition", "elastic") if getattr(self, name)]) or "none"
 
     @property
     def cached_features(self) -> bool:

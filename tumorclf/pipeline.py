@@ -17,6 +17,7 @@ import tensorflow as tf
 from keras import ops
 
 from tumorclf.acquisition import RandomAcquisition
+from tumorclf.deformation import RandomElastic
 
 
 @keras.saving.register_keras_serializable(package="tumorclf")
@@ -67,11 +68,13 @@ class RandomAffine(keras.layers.Layer):
                 "flip": self.flip, "seed": self.seed}
 
 
-def augmenter(seed: int, acquisition: bool = False) -> keras.Sequential:
-    """The train-time augmentation: flips, small rotations, zooms and shifts (one affine resampling),
-    then contrast changes, then with `acquisition` the changes of another scanner (`RandomAcquisition`)."""
+def augmenter(seed: int, acquisition: bool = False, elastic: bool = False) -> keras.Sequential:
+    """The train-time augmentation: with `elastic` a smooth random warp (`RandomElastic`) first, then flips,
+    small rotations, zooms and shifts (one affine resampling), contrast changes, and with `acquisition`
+    the changes of another scanner (`RandomAcquisition`)."""
     return keras.Sequential(
-        [RandomAffine(rotation=0.05, zoom=0.1, shift=0.05, seed=seed), keras.layers.RandomContrast(0.1, seed=seed + 4),
+        [*([RandomElastic(seed=seed + 12)] if elastic else []),
+         RandomAffine(rotation=0.05, zoom=0.1, shift=0.05, seed=seed), keras.layers.RandomContrast(0.1, seed=seed + 4),
          *([RandomAcquisition(seed=seed + 8)] if acquisition else [])],
         name="augmentation",
     )
@@ -136,6 +139,7 @@ def make_train_dataset(
     augment: bool = True,
     deterministic: bool = False,
     acquisition: bool = False,
+    elastic: bool = False,
 ) -> TrainData:
     """Training batches: reshuffled each epoch by (seed, epoch), gathered, cast, augmented, prefetched.
 
@@ -152,7 +156,7 @@ def make_train_dataset(
     ds = tf.data.Dataset.range(1).flat_map(epoch_order).batch(batch_size)
     ds = ds.apply(tf.data.experimental.assert_cardinality(n_batches))
     ds = ds.map(_gather(images, labels), num_parallel_calls=PARALLEL_CALLS, deterministic=True)
-    augmentation = augmenter(seed, acquisition) if augment else None
+    augmentation = augmenter(seed, acquisition, elastic) if augment else None
     if augmentation is not None:
         ds = ds.map(
             lambda x, y: (augmentation(x, training=True), y),

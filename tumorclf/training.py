@@ -144,7 +144,7 @@ def prepare(cfg: Config, strategy: tf.distribute.Strategy, model: keras.Model, i
         held = {name: (features[name], labels[name]) for name in held_out}
         return top, Feed(cached, cached.epoch, cached.augmentation, held["val"], held.get("test"))
     data = make_train_dataset(images["train"], labels["train"], cfg.batch_size, cfg.seed, cfg.augment,
-                              cfg.deterministic, cfg.acquisition)
+                              cfg.deterministic, cfg.acquisition, cfg.elastic)
     held = {name: (make_dataset(images[name], labels[name], cfg.batch_size), labels[name]) for name in held_out}
     return model, Feed(data.dataset, data.epoch, data.augmentation, held["val"], held.get("test"))
 
