@@ -123,8 +123,8 @@ def test_bias_field_noise_blur_and_resampling_stay_within_their_limits():
 
 def test_augmenter_adds_the_layer_only_when_asked():
     """augmenter(seed, acquisition=True) ends with a RandomAcquisition layer; augmenter(seed) has none."""
-    assert not any(isinstance(layer, RandomAcquisition) for layer in augmenter(7).layers)
-    layers = [layer for layer in augmenter(7, acquisition=True).layers if isinstance(layer, RandomAcquisition)]
+    assert not any(isinstance(layer, RandomAcquisition) for layer in augmenter(7, 16).layers)
+    layers = [layer for layer in augmenter(7, 16, acquisition=True).layers if isinstance(layer, RandomAcquisition)]
     assert len(layers) == 1 and layers[0].seed == 15
 
 

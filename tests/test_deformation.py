@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tumorclf.callbacks import EpochSeeding
+from tumorclf.callbacks import EpochSeeding, seed_states
 from tumorclf.deformation import RandomElastic, _bilinear
 from tumorclf.pipeline import augmenter
 
@@ -75,7 +75,7 @@ def test_same_seed_same_warp_and_epoch_seeding_reproduces_it():
     first = np.asarray(RandomElastic(probability=1, seed=7)(x, training=True))
     np.testing.assert_array_equal(RandomElastic(probability=1, seed=7)(x, training=True), first)
     assert not np.array_equal(RandomElastic(probability=1, seed=8)(x, training=True), first)
-    augmentation = keras.Sequential([RandomElastic(probability=1, seed=7)])
+    augmentation = augmenter(7, 32, elastic=True)
     seeding = EpochSeeding(1, SimpleNamespace(epoch=tf.Variable(0, dtype=tf.int64), augmentation=augmentation))
     seeding.set_model(keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)]))
     seeding.on_epoch_begin(3)
@@ -85,9 +85,27 @@ def test_same_seed_same_warp_and_epoch_seeding_reproduces_it():
     np.testing.assert_array_equal(augmentation(x, training=True), epoch3)
 
 
+def test_the_augmenter_is_the_same_on_its_first_call_under_mixed_precision():
+    """Under a bfloat16 policy the augmenter's first call equals its later ones at the same seed state (a
+    Sequential built by its first call would cast that batch differently)."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        augmentation = augmenter(7, 32, acquisition=True, elastic=True)
+        states = seed_states(augmentation)
+        start = [state.numpy().copy() for state in states]
+        x = images()
+        first = np.asarray(augmentation(x, training=True))
+        for state, value in zip(states, start):
+            state.assign(value)
+        np.testing.assert_array_equal(np.asarray(augmentation(x, training=True)), first)
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
 def test_augmenter_puts_the_warp_first_only_when_asked():
-    assert isinstance(augmenter(7, elastic=True).layers[0], RandomElastic)
-    assert not any(isinstance(layer, RandomElastic) for layer in augmenter(7).layers)
+    assert isinstance(augmenter(7, 16, elastic=True).layers[0], RandomElastic)
+    assert not any(isinstance(layer, RandomElastic) for layer in augmenter(7, 16).layers)
 
 
 @pytest.mark.parametrize("kwargs", [{"magnitude": -0.1}, {"magnitude": 0.6}, {"grid": 1}, {"probability": 1.5}])

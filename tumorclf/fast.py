@@ -54,7 +54,7 @@ def cache_features(cfg: Config, stem: keras.Model, images: dict[str, np.ndarray]
     for view in range(n_views):
         log.info("fast recipe: caching view %d/%d of %d training images (%s)", view + 1, n_views,
                  len(images["train"]), "augmented" if view else "as is")
-        augmentation = augmenter(cfg.seed + 10 * view, cfg.acquisition, cfg.elastic) if view else None
+        augmentation = augmenter(cfg.seed + 10 * view, cfg.image_size, cfg.acquisition, cfg.elastic) if view else None
         views.append(extract_features(stem, images["train"], cfg.batch_size, f"features, train view {view + 1}",
                                       augmentation, cfg.deterministic))
     held = {}

@@ -68,12 +68,15 @@ class RandomAffine(keras.layers.Layer):
                 "flip": self.flip, "seed": self.seed}
 
 
-def augmenter(seed: int, acquisition: bool = False, elastic: bool = False) -> keras.Sequential:
-    """The train-time augmentation: with `elastic` a smooth random warp (`RandomElastic`) first, then flips,
-    small rotations, zooms and shifts (one affine resampling), contrast changes, and with `acquisition`
-    the changes of another scanner (`RandomAcquisition`)."""
+def augmenter(seed: int, image_size: int, acquisition: bool = False, elastic: bool = False) -> keras.Sequential:
+    """The train-time augmentation of `image_size` px images: with `elastic` a smooth random warp
+    (`RandomElastic`) first, then flips, small rotations, zooms and shifts (one affine resampling), contrast
+    changes, and with `acquisition` the changes of another scanner (`RandomAcquisition`).
+
+    Built on its input at once: a Sequential built by its first call runs that call on another path than
+    the later ones, and under a mixed-precision policy the first batch would be cast differently."""
     return keras.Sequential(
-        [*([RandomElastic(seed=seed + 12)] if elastic else []),
+        [keras.Input((image_size, image_size, 3)), *([RandomElastic(seed=seed + 12)] if elastic else []),
          RandomAffine(rotation=0.05, zoom=0.1, shift=0.05, seed=seed), keras.layers.RandomContrast(0.1, seed=seed + 4),
          *([RandomAcquisition(seed=seed + 8)] if acquisition else [])],
         name="augmentation",
@@ -156,7 +159,7 @@ def make_train_dataset(
     ds = tf.data.Dataset.range(1).flat_map(epoch_order).batch(batch_size)
     ds = ds.apply(tf.data.experimental.assert_cardinality(n_batches))
     ds = ds.map(_gather(images, labels), num_parallel_calls=PARALLEL_CALLS, deterministic=True)
-    augmentation = augmenter(seed, acquisition, elastic) if augment else None
+    augmentation = augmenter(seed, images.shape[1], acquisition, elastic) if augment else None
     if augmentation is not None:
         ds = ds.map(
             lambda x, y: (augmentation(x, training=True), y),
