@@ -7,7 +7,10 @@ how the leave-source-out model does on each kind. Evidence for issue 15: the tra
 
 Symmetry: the Pearson correlation of the foreground-cropped grey image (`framing.ForegroundCrop`, 128 px)
 with its left-right mirror. Axial and coronal slices of a head are close to mirror-symmetric; sagittal ones
-are not. `--cut` is the symmetry below which a slice counts as sagittal-like (a heuristic, not a label).
+are not. `--cut` is the symmetry below which a slice counts as sagittal-like (a heuristic, not a label; a
+large lesion also breaks the symmetry of an axial slice). Decisions are the evaluation's (its operating
+point); AUC is computed from `prob_tumor_raw`, which predictions.csv rounds to 6 decimals, so it can differ
+from evaluation.json's in the third decimal where scores saturate.
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ def main() -> None:
         with open(path, newline="") as f:
             rows = [row for row in csv.DictReader(f)]
         labels = np.array([row["label"] == "Tumor" for row in rows], int)
-        prob = np.array([float(row["prob_tumor"]) for row in rows])
+        prob = np.array([float(row["prob_tumor_raw"]) for row in rows])  # AUC on the raw scores, as evaluate
         decided = np.array([row["predicted"] == "Tumor" for row in rows])
         kind = np.array([by_path[row["path"]] < args.cut for row in rows])
         entry = {}

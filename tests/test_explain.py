@@ -240,3 +240,14 @@ def test_a_framed_model_is_explained_over_the_image_it_frames():
     assert abs(rows.mean() - 31.5) < 1 and abs(cols.mean() - 31.5) < 1
     assert len(rows) > 8 * np.count_nonzero(images[0, :, :, 0])  # magnified about 3.6x per side
     assert explain.as_seen(build_model("vgg16", 64), images) is images
+
+
+def test_run_titles_name_the_recipe_when_it_is_not_the_papers(trained_run: Path, tmp_path: Path):
+    """Side-by-side comparisons of two recipes of one model must tell them apart."""
+    assert explain.run_title(trained_run) == "simplecnn (scratch)"
+    run = tmp_path / "fast"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("evaluation*"))
+    record = json.loads((run / "config.json").read_text())
+    record["config"].update(model="vgg16", imagenet=True, recipe="robust")
+    (run / "config.json").write_text(json.dumps(record))
+    assert explain.run_title(run) == "vgg16 (ImageNet, robust recipe)"

@@ -107,8 +107,10 @@ def load_run_model(run_dir: Path | RunDir):
 
 
 def run_title(run_dir: Path | RunDir) -> str:
+    """`vgg16 (ImageNet)`, with the recipe when it is not the paper's: `vgg16 (ImageNet, robust recipe)`."""
     config = _run(run_dir).config()
-    return f"{config.model} ({'ImageNet' if config.imagenet else 'scratch'})"
+    recipe = "" if config.recipe == "paper" else f", {config.recipe} recipe"
+    return f"{config.model} ({'ImageNet' if config.imagenet else 'scratch'}{recipe})"
 
 
 def as_seen(model, images: np.ndarray) -> np.ndarray:
