@@ -435,6 +435,9 @@ def test_model_card_states_use_operating_point_evaluations_and_limitations(expor
     assert LEAVE_SOURCE_OUT_LIMITATION.startswith(
         f"This project's leave-source-out measurement of the fast VGG16 recipe (README, '{section}')")
     assert f"### {section}\n" in (Path(__file__).parents[1] / "README.md").read_text()
+    assert "(README, 'Source-robust training (issue 15)')" in LEAVE_SOURCE_OUT_LIMITATION and all(
+        f in LEAVE_SOURCE_OUT_LIMITATION for f in ("0.716", "0.810", "sagittal"))
+    assert "### Source-robust training (issue 15)\n" in (Path(__file__).parents[1] / "README.md").read_text()
     assert "other models were not measured this way and should be assumed to degrade similarly" in \
         LEAVE_SOURCE_OUT_LIMITATION
     assert VALIDATION_REUSE_LIMITATION in card["known_limitations"]
