@@ -6,13 +6,15 @@ import json
 import shutil
 from pathlib import Path
 
+import keras
 import pytest
 import yaml
 
 from conftest import read_csv
-from tumorclf.ablation import ABLATION_FILE, EVALUATIONS, TABLE_FILE, record
+from tumorclf.ablation import ABLATION_FILE, EVALUATIONS, TABLE_FILE, markdown, record
 from tumorclf.cli import main
 from tumorclf.config import Config
+from tumorclf.errors import UsageError
 from tumorclf.study import study_configs
 
 # the configuration of conftest's trained_run, as a study entry
@@ -56,7 +58,37 @@ def test_rows_are_appended_once_per_evaluation_and_failures_are_kept(tmp_path: P
     again = read_csv(results / ABLATION_FILE)
     assert again[:2] == rows and len(again) == 3
     table = (results / TABLE_FILE).read_text()
-    assert "| paper | none |" in table and "3 evaluations on record" in table and "2 failed" in table
+    assert "| `simplecnn_scratch_*_48px_seed42` | paper | none |" in table
+    assert "3 evaluations on record" in table and "2 failed" in table
+
+    # the run trained again: its evaluation is redone and gets a row of its own; earlier text stays byte for byte
+    before = (results / ABLATION_FILE).read_text()
+    model = keras.saving.load_model(good.run_dir / "best.keras")
+    model.set_weights([w * 0.5 for w in model.get_weights()])
+    model.save(good.run_dir / "best.keras")
+    third = record(configs, results, n_bootstrap=50)
+    assert [row["run_name"] for row in third] == [good.run_name, broken.run_name]
+    assert third[0]["evaluation_sha256"] != rows[0]["evaluation_sha256"]
+    assert (results / ABLATION_FILE).read_text().startswith(before)
+
+
+def test_a_table_with_other_columns_is_refused_not_rewritten(tmp_path: Path):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / ABLATION_FILE).write_text("run_name,accuracy\nold,0.9\n")
+    with pytest.raises(UsageError, match="other columns"):
+        record([], results)
+    assert (results / ABLATION_FILE).read_text() == "run_name,accuracy\nold,0.9\n"
+
+
+def test_the_table_shows_undefined_metrics_as_a_dash():
+    """A held-out side with one class has no specificity or AUC: the table says `-` instead of failing."""
+    row = {"run_name": "vgg16_imagenet_lso-figshare_224px_seed42_fast", "protocol": "leave-source-out:figshare",
+           "recipe": "fast", "measures": "none", "status": "evaluated", "balanced_accuracy": "0.8",
+           "balanced_accuracy_lo": "0.7", "balanced_accuracy_hi": "0.9", "auc": "", "auc_lo": "", "auc_hi": "",
+           "sensitivity": "0.8", "specificity": "", "train_minutes": "20"}
+    table = markdown([row])
+    assert "| 0.800 [0.700, 0.900] | - | 0.800 / - | 20 |" in table
 
 
 def test_measures_name_what_was_on():

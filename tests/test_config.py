@@ -88,7 +88,8 @@ def test_yaml_type_errors_name_the_key_and_the_type(tmp_path: Path, yaml_text: s
     ({"intensity": "zscore"}, "unknown intensity 'zscore'; choose one of: raw, percentile"),
     ({"framing": "tight"}, "unknown framing 'tight'; choose one of: full, foreground"),
     ({"acquisition": True, "augment": False}, "acquisition is train-time augmentation"),
-    ({"elastic": True, "augment": False}, "elastic is train-time augmentation: drop --no-augment or --no-elastic"),
+    ({"recipe": "robust", "model": "vgg16", "imagenet": True, "augment": False}, r"turn acquisition off too \(--no-acq"),
+    ({"elastic": True, "augment": False}, r"keep augmentation, or turn elastic off too \(--no-elastic\)"),
     ({"colour": "red"}, "unknown config keys: colour"),
     ({"target_sensitivity": 0}, r"target_sensitivity must be in \(0, 1\], got 0"),
     ({"target_sensitivity": -0.5}, "target_sensitivity must be in"),
@@ -204,7 +205,7 @@ def test_a_config_json_written_before_the_measures_reads_as_the_fast_recipe():
     """Run folders from before these fields existed resolve to raw, full, no acquisition: the same run name
     and the same defining values as when they were trained."""
     old = Config(model="vgg16", imagenet=True, recipe="fast").to_dict()
-    for key in ("intensity", "framing", "acquisition"):
+    for key in ("intensity", "framing", "acquisition", "elastic"):
         old.pop(key)
     cfg = Config.from_dict(old)
     assert (cfg.intensity, cfg.framing, cfg.acquisition) == ("raw", "full", False)

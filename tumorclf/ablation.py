@@ -5,7 +5,7 @@ Usage: ``tumorclf ablation --config experiments/robust.yaml [--data DIR] [--boot
 For each configuration of the study file (read as `tumorclf study` reads it) whose run has finished,
 `tumorclf evaluate` scores the run's own test split at the run's validation-fitted operating point, with
 group-bootstrap intervals, into ``RESULTS/evaluations/RUN_NAME/`` (once: an existing evaluation is
-reused). Each evaluation becomes one row of ``RESULTS/ablation.csv``: what was on, the protocol, the
+reused while the run's best.keras is the one it evaluated). Each evaluation becomes one row of ``RESULTS/ablation.csv``: what was on, the protocol, the
 metrics with their 95% intervals, and the training minutes. Rows are only ever appended, never
 rewritten or dropped, so every look at a held-out source stays on record, failures included (a run
 that cannot be evaluated gets a row whose status is the error). ``RESULTS/ablation.md`` shows the latest
@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tumorclf.artifacts import atomic_write_text, csv_text
+from tumorclf.artifacts import atomic_write_text
 from tumorclf.bootstrap import DEFAULT_RESAMPLES, format_interval
 from tumorclf.config import Config, load_yaml
-from tumorclf.errors import UsageError, UserError
+from tumorclf.errors import UsageError
 from tumorclf.rundir import RunDir
 from tumorclf.study import protocol, study_configs
 
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 
 ABLATION_FILE = "ablation.csv"
 TABLE_FILE = "ablation.md"
+MODEL_MARK = "model.sha256"  # in an evaluation folder: which best.keras it evaluated
 EVALUATIONS = "evaluations"
 MEASURES = ("intensity", "framing", "acquisition", "elastic")  # the Config fields an ablation switches
 METRICS = ("balanced_accuracy", "accuracy", "sensitivity", "specificity", "auc", "ece")
@@ -53,7 +56,7 @@ def evaluation_row(cfg: Config, evaluation: Path) -> dict:
            "temperature": report["temperature"], "evaluation_sha256": hashlib.sha256(text).hexdigest(),
            "status": "evaluated"}
     for metric in METRICS:
-        value, (low, high) = test[metric]["value"], test[metric]["ci95"] or (None, None)
+        value, (low, high) = test[metric]["value"], test[metric]["ci95"] or (None, None)  # None: undefined
         row.update({metric: value, f"{metric}_lo": low, f"{metric}_hi": high})
     return row
 
@@ -64,29 +67,48 @@ def failed_row(cfg: Config, error: Exception) -> dict:
 
 
 def evaluate_run(cfg: Config, out: Path, n_bootstrap: int) -> Path:
-    """The run's evaluation.json in `out`, evaluating the run first when `out` has none."""
+    """The run's evaluation.json in `out`, evaluating the run first when `out` has none or has one of another
+    model (`MODEL_MARK` holds the SHA-256 of the best.keras evaluated; an evaluation without one is taken
+    as of the current model and marked)."""
     from tumorclf.evaluate import EVALUATION_FILE, evaluate, write_outputs
 
+    run = RunDir(cfg.run_dir)
+    model = hashlib.sha256(run.best_model.read_bytes()).hexdigest()
+    mark = out / MODEL_MARK
+    if (out / EVALUATION_FILE).is_file() and mark.is_file() and mark.read_text().strip() != model:
+        log.info("ablation: %s was trained again since its evaluation; evaluating it again", cfg.run_name)
+        (out / EVALUATION_FILE).unlink()
     if not (out / EVALUATION_FILE).is_file():
         log.info("ablation: evaluating %s at its operating point", cfg.run_name)
-        report, scored, point = evaluate(RunDir(cfg.run_dir), n_bootstrap=n_bootstrap)
+        report, scored, point = evaluate(run, n_bootstrap=n_bootstrap)
         write_outputs(out, report, scored, point)
+    if not mark.is_file() or mark.read_text().strip() != model:
+        atomic_write_text(mark, model + "\n")
     return out / EVALUATION_FILE
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
+    """The table's rows; a table with other columns than `COLUMNS` is refused rather than rewritten."""
     if not path.is_file():
         return []
     with path.open(newline="") as f:
-        return list(csv.DictReader(f))
+        reader = csv.DictReader(f)
+        if reader.fieldnames != COLUMNS:
+            raise UsageError(f"ablation: {path} has other columns than this tumorclf writes; move it aside "
+                             "(its rows are never rewritten)")
+        return list(reader)
 
 
-def append_rows(path: Path, earlier: list[dict[str, str]], new: list[dict]) -> None:
-    """Rewrite `path` atomically as the earlier rows, unchanged and in order, then the new ones."""
-    def cells(row):
-        return [_text(row.get(column)) for column in COLUMNS]
-
-    atomic_write_text(path, csv_text(COLUMNS, [cells(row) for row in [*earlier, *new]]))
+def append_rows(path: Path, new: list[dict]) -> None:
+    """Append `new` to `path`, whose earlier text is kept byte for byte (the whole file is replaced
+    atomically, so a crash leaves the old table or the new one, never half a row)."""
+    earlier = path.read_text() if path.is_file() else ""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    if not earlier:
+        writer.writerow(COLUMNS)
+    writer.writerows([_text(row.get(column)) for column in COLUMNS] for row in new)
+    atomic_write_text(path, earlier + buffer.getvalue())
 
 
 def _text(value) -> str:
@@ -112,39 +134,46 @@ def record(configs: list[Config], results: Path, n_bootstrap: int = DEFAULT_RESA
             continue
         try:
             row = evaluation_row(cfg, evaluate_run(cfg, results / EVALUATIONS / cfg.run_name, n_bootstrap))
-        except (UserError, OSError, KeyError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure is recorded as a row, as the rules ask
             log.warning("ablation: %s could not be evaluated: %s", cfg.run_name, exc)
             new.append({"evaluated_at": stamp, **failed_row(cfg, exc)})
             continue
         if (row["run_name"], row["evaluation_sha256"]) not in recorded:
             new.append({"evaluated_at": stamp, **row})
     if new:
-        append_rows(table, earlier, new)
+        append_rows(table, new)
     atomic_write_text(results / TABLE_FILE, markdown([*earlier, *({k: _text(v) for k, v in r.items()} for r in new)]))
     return new
 
 
+def configuration(run_name: str) -> str:
+    """A run's name with its split replaced by `*`: the runs of one configuration on each protocol share it
+    (a run named by --name keeps its own)."""
+    return re.sub(r"_(grouped|paper|lso-[^_]+)_", "_*_", run_name, count=1)
+
+
 def markdown(rows: list[dict[str, str]]) -> str:
-    """The latest evaluated row of each configuration, one line per (recipe, measures), protocols side by side."""
-    latest: dict[tuple[str, str], dict[str, dict[str, str]]] = {}
+    """The latest evaluated row of each configuration, protocols side by side."""
+    latest: dict[tuple[str, str, str], dict[str, dict[str, str]]] = {}
     for row in rows:
         if row.get("status") == "evaluated":
-            latest.setdefault((row["recipe"], row["measures"]), {})[row["protocol"]] = row
+            key = (configuration(row["run_name"]), row["recipe"], row["measures"])
+            latest.setdefault(key, {})[row["protocol"]] = row
     protocols = sorted({p for by_protocol in latest.values() for p in by_protocol}, key=lambda p: (p != "grouped", p))
-    header = ["recipe", "measures"]
+    header = ["configuration", "recipe", "measures"]
     for name in protocols:
         header += [f"{name}: balanced accuracy", f"{name}: AUC", f"{name}: sensitivity / specificity",
                    f"{name}: minutes"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for (recipe, measure), by_protocol in latest.items():
-        cells = [recipe, measure]
+    for (name, recipe, measure), by_protocol in latest.items():
+        cells = [f"`{name}`", recipe, measure]
         for name in protocols:
             row = by_protocol.get(name)
             if row is None:
                 cells += ["", "", "", ""]
                 continue
             cells += [_interval(row, "balanced_accuracy"), _interval(row, "auc"),
-                      f"{float(row['sensitivity']):.3f} / {float(row['specificity']):.3f}", row["train_minutes"]]
+                      f"{_value(row, 'sensitivity')} / {_value(row, 'specificity')}", row["train_minutes"]]
         lines.append("| " + " | ".join(cells) + " |")
     failures = sum(1 for row in rows if row.get("status", "").startswith("failed"))
     notes = ["", f"At each run's operating point (validation-fitted). 95% intervals over duplicate groups. "
@@ -152,7 +181,14 @@ def markdown(rows: list[dict[str, str]]) -> str:
     return "\n".join(lines + notes) + "\n"
 
 
+def _value(row: dict[str, str], metric: str) -> str:
+    """A metric's value to 3 decimals, `-` where it is undefined (e.g. specificity without healthy images)."""
+    return f"{float(row[metric]):.3f}" if row.get(metric) else "-"
+
+
 def _interval(row: dict[str, str], metric: str) -> str:
+    if not row.get(metric):
+        return "-"
     low, high = row.get(f"{metric}_lo"), row.get(f"{metric}_hi")
     ci = [float(low), float(high)] if low and high else None
     return format_interval({"value": float(row[metric]), "ci95": ci})

@@ -173,7 +173,8 @@ class Config:
                                   "drop --fine-tune")
         for name in ("acquisition", "elastic"):
             if getattr(self, name) and not self.augment:
-                raise ConfigError(f"{name} is train-time augmentation: drop --no-augment or --no-{name}")
+                raise ConfigError(f"{name} is train-time augmentation, which --no-augment turns off: keep "
+                                  f"augmentation, or turn {name} off too (--no-{name})")
         if not 0 < self.target_sensitivity <= 1:
             raise ConfigError(f"target_sensitivity must be in (0, 1], got {self.target_sensitivity}")
         if self.feature_views < 1:

@@ -154,8 +154,8 @@ def class_to_explain(target: str, prob_tumor: np.ndarray, threshold: float) -> n
 
 
 def explain_run(run_dir: Path | RunDir, files: list[Path], method: str, target: str, layer: str | None = None):
-    """Decode `files` at the run's size, predict, and compute heatmaps: (kept files, images as the model frames
-    them (`as_seen`), P(tumor), maps).
+    """Decode `files` at the run's size, predict, and compute heatmaps: (kept files, decoded images, the images
+    as the model frames them (`as_seen`, what the maps lie over), P(tumor), maps).
     P(tumor) is calibrated with the run's temperature and the predicted class taken at its operating
     threshold, as `predict` does."""
     run = _run(run_dir)
@@ -164,7 +164,7 @@ def explain_run(run_dir: Path | RunDir, files: list[Path], method: str, target: 
     target_layer(model, layer)  # a bad --layer fails before any decoding
     images, kept = _decode_all(files, int(model.input_shape[1]))
     if not kept:
-        return [], images, np.empty(0), np.empty((0, *images.shape[1:3]))
+        return [], images, images, np.empty(0), np.empty((0, *images.shape[1:3]))
     prob_tumor = apply_temperature(model.predict(images.astype("float32"), verbose=0)[:, 1], run.temperature())
     classes = class_to_explain(target, prob_tumor, threshold)
     with Progress(len(kept), f"{method} {run.name}", unit="images") as progress:
@@ -172,7 +172,7 @@ def explain_run(run_dir: Path | RunDir, files: list[Path], method: str, target: 
         for start in range(0, len(kept), CHUNK):
             cams.append(heatmaps(model, images[start:start + CHUNK], classes[start:start + CHUNK], method, layer))
             progress.update(len(cams[-1]))
-    return kept, as_seen(model, images), prob_tumor, np.concatenate(cams)
+    return kept, images, as_seen(model, images), prob_tumor, np.concatenate(cams)
 
 
 def explain_images(run_dir: Path | RunDir, files: list[Path], out: Path, method: str = "gradcam",
@@ -180,11 +180,11 @@ def explain_images(run_dir: Path | RunDir, files: list[Path], out: Path, method:
     """One overlay PNG per readable file in `out`, named ``FOLDER_STEM_METHOD.png`` (`output_stems`);
     unreadable files are logged and skipped."""
     run = _run(run_dir)
-    kept, images, prob_tumor, cams = explain_run(run, files, method, target, layer)
+    kept, _, seen, prob_tumor, cams = explain_run(run, files, method, target, layer)
     threshold = run.threshold()
     written = []
     caption = f"{run_title(run)}, {method} on {target} class"
-    for path, stem, image, cam, p in zip(kept, _stems_of(kept, files), images, cams, prob_tumor):
+    for path, stem, image, cam, p in zip(kept, _stems_of(kept, files), seen, cams, prob_tumor):
         target_path = out / f"{stem}_{method}.png"
         atomic_write_bytes(target_path, explain_image_png(image, cam, float(p), label_from_folder(path), caption,
                                                           threshold))
@@ -197,20 +197,20 @@ def compare_runs(run_dirs: list[Path | RunDir], files: list[Path], out: Path, me
     """For each file, one figure: the slice, then each run's overlay side by side (the paper's Figs. 5-8)."""
     columns = []
     for run_dir in run_dirs:
-        kept, images, prob_tumor, cams = explain_run(run_dir, files, method, target, layer)
-        columns.append((run_title(run_dir), dict(zip(kept, zip(images, cams, prob_tumor)))))
+        kept, images, seen, prob_tumor, cams = explain_run(run_dir, files, method, target, layer)
+        columns.append((run_title(run_dir), dict(zip(kept, zip(images, seen, cams, prob_tumor)))))
     written = []
     for path, stem in zip(files, output_stems(files)):
         if not all(path in entries for _, entries in columns):
             continue
         fig, axes = plt.subplots(1, len(columns) + 1, figsize=(3.2 * (len(columns) + 1), 3.6))
-        first_image = columns[0][1][path][0]
+        first_image = columns[0][1][path][0]  # the decoded slice, whatever the runs' framing
         truth = label_from_folder(path)
         axes[0].imshow(first_image)
         axes[0].set_title(f"{path.name}\ntrue: {CLASS_NAMES[truth] if truth is not None else 'unknown'}", fontsize=8)
         axes[0].axis("off")
         for ax, (title, entries) in zip(axes[1:], columns):
-            image, cam, p = entries[path]
+            _, image, cam, p = entries[path]
             overlay(ax, image, cam)
             ax.set_title(f"{title}\nP(tumor) = {p:.3f}", fontsize=8)
         target_path = out / f"compare_{stem}_{method}.png"
