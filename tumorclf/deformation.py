@@ -41,7 +41,7 @@ class RandomElastic(keras.layers.Layer):
         if not training or self.magnitude == 0 or self.probability == 0:
             return images
         x = ops.cast(images, "float32")
-        n, height, width, channels = ops.shape(x)[0], x.shape[1], x.shape[2], x.shape[3]
+        n, height, width = ops.shape(x)[0], x.shape[1], x.shape[2]
         coarse = keras.random.uniform((n, self.grid, self.grid, 2), -1.0, 1.0, seed=self.seed_generator)
         on = ops.cast(keras.random.uniform((n,), seed=self.seed_generator) < self.probability, "float32")
         scale = ops.convert_to_tensor([self.magnitude * height, self.magnitude * width], "float32")
