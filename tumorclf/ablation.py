@@ -25,7 +25,7 @@ from pathlib import Path
 
 from tumorclf.artifacts import atomic_write_text
 from tumorclf.bootstrap import DEFAULT_RESAMPLES, format_interval
-from tumorclf.config import Config, load_yaml
+from tumorclf.config import PLAIN, Config, load_yaml
 from tumorclf.errors import UsageError
 from tumorclf.rundir import RunDir
 from tumorclf.study import protocol, study_configs
@@ -36,7 +36,7 @@ ABLATION_FILE = "ablation.csv"
 TABLE_FILE = "ablation.md"
 MODEL_MARK = "model.sha256"  # in an evaluation folder: which best.keras it evaluated
 EVALUATIONS = "evaluations"
-MEASURES = ("intensity", "framing", "acquisition", "elastic")  # the Config fields an ablation switches
+MEASURES = tuple(PLAIN)  # the Config fields an ablation switches
 METRICS = ("balanced_accuracy", "accuracy", "sensitivity", "specificity", "auc", "ece")
 COLUMNS = ["evaluated_at", "run_name", "protocol", "recipe", "measures", *MEASURES, "n_test", "train_minutes",
            "epochs_run", "best_epoch", "threshold", "temperature",
@@ -49,8 +49,7 @@ def evaluation_row(cfg: Config, evaluation: Path) -> dict:
     report = json.loads(text)
     test = report["datasets"]["test"]
     metrics = RunDir(cfg.run_dir).metrics()
-    row = {"run_name": cfg.run_name, "protocol": protocol(cfg), "recipe": cfg.recipe, "measures": cfg.measures,
-           **{key: getattr(cfg, key) for key in MEASURES}, "n_test": test["n"],
+    row = {**identity(cfg), "n_test": test["n"],
            "train_minutes": metrics.get("train_minutes"), "epochs_run": metrics.get("epochs_run"),
            "best_epoch": metrics.get("best_epoch"), "threshold": report["threshold"],
            "temperature": report["temperature"], "evaluation_sha256": hashlib.sha256(text).hexdigest(),
@@ -61,9 +60,14 @@ def evaluation_row(cfg: Config, evaluation: Path) -> dict:
     return row
 
 
-def failed_row(cfg: Config, error: Exception) -> dict:
+def identity(cfg: Config) -> dict:
+    """What a row says of the run it is about: name, protocol, recipe and each measure."""
     return {"run_name": cfg.run_name, "protocol": protocol(cfg), "recipe": cfg.recipe, "measures": cfg.measures,
-            **{key: getattr(cfg, key) for key in MEASURES}, "status": f"failed: {' '.join(str(error).split())}"}
+            **{key: getattr(cfg, key) for key in MEASURES}}
+
+
+def failed_row(cfg: Config, error: Exception) -> dict:
+    return {**identity(cfg), "status": f"failed: {' '.join(str(error).split())}"}
 
 
 def evaluate_run(cfg: Config, out: Path, n_bootstrap: int) -> Path:

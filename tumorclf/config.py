@@ -200,23 +200,22 @@ class Config:
         split = f"lso-{self.holdout_sources.replace(',', '+')}" if self.split == "source" else self.split
         return f"{self.model}_{weights}_{split}_{self.image_size}px_seed{self.seed}{recipe}{self._measures()}"
 
+    def _differences(self, reference: dict[str, Any]) -> list[str]:
+        """The measures whose value differs from `reference`, as words: a value (`percentile`), or a switch's
+        name (`acquisition`, or `no-acquisition` when it is off and `reference` has it on)."""
+        return [(key if value else f"no-{key}") if isinstance(value, bool) else value
+                for key, value in ((key, getattr(self, key)) for key in reference) if value != reference[key]]
+
     def _measures(self) -> str:
         """The run name's suffix for measures that differ from the recipe's own (e.g. `_fast_percentile` or
         `_robust_no-acquisition`), so that an ablation's runs get folders of their own."""
-        own = ROBUST if self.recipe == "robust" else PLAIN
-        parts = []
-        for key, default in own.items():
-            value = getattr(self, key)
-            if value != default:
-                parts.append((key if value else f"no-{key}") if isinstance(value, bool) else value)
-        return "".join(f"_{part}" for part in parts)
+        return "".join(f"_{part}" for part in self._differences(ROBUST if self.recipe == "robust" else PLAIN))
 
     @property
     def measures(self) -> str:
         """What is on beyond the plain image and the basic augmentation, e.g. `percentile+foreground+acquisition`
         (the robust recipe), or `none`."""
-        on = [value for value in (self.intensity, self.framing) if value not in ("raw", "full")]
-        return "+".join(on + [name for name in ("acquisition", "elastic") if getattr(self, name)]) or "none"
+        return "+".join(self._differences(PLAIN)) or "none"
 
     @property
     def cached_features(self) -> bool:
