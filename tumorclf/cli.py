@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("tumorclf.bench", "machine limit and per-model training/inference speed"),
     "leakage": ("tumorclf.leakage", "test accuracy of runs on leaked vs clean test images"),
     "curves": ("tumorclf.curves", "time-to-accuracy curves of runs"),
+    "audit": ("tumorclf.audit", "find duplicates, label errors, outliers and shortcuts in a dataset folder"),
 }
 MODULE_COMMAND = {module: command for command, (module, _) in COMMANDS.items()}
 
