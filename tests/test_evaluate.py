@@ -12,17 +12,23 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import one_error_line, read_csv, write_blob_dataset
+from conftest import blob_image, one_error_line, read_csv, write_blob_dataset
 from tumorclf.bootstrap import METRICS, bootstrap_intervals
 from tumorclf.calibration import OperatingPoint, apply_temperature, fit_operating_point
 from tumorclf.cli import main
 from tumorclf.evaluate import dataset_report
 from tumorclf.evaluation import confusion_matrix, decide, roc_auc
+from tumorclf.gate import REASONS
 
 BOOTSTRAP = ["--bootstrap", "200"]
 REPORT_KEYS = {"n", "groups", "threshold", "skipped", "folder", "contaminated", "clean", "confusion_matrix",
                "operating_points", "ece_uncalibrated", "brier_uncalibrated", *METRICS}
 CLASS = ("Healthy", "Tumor")
+
+
+def table_lines(out: str) -> list[str]:
+    """The printed lines without the gate's line under each dataset."""
+    return [line for line in out.strip().splitlines() if not line.startswith("  gate: ")]
 
 
 def copy_run(trained_run: Path, where: Path) -> Path:
@@ -73,9 +79,11 @@ def test_test_split_again_equals_the_runs_metrics(trained_run: Path, tmp_path: P
 
     # by default: the run's operating point (fitted on validation), applied to calibrated P(Tumor)
     assert main(["evaluate", "--run", str(run), *BOOTSTRAP]) == 0
-    out = capsys.readouterr().out.strip().splitlines()
+    printed = capsys.readouterr().out
+    out = table_lines(printed)
     assert out[-1] == str(run / "evaluation" / "evaluation.json")
     assert [line.split()[0] for line in out[-3:-1]] == ["dataset", "test"]  # one dataset: no pooled entry
+    assert printed.strip().splitlines()[-2].startswith("  gate: rejected ")  # the run has a gate: its line
     report = json.loads((run / "evaluation" / "evaluation.json").read_text())
     assert report["run"] == str(run)
     assert report["threshold"] == point.threshold and report["temperature"] == point.temperature
@@ -90,8 +98,15 @@ def test_test_split_again_equals_the_runs_metrics(trained_run: Path, tmp_path: P
     assert_intervals(test)
     rows = read_csv(run / "evaluation" / "predictions.csv")
     assert list(rows[0]) == ["dataset", "path", "label", "prob_tumor_raw", "prob_tumor", "predicted", "group",
-                             "contaminated"]
+                             "contaminated", "quality", "ood_score"]
     assert_calibrated(rows, point.temperature, point.threshold)
+    # the run's own test slices: nothing blank, colour or too small; what the gate rejects is in its counts
+    gate = test["gate"]
+    assert {key: gate["rejected"][key] for key in ("too_small", "blank", "not_grayscale_mri")} == \
+        dict.fromkeys(("too_small", "blank", "not_grayscale_mri"), 0)
+    assert gate["rejected_total"] == sum(row["quality"] != "ok" for row in rows) == test["n"] - gate["accepted"]
+    threshold = report["gate"]["ood_threshold"]
+    assert all((row["quality"] == "out_of_distribution") == (float(row["ood_score"]) > threshold) for row in rows)
 
     # bootstrap groups: the duplicate groups split.csv records
     assert [row["group"] for row in rows] == [split[row["path"]]["group"] for row in rows]
@@ -147,7 +162,7 @@ def test_external_folders_are_reported_each_and_pooled(trained_run: Path, tmp_pa
     out = tmp_path / "eval"
     assert main(["evaluate", "--run", str(trained_run), "--data", str(own), str(other), "--out", str(out),
                  "--threshold", "0.4", "--batch-size", "5", *BOOTSTRAP]) == 0
-    table = capsys.readouterr().out.strip().splitlines()
+    table = table_lines(capsys.readouterr().out)
     assert [line.split()[0] for line in table[-4:-1]] == ["data", "site", "pooled"]
 
     report = json.loads((out / "evaluation.json").read_text())
@@ -171,6 +186,10 @@ def test_external_folders_are_reported_each_and_pooled(trained_run: Path, tmp_pa
     assert [sum(row["dataset"] == name for row in rows) for name in ("data", "site")] == [120, 13]
     site = {row["path"]: row for row in rows if row["dataset"] == "site"}
     assert site["normal/small.bmp"]["label"] == "Healthy" and site["glioma/img001.png"]["label"] == "Tumor"
+    assert site["normal/small.bmp"]["quality"] == "blank"  # one gray value; 30 px is not under half of 48
+    for reason in REASONS[1:]:  # the pooled gate counts are those of its folders
+        assert datasets["pooled"]["gate"]["rejected"][reason] == \
+            datasets["data"]["gate"]["rejected"][reason] + datasets["site"]["gate"]["rejected"][reason]
     skipped = {row["path"]: row["reason"] for row in read_csv(out / "skipped.csv")}
     assert skipped.keys() == {"glioma/broken.png", "normal/moved.jpg"}
     assert skipped["normal/moved.jpg"] == "dangling symbolic link"
@@ -469,3 +488,75 @@ def test_pooled_groups_span_folders_and_a_folder_counts_once(trained_run: Path, 
     assert main(["evaluate", "--run", str(trained_run), "--data", str(first), str(tmp_path / "." / "first"),
                  "--out", str(tmp_path / "again")]) == 2
     assert "the same folder more than once" in one_error_line(capsys)
+
+
+def write_odd_folder(root: Path) -> dict[str, str]:
+    """Class folders of blob slices plus images the gate must reject; returns the reason of each planted one."""
+    write_blob_dataset(root, per_class=6, size=48, seed=31)
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:48, :48]
+    planted = {"healthy/blank.png": (np.full((48, 48, 3), 1, np.uint8), "blank"),
+               "healthy/tiny.png": (blob_image(rng, 16, False), "too_small"),
+               "tumor/colour.png": (rng.integers(0, 256, (48, 48, 3), dtype=np.uint8), "not_grayscale_mri"),
+               "tumor/gray.jpg": (np.full((48, 48, 3), 128, np.uint8), "blank"),
+               "tumor/checker.png": (np.repeat((((yy // 4 + xx // 4) % 2) * 255).astype(np.uint8)[..., None], 3, -1),
+                                     "out_of_distribution")}
+    for name, (pixels, _) in planted.items():
+        Image.fromarray(pixels).save(root / name)
+    return {name: reason for name, (_, reason) in planted.items()}
+
+
+def test_the_gate_reports_what_the_model_cannot_assess(trained_run: Path, tmp_path: Path, capsys, caplog):
+    odd = tmp_path / "odd"
+    planted = write_odd_folder(odd)
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--run", str(trained_run), "--data", str(odd), "--out", str(out), *BOOTSTRAP]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "evaluation.json").read_text())
+    assert report["gate"]["min_side"] == 24 and report["gate"]["ood_threshold"] > 0
+    entry = report["datasets"]["odd"]
+    rows = read_csv(out / "predictions.csv")
+    quality = {row["path"]: row["quality"] for row in rows}
+    assert {name: quality[name] for name in planted} == planted
+    assert all(quality[row["path"]] in ("ok", "out_of_distribution") for row in rows if row["path"] not in planted)
+    gate = entry["gate"]
+    assert gate["rejected"] == {reason: sum(q == reason for q in quality.values()) for reason in REASONS[1:]}
+    assert gate["rejected"]["blank"] == 2 and gate["rejected"]["too_small"] == 1
+    accepted = [row for row in rows if row["quality"] == "ok"]
+    assert gate["accepted"] == len(accepted) == entry["n"] - gate["rejected_total"] >= 10
+    assert gate["rejection_rate"] == pytest.approx(gate["rejected_total"] / entry["n"])
+    assert f"  gate: rejected {gate['rejected_total']} of {entry['n']} (" in printed and "blank 2" in printed
+
+    # the accepted metrics are those of the accepted rows alone; the all-image metrics are unchanged
+    metrics = gate["accepted_metrics"]
+    assert set(METRICS) <= set(metrics)
+    labels = np.array([CLASS.index(row["label"]) for row in accepted])
+    predicted = np.array([CLASS.index(row["predicted"]) for row in accepted])
+    prob = np.array([float(row["prob_tumor"]) for row in accepted])
+    assert value(metrics["accuracy"]) == pytest.approx(np.mean(predicted == labels))
+    assert value(metrics["sensitivity"]) == pytest.approx(np.mean(predicted[labels == 1] == 1))
+    assert value(metrics["specificity"]) == pytest.approx(np.mean(predicted[labels == 0] == 0))
+    assert value(metrics["brier"]) == pytest.approx(np.mean((prob - labels) ** 2), abs=1e-5)
+    raw = np.array([float(row["prob_tumor_raw"]) for row in accepted])
+    assert value(metrics["auc"]) == pytest.approx(roc_auc(labels, raw), abs=0.02)
+    everything = np.array([row["label"] == row["predicted"] for row in rows])
+    assert value(entry["accuracy"]) == pytest.approx(everything.mean())
+
+    # --no-gate: no gate section, empty quality cells, the same all-image metrics
+    assert main(["evaluate", "--run", str(trained_run), "--data", str(odd), "--out", str(tmp_path / "plain"),
+                 "--no-gate", *BOOTSTRAP]) == 0
+    assert "gate:" not in capsys.readouterr().out
+    plain = json.loads((tmp_path / "plain" / "evaluation.json").read_text())
+    assert "gate" not in plain and "gate" not in plain["datasets"]["odd"]
+    assert all(row["quality"] == row["ood_score"] == "" for row in read_csv(tmp_path / "plain" / "predictions.csv"))
+    for name in METRICS:
+        assert plain["datasets"]["odd"][name]["value"] == pytest.approx(entry[name]["value"], abs=1e-6, nan_ok=True)
+
+    # a run without a gate: evaluated as before, and the log says how to fit one
+    old = tmp_path / "old_run"
+    shutil.copytree(trained_run, old, ignore=shutil.ignore_patterns("gate.*", "evaluation*"))
+    with caplog.at_level("INFO", logger="tumorclf"):
+        assert main(["evaluate", "--run", str(old), "--data", str(odd), "--out", str(tmp_path / "old"),
+                     "--bootstrap", "0"]) == 0
+    assert f"tumorclf gate --run {old}" in caplog.text
+    assert "gate" not in json.loads((tmp_path / "old" / "evaluation.json").read_text())["datasets"]["odd"]

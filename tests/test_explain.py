@@ -110,7 +110,7 @@ def test_explain_bad_input_is_one_line(trained_run: Path, tmp_path: Path, capsys
 
 def test_predicted_class_follows_the_run_threshold(trained_run: Path, tmp_path: Path, monkeypatch):
     run = tmp_path / "run"
-    shutil.copytree(trained_run, run)
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("gate.*"))  # no gate: model.predict answers
     files = sorted((trained_run.parents[1] / "data" / "tumor").iterdir())[:3]
     explained = []
 
@@ -251,3 +251,30 @@ def test_run_titles_name_the_recipe_when_it_is_not_the_papers(trained_run: Path,
     record["config"].update(model="vgg16", imagenet=True, recipe="robust")
     (run / "config.json").write_text(json.dumps(record))
     assert explain.run_title(run) == "vgg16 (ImageNet, robust recipe)"
+
+
+def test_images_the_gate_rejects_are_titled_cannot_assess(trained_run: Path, tmp_path: Path, monkeypatch):
+    import matplotlib.axes
+
+    monkeypatch.setattr(explain, "heatmaps", lambda model, images, classes, *a, **k: np.zeros(images.shape[:3]))
+    titles: list[str] = []
+    real_title = matplotlib.axes.Axes.set_title
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title",
+                        lambda ax, text, *a, **k: titles.append(text) or real_title(ax, text, *a, **k))
+    slice_file = sorted((trained_run.parents[1] / "data" / "tumor").iterdir())[0]
+    blank, tiny = tmp_path / "blank.png", tmp_path / "tiny.png"
+    Image.new("RGB", (48, 48), (1, 1, 1)).save(blank)
+    Image.open(slice_file).convert("RGB").resize((16, 16)).save(tiny)  # a slice, but under half the input size
+    explain.explain_images(trained_run, [slice_file, blank, tiny], tmp_path / "out")
+    overlays = [text for text in titles if not text.startswith("true:")]
+    assert len(overlays) == 3 and overlays[0].startswith("predicted: ")
+    assert overlays[1:] == ["cannot assess: blank", "cannot assess: too_small"]
+    titles.clear()
+    explain.compare_runs([trained_run], [slice_file, blank], tmp_path / "cmp")
+    assert "\nP(tumor) = " in titles[1] and titles[3].endswith("\ncannot assess: blank")  # slice, run; slice, run
+    # without a gate, every image gets a prediction
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("gate.*", "evaluation*"))
+    titles.clear()
+    explain.explain_images(run, [blank], tmp_path / "plain")
+    assert titles[-1].startswith("predicted: ")

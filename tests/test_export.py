@@ -20,6 +20,7 @@ from tumorclf.cli import main
 from tumorclf.data import CLASS_NAMES
 from tumorclf.errors import UsageError
 from tumorclf.evaluation import decide
+from tumorclf.gate import GATE_ARRAYS, GATE_JSON
 from tumorclf.export import (KNOWN_LIMITATIONS, LEAVE_SOURCE_OUT_LIMITATION, VALIDATION_REUSE_LIMITATION,
                              OperatingPointHead, card_markdown, export_run, export_saved_model, model_card,
                              replace_folder)
@@ -33,7 +34,12 @@ VALIDATION = {"ece_before": 0.12, "ece_after": 0.03, "sensitivity_at_threshold":
 
 
 def with_operating_point(run: Path, dest: Path, temperature: float | None, threshold: float = 0.5) -> Path:
-    return copy_with_operating_point(run, dest, temperature, threshold, VALIDATION)
+    """A copy of `run` with this operating point and without a quality gate (should training fit one): these
+    tests are about the operating point, their exports decide every image (the gate: test_gate_serving.py)."""
+    copy = copy_with_operating_point(run, dest, temperature, threshold, VALIDATION)
+    for name in (GATE_ARRAYS, GATE_JSON):
+        (copy / name).unlink(missing_ok=True)
+    return copy
 
 
 @pytest.fixture(scope="module")
@@ -457,9 +463,12 @@ def test_model_card_states_use_operating_point_evaluations_and_limitations(expor
     assert other["accuracy"] == {"value": 0.75, "ci95": None} and other["contaminated"] is None
 
     markdown = (exported / "MODEL_CARD.md").read_text()
-    for section in ("## Intended use", "## Out of scope", "## Operating point", "## Evaluations",
+    for section in ("## Intended use", "## Out of scope", "## Operating point", "## Quality gate", "## Evaluations",
                     "## Known limitations"):
         assert section in markdown
+    # a run without a quality gate: the card says so, and does not claim out-of-distribution detection
+    assert card["quality_gate"] is None and card["out_of_scope"][-1] == export.UNGATED_SCOPE
+    assert "## Quality gate\n\nNone: predictions are not gated." in markdown
     assert "not a diagnostic device" in markdown.lower() and LEAVE_SOURCE_OUT_LIMITATION in markdown
     assert f"Calibration temperature: 2.5; decision threshold on calibrated P(Tumor): {card['threshold']:g}" in markdown
     assert "| test | 18 | 0 | 0.800 [0.600, 0.950] | 0.810 [0.600, 0.950] |" in markdown

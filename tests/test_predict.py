@@ -17,6 +17,7 @@ from tumorclf.cli import main
 from tumorclf.decoder import DECODER_VERSION, decode_image
 from tumorclf.evaluation import decide
 from tumorclf.export import export_run
+from tumorclf.gate import BLANK, GATE_ARRAYS, GATE_JSON, OK, OUT_OF_DISTRIBUTION
 from tumorclf.predict import recorded_operating_point
 from tumorclf.rundir import DEFAULT_THRESHOLD, RunDir
 from conftest import copy_with_operating_point
@@ -39,8 +40,13 @@ RUN_TEMPERATURE, RUN_THRESHOLD = 2.5, 0.62  # the operating point of `calibrated
 
 @pytest.fixture(scope="module")
 def calibrated_run(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return copy_with_operating_point(trained_run, tmp_path_factory.mktemp("calibrated") / "run", RUN_TEMPERATURE,
-                                     RUN_THRESHOLD)
+    """The trained run with an operating point and without a quality gate (should training fit one): these
+    tests are about the operating point, every readable image is decided (the gate: test_gate_serving.py)."""
+    run = copy_with_operating_point(trained_run, tmp_path_factory.mktemp("calibrated") / "run", RUN_TEMPERATURE,
+                                    RUN_THRESHOLD)
+    for name in (GATE_ARRAYS, GATE_JSON):
+        (run / name).unlink(missing_ok=True)
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +66,10 @@ def test_predict_folder_keeps_going_past_a_broken_file(folder: Path, calibrated_
         assert main(["predict", "--model", str(calibrated_run / "best.keras"), str(folder), "--out", str(out),
                      "--batch-size", "16"]) == 0
     rows = read_csv(out)
-    assert list(rows[0]) == ["path", "prob_tumor", "predicted", "error", "prob_tumor_raw"]
+    assert list(rows[0]) == ["path", "prob_tumor", "predicted", "error", "prob_tumor_raw", "quality", "ood_score"]
+    assert all(r["quality"] == r["ood_score"] == "" for r in rows)  # a run without a gate: not gated, and said so
+    assert (f"no quality gate beside {calibrated_run / 'best.keras'} (fit one with `tumorclf gate --run RUN`): "
+            "predictions are not gated") in caplog.text
     assert len(rows) == 121
     broken = [r for r in rows if r["path"].endswith("broken.jpg")]
     assert len(broken) == 1 and broken[0]["error"] and broken[0]["prob_tumor"] == broken[0]["prob_tumor_raw"] == ""
@@ -108,12 +117,27 @@ def known_images(folder: Path) -> list[Path]:
     return files[:2] + [folder / "broken.png"] + files[2:]
 
 
-def known_predictor(batch: np.ndarray) -> np.ndarray:
-    """[Healthy, Tumor] float32 probabilities: `KNOWN` by each image's grey level."""
+def known_index(batch: np.ndarray) -> np.ndarray:
+    """Which of `KNOWN` each flat image of `known_images` stands for, by its grey level."""
     index = np.rint((batch[:, 0, 0, 0] - 20) / 40).astype(int)
     assert ((batch - batch[:, :1, :1, :1]) == 0).all() and (0 <= index).all() and (index < len(KNOWN)).all()
-    p = KNOWN[index]
-    return np.stack([1 - p, p], axis=1)
+    return index
+
+
+def known_predictor(batch: np.ndarray) -> dict[str, np.ndarray]:
+    """[Healthy, Tumor] float32 probabilities: `KNOWN` by each image's grey level."""
+    p = KNOWN[known_index(batch)]
+    return {"probabilities": np.stack([1 - p, p], axis=1)}
+
+
+KNOWN_CODES = np.array([OK, BLANK, OK, OUT_OF_DISTRIBUTION, OK], np.int32)  # what the gated stub says per image
+
+
+def gated_known_predictor(batch: np.ndarray) -> dict[str, np.ndarray]:
+    """`known_predictor` with a gate's outputs: `KNOWN_CODES` and an OOD score of 1.234567 per index."""
+    index = known_index(batch)
+    return {**known_predictor(batch), "quality_code": KNOWN_CODES[index],
+            "ood_score": (1.234567 * index).astype(np.float32)}
 
 
 def decisions(rows: list[dict]) -> str:
@@ -149,6 +173,26 @@ def test_predict_files_calibrates_then_decides(tmp_path: Path, temperature: floa
         KNOWN_DECISIONS[0.3]
 
 
+def test_predict_files_gated_leaves_refused_images_undecided(tmp_path: Path):
+    """With a gate (`min_side`): quality from the predictor's code, too_small first where the file's short side
+    (16 px here) is under min_side; a refused image keeps its probability but gets no decision."""
+    files = known_images(tmp_path)
+    ungated = list(predict.predict_files(known_predictor, 8, files, 0.5, batch_size=2))
+    assert all(r["quality"] is None and r["ood_score"] is None for r in ungated)
+    rows = list(predict.predict_files(gated_known_predictor, 8, files, 0.5, batch_size=2, min_side=16))
+    readable = [r for r in rows if not r["error"]]
+    assert [r["quality"] for r in readable] == ["ok", "blank", "ok", "out_of_distribution", "ok"]
+    assert [r["ood_score"] for r in readable] == [round(float(np.float32(1.234567 * i)), 4) for i in range(5)]
+    decided = [r["predicted"] for r in ungated if not r["error"]]
+    assert [r["predicted"] for r in readable] == [d if r["quality"] == "ok" else None
+                                                  for r, d in zip(readable, decided)]
+    assert decided == ["Healthy", "Healthy", "Tumor", "Tumor", "Tumor"]
+    assert [r["prob_tumor"] for r in readable] == [r["prob_tumor"] for r in ungated if not r["error"]]
+    assert rows[2]["error"] and rows[2]["quality"] is None and rows[2]["ood_score"] is None
+    small = [r for r in predict.predict_files(gated_known_predictor, 8, files, 0.5, min_side=17) if not r["error"]]
+    assert [r["quality"] for r in small] == ["too_small"] * 5 and not any(r["predicted"] for r in small)
+
+
 def test_predict_files_default_threshold(tmp_path: Path):
     files = known_images(tmp_path)
     expected = "".join("T" if float(p) >= DEFAULT_THRESHOLD else "H" for p in KNOWN)
@@ -159,7 +203,7 @@ def test_predict_files_default_threshold(tmp_path: Path):
 def test_cli_threshold_and_model_card_on_known_probabilities(tmp_path: Path, monkeypatch):
     """The CLI passes --threshold, else the card's threshold, to the decisions (the model is a stub)."""
     files = known_images(tmp_path / "in")
-    monkeypatch.setattr(predict, "load_predictor", lambda path: (known_predictor, 8))
+    monkeypatch.setattr(predict, "load_predictor", lambda path, gated: (known_predictor, 8))
     model = tmp_path / "model" / "model.keras"
     model.parent.mkdir()
     model.write_bytes(b"stub")  # only has to exist: load_predictor is the stub
@@ -178,7 +222,7 @@ def test_cli_threshold_and_model_card_on_known_probabilities(tmp_path: Path, mon
 def test_cli_temperature_from_the_card_and_threshold_override(tmp_path: Path, monkeypatch, caplog, capsys):
     """The card's temperature always applies; --threshold replaces only the card's threshold."""
     files = known_images(tmp_path / "in")
-    monkeypatch.setattr(predict, "load_predictor", lambda path: (known_predictor, 8))
+    monkeypatch.setattr(predict, "load_predictor", lambda path, gated: (known_predictor, 8))
     model = tmp_path / "model" / "model.keras"
     model.parent.mkdir()
     model.write_bytes(b"stub")

@@ -14,7 +14,8 @@ from tumorclf.cli import main
 
 METRIC_KEYS = {"test_loss", "accuracy", "per_class_accuracy", "precision", "recall", "f1", "auc", "confusion_matrix"}
 RUN_FILES = {"config.json", "split.csv", "skipped.csv", "history.csv", "best.keras", "metrics.json", "roc.csv",
-             "roc.png", "confusion_matrix.png", "test_predictions.csv", "run.log", "tensorboard"}
+             "roc.png", "confusion_matrix.png", "test_predictions.csv", "run.log", "tensorboard", "gate.json",
+             "gate.npz"}
 
 
 def quick_args(data: Path, out: Path, *extra: str) -> list[str]:
@@ -43,6 +44,11 @@ def test_run_writes_a_self_describing_folder(blob_dataset: Path, tmp_path: Path,
     assert {"path", "label", "split"} <= set(rows[0]) and len(rows) == 80
     assert "tumor/broken.png" in (run / "skipped.csv").read_text()
     assert "skipped tumor/broken.png: unreadable image" in (run / "run.log").read_text()
+
+    # the quality gate, fitted on this run's train images with its threshold on validation
+    gate = json.loads((run / "gate.json").read_text())
+    assert gate["validation"]["n"] == sum(row["split"] == "val" for row in rows) and gate["min_side"] == 16
+    assert "quality gate: out-of-distribution threshold" in (run / "run.log").read_text()
 
     # the best checkpoint is a loadable model that takes raw 0-255 images
     assert keras.saving.load_model(run / "best.keras").input_shape == (None, 32, 32, 3)

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from tumorclf import data, findings
 from tumorclf.artifacts import atomic_write_text, csv_text
@@ -30,19 +28,6 @@ OUTPUT_FILES = ("report.html", "findings.csv", "collections.csv")
 DEFAULT_OUT = Path("audit")
 SIZE_CLUSTER_MIN = 10  # an exact size/format shared by fewer files joins its format's "other sizes"
 UNLISTED_SOURCE = "unlisted"
-
-
-def header_facts(root: Path, paths: list[str]) -> tuple[list[tuple[int, int]], list[str]]:
-    """(width, height) and container format of each file, from its header only (files are decodable:
-    they passed the decoder)."""
-
-    def one(path: str) -> tuple[tuple[int, int], str]:
-        with Image.open(root / path) as image:
-            return image.size, (image.format or "unknown").lower()
-
-    with ThreadPoolExecutor(4) as pool:
-        facts = list(pool.map(one, paths))
-    return [size for size, _ in facts], [fmt for _, fmt in facts]
 
 
 def size_format_names(sizes: list[tuple[int, int]], formats: list[str]) -> np.ndarray:
@@ -74,7 +59,7 @@ def audit(root: Path, image_size: int = 224, folds: int = 5, sources: Path | Non
     paths, labels, index = dataset.paths, dataset.labels, dataset.image_index
     source_names = read_sources(sources, paths, UNLISTED_SOURCE) if sources else None
     groups, _ = group_duplicates(index, dataset.unique_images, max_bits)
-    sizes, formats = header_facts(Path(root), paths)
+    sizes, formats = data.header_facts(Path(root), paths)
     spread, chroma = findings.pixel_statistics(dataset.unique_images)
     unique_features = pooled_features(np.asarray(dataset.unique_images), content_keys(dataset), model, weights_dir,
                                       Path(cache_dir or data.default_cache_dir()))

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("tumorclf.evaluate", "score a finished run on its test split or on other class folders"),
     "predict": ("tumorclf.predict", "P(tumour) of image files and folders with a .keras model or a SavedModel"),
     "explain": ("tumorclf.explain", "Grad-CAM overlays of images, for one run or several side by side"),
+    "gate": ("tumorclf.gatefit", "fit the input quality gate of a finished run trained before it existed"),
     "export": ("tumorclf.export", "SavedModel with serve and serve_bytes signatures, and a model card"),
     "study": ("tumorclf.study", "a resumable study of several configurations from a YAML file"),
     "ablation": ("tumorclf.ablation", "evaluate a study's finished runs at their operating points, append-only"),

@@ -217,6 +217,21 @@ def hash_files(paths: list[Path]) -> list[tuple[str | None, str]]:
     return results
 
 
+def header_facts(root: Path, paths: list[str]) -> tuple[list[tuple[int, int]], list[str]]:
+    """(width, height) and container format of each file below `root`, from its header only; files are
+    those the decoder read, so Pillow opens them."""
+
+    def one(path: str) -> tuple[tuple[int, int], str]:
+        from PIL import Image
+
+        with Image.open(Path(root) / path) as image:
+            return image.size, (image.format or "unknown").lower()
+
+    with ThreadPoolExecutor(4) as pool:
+        facts = list(pool.map(one, paths))
+    return [size for size, _ in facts], [fmt for _, fmt in facts]
+
+
 def load_dataset(
     root: str | os.PathLike,
     image_size: int,

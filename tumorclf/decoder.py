@@ -10,7 +10,8 @@ Two steps, each with one definition:
    antialias=True)`, rounded, clipped to 0-255, uint8 (`resize_graph`).
 
 `decode_image(source, size)` is both steps. `decode_bytes_graph` is the same decoder inside a TensorFlow
-graph, for encoded bytes sent to a served model. Its pixels are identical to `decode_image`'s:
+graph, for encoded bytes sent to a served model (`decode_bytes_graph_with_shape` also returns each image's
+size before the resize). Its pixels are identical to `decode_image`'s:
 
 - JPEG: `tf.io.decode_jpeg(dct_method="INTEGER_ACCURATE")` is libjpeg's ISLOW IDCT, what Pillow uses
   (TensorFlow's default INTEGER_FAST is not), with fancy upsampling like Pillow.
@@ -170,7 +171,35 @@ def decode_bytes_graph(encoded, size: int):
                      fn_output_signature=tf.TensorSpec((size, size, 3), tf.float32))
 
 
+def decode_bytes_graph_with_shape(encoded, size: int):
+    """`decode_bytes_graph`'s pixels, and each image's int32 (height, width) before the resize (after EXIF
+    orientation, as `read_pixels` returns it): the quality gate's `too_small` needs the file's own size,
+    which the resized pixels no longer tell."""
+    import tensorflow as tf
+
+    size = int(size)
+
+    def one(data):
+        pixels = _decode_full(data)
+        return tf.cast(_resized(pixels, size), tf.float32), tf.shape(pixels, out_type=tf.int32)[:2]
+
+    return tf.map_fn(one, encoded, fn_output_signature=(tf.TensorSpec((size, size, 3), tf.float32),
+                                                        tf.TensorSpec((2,), tf.int32)))
+
+
 def _decode_one(data, size: int):
+    return _resized(_decode_full(data), size)
+
+
+def _resized(pixels, size: int):
+    import tensorflow as tf
+
+    return tf.ensure_shape(resize_graph(pixels, tf.constant(size, tf.int32)), (size, size, 3))
+
+
+def _decode_full(data):
+    """One encoded image to uint8 [H, W, 3] at full resolution, EXIF orientation applied (what `read_pixels`
+    gives), or an InvalidArgumentError naming a format the graph cannot decode like Pillow."""
     import tensorflow as tf
 
     b = tf.cast(tf.io.decode_raw(data, tf.uint8), tf.int32)
@@ -202,8 +231,7 @@ def _decode_one(data, size: int):
         lambda: tf.io.decode_image(data, channels=3, expand_animations=False),
         lambda: tf.io.decode_image(data, channels=3, expand_animations=False),
     ])
-    pixels = _orient(tf.ensure_shape(pixels, (None, None, 3)), orientation)
-    return tf.ensure_shape(resize_graph(pixels, tf.constant(size, tf.int32)), (size, size, 3))
+    return _orient(tf.ensure_shape(pixels, (None, None, 3)), orientation)
 
 
 def _composite_graph(rgba):

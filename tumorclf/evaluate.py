@@ -2,7 +2,7 @@
 with the run's validation-fitted operating point, a contamination check, and group-bootstrap intervals.
 
 Usage: ``tumorclf evaluate --run RUN [--data DIR ...] [--target-sensitivity S] [--bootstrap N] [--out DIR]
-[--overwrite] [--threshold T] [--classes HEALTHY TUMOR] [--batch-size N] [--seed N]``
+[--overwrite] [--threshold T] [--classes HEALTHY TUMOR] [--batch-size N] [--seed N] [--no-gate]``
 
 Without ``--data`` the run's own test split is scored again (the files `split.csv` assigns to test, under
 the run's data folder, with the decoder training used). With ``--data``, each folder holds two class
@@ -19,6 +19,9 @@ them pooled (duplicate groups formed across the folders).
 - **Intervals**: every metric has a 95% bootstrap interval that resamples duplicate groups
   (`tumorclf.bootstrap`): for the own test split the groups of ``split.csv``, for other folders the
   groups the run's near-duplicate rule forms among their images.
+- **Quality gate** (`tumorclf.gate`; runs with ``gate.json``, unless ``--no-gate``): each image also gets a
+  quality (``ok`` or why the model cannot assess it) in the same pass. Metrics stay those of all images;
+  each dataset adds the rejections by reason and the metrics of the accepted images alone.
 
 Writes, atomically, into ``--out`` (default ``RUN/evaluation``; never a run folder; an earlier evaluation
 is replaced only with ``--overwrite``): ``predictions.csv``, ``skipped.csv``, ``contaminated.csv``,
@@ -45,7 +48,9 @@ from tumorclf.calibration import OperatingPoint, fit_operating_point, reliabilit
 from tumorclf.decoder import DECODER_VERSION  # noqa: E402
 from tumorclf.errors import UsageError  # noqa: E402
 from tumorclf.evaluation import confusion_matrix, decide, roc_curve  # noqa: E402
-from tumorclf.pipeline import predict_images  # noqa: E402
+from tumorclf.gate import OK, REASONS, Gate, gated_model, reasons, with_size  # noqa: E402
+from tumorclf.pipeline import make_dataset, predict_images  # noqa: E402
+from tumorclf.progress import keras_progress  # noqa: E402
 from tumorclf.rundir import DEFAULT_THRESHOLD, RunDir, RunError, RunExistsError  # noqa: E402
 from tumorclf.splits import group_duplicates, perceptual_hash  # noqa: E402
 
@@ -57,7 +62,7 @@ OUTPUT_FILES = ("evaluation.json", "predictions.csv", "skipped.csv", "contaminat
                 "roc.png")
 EVALUATION_FILE, PREDICTIONS_FILE, SKIPPED_FILE, CONTAMINATED_FILE, RELIABILITY_PNG, ROC_PNG = OUTPUT_FILES
 PREDICTION_COLUMNS = ["dataset", "path", "label", "prob_tumor_raw", "prob_tumor", "predicted", "group",
-                      "contaminated"]
+                      "contaminated", "quality", "ood_score"]  # the last two empty without a gate
 TABLE_METRICS = [("balanced_accuracy", "balanced acc"), ("sensitivity", "sensitivity"),
                  ("specificity", "specificity"), ("auc", "AUC"), ("ece", "ECE")]
 
@@ -85,6 +90,8 @@ class Scored:
     probs: np.ndarray  # (n, 2) softmax outputs: P(Healthy), P(Tumor)
     groups: np.ndarray  # duplicate group of each file (bootstrap unit)
     contamination: Contamination
+    quality: np.ndarray | None = None  # the gate's code of each file (index into gate.REASONS); None: not gated
+    ood_score: np.ndarray | None = None  # the gate's out-of-distribution score of each file
 
     @property
     def labels(self) -> np.ndarray:
@@ -106,16 +113,21 @@ class Reference:
 
 
 def own_split(run: RunDir, names: tuple[str, ...], needed_for: str = "pass --data to score other folders",
-              changed_means: str = "the result will differ from its metrics.json") -> data.Dataset:
-    """The run's files of the splits `names` (split.csv) under its data folder, decoded as in training.
-    `needed_for` and `changed_means` complete the messages when the folder is gone or files changed."""
+              changed_means: str = "the result will differ from its metrics.json",
+              root: Path | None = None) -> data.Dataset:
+    """The run's files of the splits `names` (split.csv) under its data folder (or `root`, where it has moved),
+    decoded as in training. `needed_for` and `changed_means` complete the messages when the folder is gone or
+    files changed."""
     cfg = run.config()
     rows = [row for row in run.split_rows() if row["split"] in names]
     if not rows:
         raise RunError(f"{run.split_file} assigns no file to the {'/'.join(names)} split")
-    root = run.data_root()
-    if not root.is_dir():
-        raise RunError(f"the data folder of {run} is gone: {root}; {needed_for}")
+    if root is None:
+        root = run.data_root()
+        if not root.is_dir():
+            raise RunError(f"the data folder of {run} is gone: {root}; {needed_for}")
+    elif not root.is_dir():
+        raise RunError(f"data folder not found: {root}")
     folders = data.find_class_folders(root, cfg.classes)
     dataset = data.load_files(root, folders, [(root / row["path"], int(row["label"])) for row in rows],
                               cfg.image_size, cfg.cache_dir)
@@ -237,6 +249,38 @@ def operating_point(run: RunDir, model, batch_size: int, target: float | None) -
     return fit_operating_point(labels, prob, target), False
 
 
+def score(model, gate: Gate | None, dataset: data.Dataset, batch_size: int,
+          desc: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """The (n, 2) softmax outputs on `dataset` and, with a gate (`model` is then `gated_model`'s), each file's
+    quality code (too_small from its header) and OOD score, from one pass."""
+    if gate is None:
+        return predict_images(model, dataset.images(), dataset.labels, batch_size, desc), None, None
+    out = model.predict(make_dataset(dataset.images(), dataset.labels, batch_size), verbose=0,
+                        callbacks=[keras_progress(-(-len(dataset) // batch_size), desc)])
+    sizes, _ = data.header_facts(dataset.root, dataset.paths)
+    codes = with_size(out["quality_code"], np.array([min(size) for size in sizes]), gate.min_side)
+    return np.asarray(out["probabilities"]), codes, np.asarray(out["ood_score"], dtype=np.float64)
+
+
+def subset_metrics(labels: np.ndarray, raw: np.ndarray, groups: np.ndarray, point: OperatingPoint,
+                   threshold: float, n_bootstrap: int, seed: int) -> dict:
+    """The bootstrap METRICS of some of a dataset's files, as `dataset_report` computes them: on calibrated
+    P(Tumor) at `threshold`, the AUC on the raw scores."""
+    return {**bootstrap_intervals(labels, point.calibrate(raw), groups, threshold, n_bootstrap, seed),
+            "auc": bootstrap_intervals(labels, raw, groups, threshold, n_bootstrap, seed)["auc"]}
+
+
+def gate_report(labels: np.ndarray, raw: np.ndarray, groups: np.ndarray, codes: np.ndarray, point: OperatingPoint,
+                threshold: float, n_bootstrap: int, seed: int) -> dict:
+    """What the gate did on one dataset: rejections per reason, and the metrics of the images it accepted."""
+    accepted = codes == OK
+    return {"rejected": {reason: int(np.sum(codes == code)) for code, reason in enumerate(REASONS) if code != OK},
+            "rejected_total": int((~accepted).sum()), "rejection_rate": float(np.mean(~accepted)),
+            "accepted": int(accepted.sum()),
+            "accepted_metrics": subset_metrics(labels[accepted], raw[accepted], groups[accepted], point, threshold,
+                                               n_bootstrap, seed)}
+
+
 def dataset_report(labels: np.ndarray, raw: np.ndarray, groups: np.ndarray, point: OperatingPoint,
                    threshold: float, n_bootstrap: int, seed: int) -> dict:
     """Every metric with its group-bootstrap interval, on calibrated P(Tumor) decided at `threshold`, plus
@@ -265,9 +309,10 @@ def dataset_report(labels: np.ndarray, raw: np.ndarray, groups: np.ndarray, poin
 def evaluate(run: RunDir, data_dirs: list[Path] | None = None, threshold: float | None = None,
              batch_size: int | None = None, classes: tuple[str, str] | None = None,
              target_sensitivity: float | None = None, n_bootstrap: int = DEFAULT_RESAMPLES,
-             seed: int = 0) -> tuple[dict, list[Scored], OperatingPoint]:
-    """Score `run` on its test split (no `data_dirs`) or on each folder of `data_dirs`; returns the report
-    (the content of evaluation.json), the scored datasets and the operating point applied."""
+             seed: int = 0, use_gate: bool = True) -> tuple[dict, list[Scored], OperatingPoint]:
+    """Score `run` on its test split (no `data_dirs`) or on each folder of `data_dirs`, through the run's
+    quality gate when it has one and `use_gate`; returns the report (the content of evaluation.json), the
+    scored datasets and the operating point applied."""
     run.require_finished()
     record = run.record()
     cfg = record.config
@@ -283,17 +328,22 @@ def evaluate(run: RunDir, data_dirs: list[Path] | None = None, threshold: float 
                             (external(folder, cfg.image_size, classes, cfg.cache_dir) for folder in data_dirs)))
     else:
         datasets = {TEST_SPLIT: own_split(run, ("test",))}
+    gate = Gate.load(run.path) if use_gate else None
+    if use_gate and gate is None:
+        log.info("%s has no quality gate: every image is scored (`tumorclf gate --run %s` fits one)", run.name,
+                 run.path)
     model = run.load_model()
     point, saved = operating_point(run, model, batch_size, target_sensitivity)
     threshold = point.threshold if threshold is None else threshold
     reference = reference_set(run)
+    scorer = gated_model(model, gate) if gate else model
     scored = []
     for name, dataset in datasets.items():
-        probs = predict_images(model, dataset.images(), dataset.labels, batch_size, f"predicting {name}")
+        probs, quality, ood = score(scorer, gate, dataset, batch_size, f"predicting {name}")
         groups = (test_groups(run, dataset) if not data_dirs
                   else group_duplicates(dataset.image_index, dataset.unique_images, cfg.near_duplicate_bits)[0])
         scored.append(Scored(name, dataset, probs, groups,
-                             check_contamination(dataset, reference, cfg.near_duplicate_bits)))
+                             check_contamination(dataset, reference, cfg.near_duplicate_bits), quality, ood))
     report = {"run": str(run.path), "decoder": DECODER_VERSION, "threshold": threshold,
               "temperature": point.temperature,
               "operating_point": {**point.to_dict(), "saved_in_run": saved},
@@ -301,25 +351,26 @@ def evaluate(run: RunDir, data_dirs: list[Path] | None = None, threshold: float 
                             "interval": "percentile"},
               "contamination_check": {"sha256": True, "perceptual_hash_bits": cfg.near_duplicate_bits,
                                       "near_copies": reference.hashes is not None},
+              **({"gate": gate.summary()} if gate else {}),
               "datasets": {}}
     checked = "sha256 and perceptual hash" if reference.hashes is not None else "sha256 only (data folder gone)"
     parts = [(item.name, str(item.dataset.root), len(item.dataset.skipped), item.labels, item.prob_tumor,
-              item.groups, item.contamination.mask) for item in scored]
+              item.groups, item.contamination.mask, item.quality) for item in scored]
     if len(scored) > 1:  # pooled, with groups formed over all folders together: copies across them count once
         parts.append((POOLED, None, sum(p[2] for p in parts), np.concatenate([p[3] for p in parts]),
                       np.concatenate([p[4] for p in parts]), pooled_groups(scored, cfg.near_duplicate_bits),
-                      np.concatenate([p[6] for p in parts])))
-    for name, folder, skipped, labels, raw, groups, dirty in parts:
+                      np.concatenate([p[6] for p in parts]), np.concatenate([p[7] for p in parts]) if gate else None))
+    for name, folder, skipped, labels, raw, groups, dirty, codes in parts:
         entry = {"folder": folder, "skipped": skipped, "contaminated": int(dirty.sum()), "contamination_check": checked,
                  **dataset_report(labels, raw, groups, point, threshold, n_bootstrap, seed)}
         clean = ~dirty
         entry["clean"] = ({"n": entry["n"], "same_as_all": True} if not dirty.any() else
                           {"n": int(clean.sum()), "same_as_all": False,
                            **({} if not clean.any() else
-                              {**bootstrap_intervals(labels[clean], point.calibrate(raw[clean]), groups[clean],
-                                                     threshold, n_bootstrap, seed),
-                               "auc": bootstrap_intervals(labels[clean], raw[clean], groups[clean], threshold,
-                                                          n_bootstrap, seed)["auc"]})})
+                              subset_metrics(labels[clean], raw[clean], groups[clean], point, threshold, n_bootstrap,
+                                             seed))})
+        if codes is not None:
+            entry["gate"] = gate_report(labels, raw, groups, codes, point, threshold, n_bootstrap, seed)
         report["datasets"][name] = entry
     return report, scored, point
 
@@ -362,11 +413,12 @@ def write_outputs(out: Path, report: dict, scored: list[Scored], point: Operatin
     """The CSVs and figures, then evaluation.json (last, so its presence means complete)."""
     threshold = report["threshold"]
     predictions = ((item.name, path, data.CLASS_NAMES[label], round(float(raw), 6), round(float(p), 6),
-                    data.CLASS_NAMES[int(decision)], int(group), kind)
+                    data.CLASS_NAMES[int(decision)], int(group), kind, *gated)
                    for item in scored
-                   for path, label, raw, p, decision, group, kind in zip(
+                   for path, label, raw, p, decision, group, kind, gated in zip(
                        item.dataset.paths, item.labels, item.prob_tumor, point.calibrate(item.prob_tumor),
-                       decide(point.calibrate(item.prob_tumor), threshold), item.groups, item.contamination.kind))
+                       decide(point.calibrate(item.prob_tumor), threshold), item.groups, item.contamination.kind,
+                       gate_columns(item)))
     atomic_write_text(out / PREDICTIONS_FILE, csv_text(PREDICTION_COLUMNS, predictions))
     skipped = ((item.name, path, reason) for item in scored for path, reason in item.dataset.skipped)
     atomic_write_text(out / SKIPPED_FILE, csv_text(["dataset", "path", "reason"], skipped))
@@ -382,8 +434,16 @@ def write_outputs(out: Path, report: dict, scored: list[Scored], point: Operatin
     atomic_write_json(out / EVALUATION_FILE, json_safe(report))
 
 
+def gate_columns(item: Scored):
+    """Each file's (quality, OOD score) cells of predictions.csv: empty without a gate."""
+    if item.quality is None:
+        return [("", "")] * len(item.dataset.paths)
+    return [(quality, round(float(ood), 4)) for quality, ood in zip(reasons(item.quality), item.ood_score)]
+
+
 def table(report: dict) -> str:
-    """The datasets of a report as text: n, contaminated, and each headline metric with its interval."""
+    """The datasets of a report as text: n, contaminated, and each headline metric with its interval; with a
+    gate, a line under each dataset with its rejections and the metrics of the accepted images."""
     width = max(len("dataset"), *(len(name) for name in report["datasets"]))
     cells = [["dataset", "n", "contam."] + [title for _, title in TABLE_METRICS] + ["ECE raw"]]
     for name, metrics in report["datasets"].items():
@@ -392,8 +452,21 @@ def table(report: dict) -> str:
                      + [format_interval(metrics["ece_uncalibrated"])])
     widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
     widths[0] = width
-    return "\n".join("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in
-                               enumerate(zip(row, widths))) for row in cells)
+    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+             for row in cells]
+    out = lines[:1]
+    for line, metrics in zip(lines[1:], report["datasets"].values()):
+        out += [line] + ([f"  {gate_line(metrics['n'], metrics['gate'])}"] if "gate" in metrics else [])
+    return "\n".join(out)
+
+
+def gate_line(n: int, gate: dict) -> str:
+    """`gate: rejected 12 of 690 (1.7%): out_of_distribution 10, blank 2; accepted: balanced acc 0.970 ...`"""
+    why = ", ".join(f"{reason} {count}" for reason, count in sorted(gate["rejected"].items(), key=lambda kv: -kv[1])
+                    if count)
+    accepted = ", ".join(f"{title} {format_interval(gate['accepted_metrics'][key])}" for key, title in TABLE_METRICS)
+    rejected = f"gate: rejected {gate['rejected_total']} of {n} ({gate['rejection_rate']:.1%})"
+    return f"{rejected}{f': {why}' if why else ''}; accepted: {accepted}"
 
 
 def add_arguments(p) -> None:
@@ -416,6 +489,8 @@ def add_arguments(p) -> None:
     p.add_argument("--threshold", type=float, metavar="T",
                    help="calibrated P(Tumor) at or above which Tumor is predicted (default: the operating point)")
     p.add_argument("--batch-size", type=int, metavar="N", help="prediction batch size (default: the run's)")
+    p.add_argument("--no-gate", action="store_true",
+                   help="score without the run's quality gate (empty quality and ood_score columns, no gate section)")
 
 
 def check_out(out: Path, run: RunDir, overwrite: bool) -> None:
@@ -448,7 +523,7 @@ def run(args) -> int:
     check_out(out, run_dir, args.overwrite)
     report, scored, point = evaluate(run_dir, args.data, args.threshold, args.batch_size,
                                      tuple(args.classes) if args.classes else None, args.target_sensitivity,
-                                     args.bootstrap, args.seed)
+                                     args.bootstrap, args.seed, use_gate=not args.no_gate)
     (out / EVALUATION_FILE).unlink(missing_ok=True)  # replaced: absent until the new outputs are complete
     write_outputs(out, report, scored, point)
     print(f"{run_dir.name}: temperature {point.temperature:.3f}, threshold {report['threshold']:.4f} "

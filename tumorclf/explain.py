@@ -6,7 +6,9 @@ Usage:
 (``python -m tumorclf.explain`` is an alias.)
 
 The explained layer is the registry's Grad-CAM layer of the run's model (`--layer` overrides it); the
-predicted class, where it is the target, is taken at the run's operating threshold on P(Tumor).
+predicted class, where it is the target, is taken at the run's operating threshold on P(Tumor). With the
+run's quality gate (`tumorclf.gate`), an image the model cannot assess is titled so ("cannot assess: blank")
+instead of with a prediction.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ import numpy as np  # noqa: E402
 
 from tumorclf.artifacts import atomic_write_bytes, figure_png  # noqa: E402
 from tumorclf.calibration import apply_temperature  # noqa: E402
-from tumorclf.data import CLASS_NAMES, expand_inputs, label_from_folder  # noqa: E402
+from tumorclf.data import CLASS_NAMES, expand_inputs, header_facts, label_from_folder  # noqa: E402
 from tumorclf.decoder import DecodeError, decode_image  # noqa: E402
 from tumorclf.errors import UsageError, UserError  # noqa: E402
 from tumorclf.evaluation import decide  # noqa: E402
+from tumorclf.gate import REASONS, Gate, gated_model, reasons, with_size  # noqa: E402
 from tumorclf.progress import Progress, track  # noqa: E402
 from tumorclf.registry import MODELS  # noqa: E402
 from tumorclf.rundir import DEFAULT_THRESHOLD, RunDir  # noqa: E402
@@ -130,9 +133,10 @@ def overlay(ax, image: np.ndarray, cam: np.ndarray) -> None:
 
 
 def explain_image_png(image: np.ndarray, cam: np.ndarray, prob_tumor: float, true_label: int | None,
-                      caption: str, threshold: float) -> bytes:
+                      caption: str, threshold: float, quality: str = REASONS[0]) -> bytes:
     """A two-panel PNG: the slice, and the heatmap overlay titled with truth, prediction (at `threshold`
-    on P(Tumor)) and the probability of the predicted class."""
+    on P(Tumor)) and the probability of the predicted class, or, for an image the gate rejects (`quality`
+    not ok), why the model cannot assess it."""
     predicted = int(decide(prob_tumor, threshold))
     truth = CLASS_NAMES[true_label] if true_label is not None else "unknown"
     fig, axes = plt.subplots(1, 2, figsize=(7, 3.8))
@@ -141,7 +145,8 @@ def explain_image_png(image: np.ndarray, cam: np.ndarray, prob_tumor: float, tru
     axes[0].axis("off")
     overlay(axes[1], image, cam)
     probability = prob_tumor if predicted else 1 - prob_tumor
-    axes[1].set_title(f"predicted: {CLASS_NAMES[predicted]} ({probability:.1%})")
+    axes[1].set_title(f"predicted: {CLASS_NAMES[predicted]} ({probability:.1%})" if quality == REASONS[0]
+                      else f"cannot assess: {quality}")
     fig.suptitle(caption, fontsize=9)
     return figure_png(fig)
 
@@ -153,26 +158,39 @@ def class_to_explain(target: str, prob_tumor: np.ndarray, threshold: float) -> n
     return np.full(len(prob_tumor), 1 if target == "tumor" else 0)
 
 
+def assess(model, gate: Gate | None, images: np.ndarray, files: list[Path]) -> tuple[np.ndarray, list[str]]:
+    """Raw P(Tumor) of each image and its quality (too_small from the file's header): one pass through the
+    gated model when the run has a gate, else every image is "ok"."""
+    if gate is None:
+        return model.predict(images.astype("float32"), verbose=0)[:, 1], [REASONS[0]] * len(images)
+    out = gated_model(model, gate).predict(images.astype("float32"), verbose=0)
+    sizes, _ = header_facts(Path(), [str(path) for path in files])
+    return out["probabilities"][:, 1], reasons(with_size(out["quality_code"], np.array([min(s) for s in sizes]),
+                                                         gate.min_side))
+
+
 def explain_run(run_dir: Path | RunDir, files: list[Path], method: str, target: str, layer: str | None = None):
     """Decode `files` at the run's size, predict, and compute heatmaps: (kept files, decoded images, the images
-    as the model frames them (`as_seen`, what the maps lie over), P(tumor), maps).
+    as the model frames them (`as_seen`, what the maps lie over), P(tumor), maps, qualities (`assess`)).
     P(tumor) is calibrated with the run's temperature and the predicted class taken at its operating
     threshold, as `predict` does."""
     run = _run(run_dir)
     model = load_run_model(run)
+    gate = Gate.load(run.path)
     threshold = run.threshold()
     target_layer(model, layer)  # a bad --layer fails before any decoding
     images, kept = _decode_all(files, int(model.input_shape[1]))
     if not kept:
-        return [], images, images, np.empty(0), np.empty((0, *images.shape[1:3]))
-    prob_tumor = apply_temperature(model.predict(images.astype("float32"), verbose=0)[:, 1], run.temperature())
+        return [], images, images, np.empty(0), np.empty((0, *images.shape[1:3])), []
+    raw, quality = assess(model, gate, images, kept)
+    prob_tumor = apply_temperature(raw, run.temperature())
     classes = class_to_explain(target, prob_tumor, threshold)
     with Progress(len(kept), f"{method} {run.name}", unit="images") as progress:
         cams = []
         for start in range(0, len(kept), CHUNK):
             cams.append(heatmaps(model, images[start:start + CHUNK], classes[start:start + CHUNK], method, layer))
             progress.update(len(cams[-1]))
-    return kept, images, as_seen(model, images), prob_tumor, np.concatenate(cams)
+    return kept, images, as_seen(model, images), prob_tumor, np.concatenate(cams), quality
 
 
 def explain_images(run_dir: Path | RunDir, files: list[Path], out: Path, method: str = "gradcam",
@@ -180,14 +198,14 @@ def explain_images(run_dir: Path | RunDir, files: list[Path], out: Path, method:
     """One overlay PNG per readable file in `out`, named ``FOLDER_STEM_METHOD.png`` (`output_stems`);
     unreadable files are logged and skipped."""
     run = _run(run_dir)
-    kept, _, seen, prob_tumor, cams = explain_run(run, files, method, target, layer)
+    kept, _, seen, prob_tumor, cams, quality = explain_run(run, files, method, target, layer)
     threshold = run.threshold()
     written = []
     caption = f"{run_title(run)}, {method} on {target} class"
-    for path, stem, image, cam, p in zip(kept, _stems_of(kept, files), seen, cams, prob_tumor):
+    for path, stem, image, cam, p, q in zip(kept, _stems_of(kept, files), seen, cams, prob_tumor, quality):
         target_path = out / f"{stem}_{method}.png"
         atomic_write_bytes(target_path, explain_image_png(image, cam, float(p), label_from_folder(path), caption,
-                                                          threshold))
+                                                          threshold, q))
         written.append(target_path)
     return written
 
@@ -197,8 +215,8 @@ def compare_runs(run_dirs: list[Path | RunDir], files: list[Path], out: Path, me
     """For each file, one figure: the slice, then each run's overlay side by side (the paper's Figs. 5-8)."""
     columns = []
     for run_dir in run_dirs:
-        kept, images, seen, prob_tumor, cams = explain_run(run_dir, files, method, target, layer)
-        columns.append((run_title(run_dir), dict(zip(kept, zip(images, seen, cams, prob_tumor)))))
+        kept, images, seen, prob_tumor, cams, quality = explain_run(run_dir, files, method, target, layer)
+        columns.append((run_title(run_dir), dict(zip(kept, zip(images, seen, cams, prob_tumor, quality)))))
     written = []
     for path, stem in zip(files, output_stems(files)):
         if not all(path in entries for _, entries in columns):
@@ -210,9 +228,10 @@ def compare_runs(run_dirs: list[Path | RunDir], files: list[Path], out: Path, me
         axes[0].set_title(f"{path.name}\ntrue: {CLASS_NAMES[truth] if truth is not None else 'unknown'}", fontsize=8)
         axes[0].axis("off")
         for ax, (title, entries) in zip(axes[1:], columns):
-            _, image, cam, p = entries[path]
+            _, image, cam, p, quality = entries[path]
             overlay(ax, image, cam)
-            ax.set_title(f"{title}\nP(tumor) = {p:.3f}", fontsize=8)
+            verdict = f"P(tumor) = {p:.3f}" if quality == REASONS[0] else f"cannot assess: {quality}"
+            ax.set_title(f"{title}\n{verdict}", fontsize=8)
         target_path = out / f"compare_{stem}_{method}.png"
         atomic_write_bytes(target_path, figure_png(fig))
         written.append(target_path)

@@ -24,16 +24,33 @@ Both return the same dict (`OperatingPointHead`), with the run's operating point
   `tumorclf.evaluation.decide` takes on `tumorclf predict`'s float64 calibrated probability, bit for bit
   (see `decision_cutoff`).
 
+A run with a quality gate (`tumorclf.gate`: ``gate.npz`` and ``gate.json`` in the run folder) adds, in both
+signatures (`QualityHead`), the gate's answer to whether the model may answer at all:
+
+- ``quality_code`` int32 [N]: the index in `tumorclf.gate.REASONS` (0 ok, 1 too_small, 2 blank,
+  3 not_grayscale_mri, 4 out_of_distribution);
+- ``quality`` string [N]: that reason's name, as the ``quality`` column of `tumorclf predict`;
+- ``ood_score`` float32 [N]: the Mahalanobis distance of the model's pooled features to the training data;
+- and ``decision`` is -1 wherever ``quality`` is not ok.
+
+``serve_bytes`` says too_small where the file's short side (as decoded, before the resize:
+`decoder.decode_bytes_graph_with_shape`) is under the gate's ``min_side``; ``serve`` receives pixels
+already resized to S x S, cannot know the file's size and never says too_small. The gate's min side, OOD
+threshold, blank spread and colour chroma are kept in the SavedModel (variable collection
+``quality_gate``, in that order), its facts in ``model_card.json``, and ``gate.npz`` / ``gate.json`` are
+copied beside ``model.keras`` so `tumorclf predict` gates that file too. A run without a gate exports as
+before: no quality outputs, every image decided.
+
 The temperature and threshold are the run's (`RunDir.temperature()`, `RunDir.threshold()`: its
 ``operating_point.json`` fitted on validation; runs without one: T = 1 and the threshold of its
 ``metrics.json``); ``--threshold`` replaces the threshold only. They are also kept in the SavedModel
 (variable collection ``operating_point``: temperature, threshold, raw cutoff) and in ``model_card.json``.
 
 The folder also holds ``model.keras``, ``model_card.json`` (read by `tumorclf predict` for its default
-temperature and threshold) and ``MODEL_CARD.md``: intended and out-of-scope use, the operating point,
-every evaluation found in the run folder (``evaluation*/``) or given with ``--evaluation DIR`` (an
-evaluation of this run written elsewhere, e.g. ``tumorclf evaluate --run RUN --out DIR``) and the known
-limitations (`KNOWN_LIMITATIONS`).
+temperature and threshold) and ``MODEL_CARD.md``: intended and out-of-scope use, the operating point, the
+quality gate, every evaluation found in the run folder (``evaluation*/``) or given with ``--evaluation
+DIR`` (an evaluation of this run written elsewhere, e.g. ``tumorclf evaluate --run RUN --out DIR``) and
+the known limitations (`KNOWN_LIMITATIONS`).
 """
 
 from __future__ import annotations
@@ -56,7 +73,9 @@ from tumorclf.bootstrap import format_interval
 from tumorclf.calibration import CLIP, apply_temperature
 from tumorclf.errors import UsageError
 from tumorclf.evaluation import decide
+from tumorclf.gate import OK, REASONS, TOO_SMALL, VALIDATION_REJECTION, Gate, gated_model
 from tumorclf.predict import MODEL_CARD_FILE  # the card's file name predict reads its defaults from
+from tumorclf.predict import check_gate
 from tumorclf.rundir import DEFAULT_THRESHOLD, RunDir, RunExistsError
 
 log = logging.getLogger(__name__)
@@ -75,8 +94,13 @@ OUT_OF_SCOPE = (
     "3-D volumes only slice-wise: it scores one 2-D slice at a time and gives no volume- or patient-level answer.",
     "No localisation, segmentation, tumour type or grade; other pathologies were not learned. Grad-CAM maps "
     "are explanations of the classifier, not segmentations.",
-    "No out-of-distribution detection: any image, MRI or not, gets a probability.",
 )
+# the last out-of-scope item, by whether the export has a quality gate
+UNGATED_SCOPE = "No out-of-distribution detection: any image, MRI or not, gets a probability."
+GATED_SCOPE = ("Out-of-distribution detection is limited to the quality gate: it refuses tiny, blank, colour and "
+               "far-from-training images, but an image close to the training data (another MRI sequence, scanner "
+               "or collection) can pass it and still gets a probability; passing the gate is no evidence that the "
+               "probability is right.")
 # The leave-source-out sentence, on its own so tests can find it: the numbers are those of one recipe's
 # measurement (README), stated as such, not the exported model's.
 LEAVE_SOURCE_OUT_LIMITATION = (
@@ -179,26 +203,73 @@ class OperatingPointHead(tf.Module):
         return {"probabilities": probabilities, "prob_tumor": prob_tumor, "decision": decision}
 
 
+class QualityHead(tf.Module):
+    """The quality gate's serving outputs beside `OperatingPointHead`'s: `quality_code` (int32, with too_small
+    where the images' (height, width) before the resize are given and their short side is under `min_side`),
+    `quality` (its name in `REASONS`), `ood_score`, and `decision` set to -1 wherever quality is not ok: a
+    client that reads only `decision` cannot take a refused image's answer for a diagnosis.
+
+    Its variables record the gate in the SavedModel (min_side is the one the graph compares with; the
+    thresholds are those baked into the model's `QualityGate` layer), for readers without the card."""
+
+    def __init__(self, gate: Gate):
+        super().__init__(name="quality_gate")
+        self.min_side = tf.Variable(int(gate.min_side), dtype=tf.int32, trainable=False, name="min_side")
+        self.ood_threshold = tf.Variable(gate.ood_threshold, dtype=tf.float32, trainable=False, name="ood_threshold")
+        self.blank_spread = tf.Variable(gate.blank_spread, dtype=tf.float32, trainable=False, name="blank_spread")
+        self.colour_chroma = tf.Variable(gate.colour_chroma, dtype=tf.float32, trainable=False,
+                                         name="colour_chroma")
+
+    @property
+    def variables_in_order(self) -> list[tf.Variable]:
+        return [self.min_side, self.ood_threshold, self.blank_spread, self.colour_chroma]
+
+    def __call__(self, served: dict[str, tf.Tensor], gated: dict[str, tf.Tensor],
+                 shapes: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+        code = tf.cast(gated["quality_code"], tf.int32)
+        if shapes is not None:
+            code = tf.where(tf.reduce_min(shapes, axis=1) < self.min_side, TOO_SMALL, code)
+        ok = tf.equal(code, OK)
+        return {**served, "decision": tf.where(ok, served["decision"], tf.constant(-1, tf.int64)),
+                "quality_code": code, "quality": tf.gather(tf.constant(REASONS), code),
+                "ood_score": tf.cast(gated["ood_score"], tf.float32)}
+
+
 def export_saved_model(model: keras.Model, path: Path, temperature: float = 1.0,
-                       threshold: float = DEFAULT_THRESHOLD) -> None:
+                       threshold: float = DEFAULT_THRESHOLD, gate: Gate | None = None) -> None:
     """Write `model` as a SavedModel with signatures `serve` (0-255 RGB) and `serve_bytes` (encoded images),
-    both returning `OperatingPointHead`'s outputs at `temperature` and `threshold`."""
+    both returning `OperatingPointHead`'s outputs at `temperature` and `threshold`, and with a `gate` also
+    `QualityHead`'s (one forward pass of `gated_model` gives the probabilities and the gate's score)."""
     size = int(model.input_shape[1])
     head = OperatingPointHead(temperature, threshold)
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.track(head)
     archive.add_variable_collection("operating_point", head.variables_in_order)
-    archive.add_endpoint(
-        name="serve",
-        fn=lambda images: head(model(images, training=False)),
-        input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32, name="images")],
-    )
-    archive.add_endpoint(
-        name="serve_bytes",
-        fn=lambda image_bytes: head(model(decoder.decode_bytes_graph(image_bytes, size), training=False)),
-        input_signature=[tf.TensorSpec((None,), tf.string, name="image_bytes")],
-    )
+    if gate is None:
+        def serve(images):
+            return head(model(images, training=False))
+
+        def serve_bytes(image_bytes):
+            return head(model(decoder.decode_bytes_graph(image_bytes, size), training=False))
+    else:
+        scored, quality = gated_model(model, gate), QualityHead(gate)
+        archive.track(scored)
+        archive.track(quality)
+        archive.add_variable_collection("quality_gate", quality.variables_in_order)
+
+        def serve(images):
+            outputs = scored(images, training=False)
+            return quality(head(outputs["probabilities"]), outputs)
+
+        def serve_bytes(image_bytes):
+            pixels, shapes = decoder.decode_bytes_graph_with_shape(image_bytes, size)
+            outputs = scored(pixels, training=False)
+            return quality(head(outputs["probabilities"]), outputs, shapes)
+    archive.add_endpoint(name="serve", fn=serve,
+                         input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32, name="images")])
+    archive.add_endpoint(name="serve_bytes", fn=serve_bytes,
+                         input_signature=[tf.TensorSpec((None,), tf.string, name="image_bytes")])
     archive.write_out(str(path), verbose=False)
 
 
@@ -288,11 +359,38 @@ def external_evaluations(run: RunDir, folders: list[Path], known: dict | None = 
     return found
 
 
+GATE_OUTPUTS = {
+    "quality_code": "int32 [N], index in tumorclf.gate.REASONS of the image's quality (0 ok)",
+    "quality": "string [N], ok or the first reason that applies: too_small, blank, not_grayscale_mri, "
+               "out_of_distribution (serve never says too_small: it receives pixels already resized)",
+    "ood_score": "float32 [N], Mahalanobis distance of the model's pooled features to the training images'",
+}
+
+
+def gate_card(gate: Gate | None) -> dict | None:
+    """The model card's `quality_gate`: the gate's facts (`Gate.summary()`) and each reason's rule in words,
+    with its threshold; None for a run without a gate (predictions are not gated)."""
+    if gate is None:
+        return None
+    facts = gate.summary()
+    return {**facts, "rules": {
+        "too_small": f"the file's short side is under {gate.min_side} px; serve_bytes and tumorclf predict only: "
+                     "serve receives pixels already resized and never says too_small",
+        "blank": f"the 1st-99th percentile gray range is at most {gate.blank_spread:g} of 255",
+        "not_grayscale_mri": f"the mean per-pixel channel spread (max - min) is above {gate.colour_chroma:g} of 255",
+        "out_of_distribution": f"the Mahalanobis distance of the model's pooled `{gate.layer}` features to the nearest "
+                               "training class mean (one Ledoit-Wolf covariance for both classes) is above "
+                               f"{gate.ood_threshold:.4g}, the smallest threshold rejecting at most "
+                               f"{VALIDATION_REJECTION:.0%} of the validation split",
+    }}
+
+
 def model_card(run: RunDir, threshold: float | None = None, evaluations: list[Path] | None = None) -> dict:
-    """What a user of the export needs to know, from the run's record, metrics, operating point and
-    evaluations (its `evaluation*` subfolders and the folders `evaluations`, see `external_evaluations`).
-    `threshold` replaces the run's (`RunDir.threshold()`) when given."""
+    """What a user of the export needs to know, from the run's record, metrics, operating point, quality gate
+    and evaluations (its `evaluation*` subfolders and the folders `evaluations`, see `external_evaluations`).
+    `threshold` replaces the run's (`RunDir.threshold()`) when given. A run's unreadable gate is a `GateError`."""
     record, metrics = run.record(), run.metrics()
+    gate = Gate.load(run.path)
     cfg, resolved = record.config, record.resolved
     size = cfg.image_size
     trained_decoder = record.decoder
@@ -317,14 +415,17 @@ def model_card(run: RunDir, threshold: float | None = None, evaluations: list[Pa
                    "prob_tumor": "float32 [N], calibrated P(Tumor) = sigmoid(logit(P(Tumor)) / temperature), "
                                  "P(Tumor) clipped to [1e-7, 1 - 1e-7] (temperature 1: P(Tumor) unchanged)",
                    "decision": "int64 [N], 1 (Tumor) where calibrated P(Tumor) >= threshold (compared in float64 "
-                               "as tumorclf.evaluation.decide), else 0 (Healthy)"},
+                               "as tumorclf.evaluation.decide), else 0 (Healthy)"
+                               + ("; -1 where quality is not ok" if gate else ""),
+                   **(GATE_OUTPUTS if gate else {})},
         "intended_use": INTENDED_USE,
-        "out_of_scope": list(OUT_OF_SCOPE),
+        "out_of_scope": [*OUT_OF_SCOPE, GATED_SCOPE if gate else UNGATED_SCOPE],
         "temperature": temperature,
         "threshold": threshold,
         "threshold_source": threshold_source,
         "raw_cutoff": cutoff if math.isfinite(cutoff) else None,
         "operating_point": point.to_dict() if point else None,
+        "quality_gate": gate_card(gate),
         "leave_source_out": None if cfg.split != "source" else {
             "held_out_sources": holdout.split(",") if holdout else [],
             "sources": {key[len("source_"):]: value for key, value in record.split.items()
@@ -356,10 +457,12 @@ def model_card(run: RunDir, threshold: float | None = None, evaluations: list[Pa
                                              "exif') or in compressed XMP is not applied",
         },
         "signatures": {"serve": f"images float32 [N, {size}, {size}, 3] 0-255 RGB, decoded and resized by "
-                                "tumorclf.decoder.decode_image; returns probabilities, prob_tumor, decision",
+                                "tumorclf.decoder.decode_image; returns probabilities, prob_tumor, decision"
+                                + (", quality_code, quality, ood_score (never too_small: the file's size is not "
+                                   "known)" if gate else ""),
                        "serve_bytes": f"image_bytes string [N] ({decoder.GRAPH_FORMATS}), decoded and resized "
                                       "in the graph exactly as tumorclf predict does; returns probabilities, "
-                                      "prob_tumor, decision"},
+                                      "prob_tumor, decision" + (", quality_code, quality, ood_score" if gate else "")},
         "source_run": str(run.path.resolve()),
         "versions": versions(),
     })
@@ -430,6 +533,7 @@ def card_markdown(card: dict) -> str:
     else:
         lines.append(f"None: the run has no operating_point.json. P(Tumor) is not calibrated (temperature 1) and "
                      f"the threshold {card['threshold']:g} comes from {card['threshold_source']}.")
+    lines += ["", "## Quality gate", "", *gate_markdown(card.get("quality_gate"))]
     lines += ["", "## Evaluations", ""]
     if not card["evaluations"]:
         lines.append("None in the run folder or given (run `tumorclf evaluate --run RUN`, or pass "
@@ -453,6 +557,27 @@ def card_markdown(card: dict) -> str:
                   f"Files per source: {lso['sources']}."]
     lines += ["", "## Known limitations", "", *(f"- {item}" for item in card["known_limitations"]), ""]
     return "\n".join(line for i, line in enumerate(lines) if line or i == 0 or lines[i - 1])  # no double blanks
+
+
+def gate_markdown(gate: dict | None) -> list[str]:
+    """The card's quality gate section: what each reason means, its threshold and how often the gate refused
+    validation images."""
+    if not gate:
+        return ["None: predictions are not gated. Every image, MRI or not, blank or tiny, gets a probability and "
+                "a decision (fit a gate with `tumorclf gate --run RUN`, then export again)."]
+    validation = gate.get("validation") or {}
+    rejected = validation.get("rejected") or {}
+    counts = ", ".join(f"{reason} {count}" for reason, count in rejected.items()) or "none"
+    rate = validation.get("rejection_rate")
+    rate = f"{rate:.1%}" if isinstance(rate, (int, float)) else "-"
+    return [
+        "Before its probability counts, each image gets a `quality`: `ok`, or the first of these reasons that "
+        "applies. Where it is not `ok`, `tumorclf predict` leaves `predicted` empty and the SavedModel's "
+        "`decision` is -1 (the probabilities are still reported).",
+        "",
+        *(f"- `{reason}`: {rule}" for reason, rule in (gate.get("rules") or {}).items()),
+        f"- On the validation split ({validation.get('n')} images) the gate refused {rate} of them: {counts}.",
+    ]
 
 
 def measure_inference(model: keras.Model, saved_model_dir: Path, n: int, batch_size: int = 32) -> dict:
@@ -480,7 +605,8 @@ def export_run(run_dir: str | Path | RunDir, out: str | Path | None = None, thre
 
     The run's temperature and `threshold` (default: the run's operating threshold) are applied in both
     signatures and recorded in the model card, with the run's evaluations and those of the folders
-    `evaluations` (`external_evaluations`)."""
+    `evaluations` (`external_evaluations`). The run's quality gate, when it has one, adds its outputs to both
+    signatures and is copied beside model.keras."""
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     run.require_finished()
     if threshold is not None and not 0 <= threshold <= 1:
@@ -488,19 +614,29 @@ def export_run(run_dir: str | Path | RunDir, out: str | Path | None = None, thre
     out = Path(out) if out else Path("saved_models") / run.name
     check_destination(run, out, overwrite)
     card = model_card(run, threshold, evaluations)  # reads every run file before the slow part
+    gate = Gate.load(run.path)
     log.info("%s: temperature %g, threshold %g (from %s)", run, card["temperature"], card["threshold"],
              card["threshold_source"])
+    if gate is None:
+        log.warning("%s has no quality gate (fit one with `tumorclf gate --run %s`): the export's predictions are "
+                    "not gated", run, run.path)
+    else:
+        log.info("quality gate: too_small under %d px, OOD threshold %.4g", gate.min_side, gate.ood_threshold)
     if card["decoder"]["trained_with"] != decoder.DECODER_VERSION:
         log.warning("%s was trained with decoder version %s; this export and tumorclf predict decode with "
                     "version %s (slightly different pixels)", run, card["decoder"]["trained_with"],
                     decoder.DECODER_VERSION)
     model = run.load_model()
+    if gate is not None:
+        check_gate(model, gate, run.path)
     staging = out.with_name(f".{out.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        export_saved_model(model, staging, card["temperature"], card["threshold"])
+        export_saved_model(model, staging, card["temperature"], card["threshold"], gate)
         shutil.copy2(run.best_model, staging / "model.keras")
+        if gate is not None:  # beside model.keras, so `tumorclf predict --model EXPORT/model.keras` gates too
+            gate.save(staging)
         if measure:
             card["inference_speed"] = measure_inference(model, staging, measure)
         atomic_write_json(staging / MODEL_CARD_FILE, card)

@@ -1,23 +1,38 @@
 """`tumorclf predict`: P(tumour) of image files and folders with a `.keras` model or an exported SavedModel.
 
-Usage: ``tumorclf predict --model PATH INPUT... [--out preds.csv|preds.json] [--threshold T] [--batch-size N]``
-(``python -m tumorclf.predict`` is an alias.)
+Usage: ``tumorclf predict --model PATH INPUT... [--out preds.csv|preds.json] [--threshold T] [--batch-size N]
+[--no-gate]`` (``python -m tumorclf.predict`` is an alias.)
 
-Files are decoded by `tumorclf.decoder.decode_image`, the decoder training uses, and scored in batches
-(a SavedModel through the ``probabilities`` output of its ``serve`` signature). A file that cannot be
-decoded gets an error in its row and the others are still scored.
+Files are decoded as training decodes them (`tumorclf.decoder.read_pixels` then `resize`, i.e.
+`decode_image`, keeping the file's own size for the gate) and scored in batches (a SavedModel through the
+``probabilities`` output of its ``serve`` signature). A file that cannot be decoded gets an error in its
+row and the others are still scored.
 
-Each row: ``path, prob_tumor, predicted, error, prob_tumor_raw``. ``prob_tumor`` is the **calibrated**
+Each row: ``path, prob_tumor, predicted, error, prob_tumor_raw, quality, ood_score`` (the columns added
+later come last, so readers of the first ones keep them). ``prob_tumor`` is the **calibrated**
 P(Tumor), sigmoid(logit(P) / T) (`tumorclf.calibration.apply_temperature`), ``prob_tumor_raw`` the
 model's softmax P(Tumor), and
 ``predicted`` is Tumor where the calibrated P(Tumor) is at or above the threshold
-(`tumorclf.evaluation.decide`). The temperature T and the threshold are the ones recorded with the model
-(`recorded_operating_point`): the ``temperature`` and ``threshold`` of ``model_card.json`` beside it
-(written by `tumorclf export`), else, for a SavedModel, the operating point saved inside it, else the
-run folder's (`RunDir.temperature()`, `RunDir.threshold()`) for a run's ``best.keras``, else T = 1 and
+(`tumorclf.evaluation.decide`), Healthy below it, and empty when the quality gate refused the image.
+
+``quality`` is the input quality gate's answer (`tumorclf.gate`): ``ok``, or the first reason the model
+should not answer: ``too_small`` (the file's short side under the gate's min side), ``blank``,
+``not_grayscale_mri`` or ``out_of_distribution``; ``ood_score`` is the image's Mahalanobis distance to
+the training features (4 decimals). The gate of a ``.keras`` model is the ``gate.npz`` / ``gate.json``
+beside it (a run's best.keras, an export's model.keras; `gated_model` scores it in the same forward pass);
+a SavedModel's are its own ``quality_code`` and ``ood_score`` outputs, with the min side saved inside it.
+A model without a gate (older runs and exports) is predicted ungated, with a warning; so is any model
+with ``--no-gate`` (without one): ``quality`` and ``ood_score`` are empty and every readable image is
+decided.
+
+The temperature T and the threshold are the ones recorded with the model (`recorded_operating_point`):
+the ``temperature`` and ``threshold`` of ``model_card.json`` beside it (written by `tumorclf export`),
+else, for a SavedModel, the operating point saved inside it, else the run folder's
+(`RunDir.temperature()`, `RunDir.threshold()`) for a run's ``best.keras``, else T = 1 and
 ``tumorclf.rundir.DEFAULT_THRESHOLD``. T = 1 means uncalibrated: ``prob_tumor`` equals
 ``prob_tumor_raw``. ``--threshold`` replaces the threshold only. For an export, these rows equal the
-SavedModel's own ``prob_tumor`` and ``decision`` outputs.
+SavedModel's own ``prob_tumor``, ``decision`` (-1: empty ``predicted``), ``quality`` and ``ood_score``
+outputs (its ``serve_bytes`` signature's; ``serve`` cannot say too_small).
 """
 
 from __future__ import annotations
@@ -26,42 +41,79 @@ import json
 import logging
 import sys
 import zipfile
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
 from tumorclf.artifacts import atomic_write_json, atomic_write_text, csv_text
 from tumorclf.calibration import apply_temperature
 from tumorclf.data import CLASS_NAMES, expand_inputs
-from tumorclf.decoder import DECODER_VERSION, DecodeError, decode_image
+from tumorclf.decoder import DECODER_VERSION, DecodeError, read_pixels, resize
 from tumorclf.errors import UsageError, UserError
 from tumorclf.evaluation import decide
 from tumorclf.progress import Progress
 from tumorclf.rundir import DEFAULT_THRESHOLD, RunDir, RunError
 
+if TYPE_CHECKING:
+    from tumorclf.gate import Gate  # imported where used: it loads Keras, which `predict --help` need not
+
 log = logging.getLogger(__name__)
 
-Predictor = Callable[[np.ndarray], np.ndarray]
+# float32 0-255 RGB batch -> {"probabilities": [N, 2]}, and from a gated predictor (one with a `min_side`) also
+# "quality_code" (without too_small) and "ood_score"
+Predictor = Callable[[np.ndarray], dict[str, np.ndarray]]
 MODEL_CARD_FILE = "model_card.json"  # written by tumorclf.export beside the SavedModel and its model.keras
-# prob_tumor: calibrated P(Tumor); prob_tumor_raw: the model's softmax P(Tumor) (last, so older readers of
-# path,prob_tumor,predicted,error keep their columns)
-COLUMNS = ["path", "prob_tumor", "predicted", "error", "prob_tumor_raw"]
+# prob_tumor: calibrated P(Tumor); prob_tumor_raw: the model's softmax P(Tumor); quality, ood_score: the gate's
+# (each added at the end, so older readers of path,prob_tumor,predicted,error keep their columns)
+COLUMNS = ["path", "prob_tumor", "predicted", "error", "prob_tumor_raw", "quality", "ood_score"]
 SAVED_MODEL_OUTPUT = "probabilities"  # the raw softmax output of an export's signatures
+GATE_OUTPUTS = ("quality_code", "ood_score")  # an export's gate outputs predict reads
 
 
 class ModelError(UserError, ValueError):
     """The model path is neither a loadable .keras file nor a SavedModel folder, or its card is unreadable."""
 
 
+class KerasPredictor:
+    """A .keras model as a `Predictor`; with a gate, its `gated_model`, so one forward pass gives the
+    probabilities and the gate's outputs. `min_side`: the gate's (None: ungated)."""
+
+    def __init__(self, model, gate: "Gate | None"):
+        from tumorclf.gate import gated_model
+
+        self.size = int(model.input_shape[1])
+        self.min_side = gate.min_side if gate else None
+        self.model = gated_model(model, gate) if gate else model
+
+    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        outputs = self.model.predict(batch, verbose=0)
+        return outputs if self.min_side is not None else {"probabilities": outputs}
+
+
+def check_gate(model, gate: "Gate", folder: Path) -> None:
+    """Refuse a gate fitted to another model (its feature layer missing or of another width), which would
+    otherwise fail deep inside the first batch."""
+    from tumorclf.gate import GateError
+
+    names = {layer.name for layer in model.layers}
+    width = model.get_layer(gate.layer).output.shape[-1] if gate.layer in names else None
+    if width != gate.means.shape[1]:
+        raise GateError(f"the quality gate in {folder} does not fit the model beside it (layer {gate.layer} with "
+                        f"{gate.means.shape[1]} features); refit it with `tumorclf gate --run RUN`")
+
+
 class SavedModelPredictor:
-    """An exported SavedModel's `serve` signature as a predictor of raw [Healthy, Tumor] probabilities.
+    """An exported SavedModel's `serve` signature as a `Predictor` of raw [Healthy, Tumor] probabilities.
 
     `operating_point` is (temperature, threshold) as saved inside the SavedModel by `tumorclf export`
-    (None for SavedModels without them); its `prob_tumor` and `decision` outputs apply them."""
+    (None for SavedModels without them); its `prob_tumor` and `decision` outputs apply them. `min_side` is
+    the quality gate's (None for exports without one, or with `gated` False): then the predictor also
+    returns the signature's `quality_code` (never too_small: `serve` gets resized pixels) and `ood_score`."""
 
-    def __init__(self, loaded, path: Path):
+    def __init__(self, loaded, path: Path, gated: bool = True):
         import tensorflow as tf
 
         self._tf = tf
@@ -80,27 +132,39 @@ class SavedModelPredictor:
                              f"output (outputs: {', '.join(sorted(outputs))})")
         saved = getattr(loaded, "operating_point", None)
         self.operating_point = (float(saved[0].numpy()), float(saved[1].numpy())) if saved else None
+        # the min side is the first of the `quality_gate` variables tumorclf export saves
+        gate = getattr(loaded, "quality_gate", None)
+        has_gate = gate is not None and set(GATE_OUTPUTS) <= set(outputs)
+        self.min_side = int(gate[0].numpy()) if gated and has_gate else None
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return self.serve(images=self._tf.constant(batch))[self.output].numpy()
+    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        outputs = self.serve(images=self._tf.constant(batch))
+        names = (self.output, *GATE_OUTPUTS) if self.min_side is not None else (self.output,)
+        return {"probabilities" if name == self.output else name: outputs[name].numpy() for name in names}
 
 
-def load_predictor(path: Path) -> tuple[Predictor, int]:
-    """A function from float32 0-255 RGB batches to raw [Healthy, Tumor] probabilities, and the image size.
-    For a SavedModel it is a `SavedModelPredictor` (which also tells the operating point saved in it)."""
+def load_predictor(path: Path, gated: bool = True) -> tuple[Predictor, int]:
+    """A `Predictor` and the image size: a `SavedModelPredictor` (which also tells the operating point saved
+    in it) or a `KerasPredictor` with the gate beside the .keras file. Both have `min_side`, None when they
+    are not gated (`gated` False, or no gate with the model). An unreadable or unfitting gate is a
+    `GateError`."""
     import tensorflow as tf
 
+    from tumorclf.gate import Gate, GateError
     from tumorclf.models import load_model
 
     path = Path(path)
+    gate = Gate.load(path.parent) if gated and path.is_file() and path.suffix == ".keras" else None
     try:
         if path.is_dir() and (path / "saved_model.pb").is_file():
-            predictor = SavedModelPredictor(tf.saved_model.load(str(path)), path)
+            predictor = SavedModelPredictor(tf.saved_model.load(str(path)), path, gated)
             return predictor, predictor.size
         if path.is_file() and path.suffix == ".keras":
             model = load_model(path)
-            return (lambda batch: model.predict(batch, verbose=0)), int(model.input_shape[1])
-    except ModelError:
+            if gate is not None:
+                check_gate(model, gate, path.parent)
+            return KerasPredictor(model, gate), int(model.input_shape[1])
+    except (ModelError, GateError):
         raise
     except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError, zipfile.BadZipFile,
             tf.errors.OpError) as exc:
@@ -166,38 +230,54 @@ def trained_decoder(model_path: Path) -> str | None:
     return None
 
 
-def _decode(path: Path, size: int) -> tuple[np.ndarray | None, str]:
+def _decode(path: Path, size: int) -> tuple[np.ndarray | None, int, str]:
+    """(pixels as `decode_image` gives them, the file's short side, error): the gate's too_small needs the
+    size before the resize."""
     try:
-        return decode_image(path, size), ""
+        pixels = read_pixels(path)
+        return resize(pixels, size), min(pixels.shape[:2]), ""
     except (DecodeError, OSError) as exc:
-        return None, str(exc)
+        return None, 0, str(exc)
 
 
 def predict_files(predict: Predictor, size: int, files: list[Path], threshold: float = DEFAULT_THRESHOLD,
-                  batch_size: int = 32, workers: int = 2, temperature: float = 1.0) -> Iterator[dict]:
-    """One row per file: path, prob_tumor (calibrated with `temperature`, `apply_temperature`), predicted (at
-    `threshold` on the calibrated P(Tumor)), error, prob_tumor_raw (the model's). Unreadable files get an
+                  batch_size: int = 32, workers: int = 2, temperature: float = 1.0,
+                  min_side: int | None = None) -> Iterator[dict]:
+    """One row per file (`COLUMNS`): path, prob_tumor (calibrated with `temperature`, `apply_temperature`),
+    predicted (at `threshold` on the calibrated P(Tumor); None where the gate refused the image), error,
+    prob_tumor_raw (the model's), and with `min_side` (a gated predictor) quality (too_small below
+    `min_side`, else the predictor's quality code) and ood_score (else both None). Unreadable files get an
     error, not a stop. More files than one batch show progress (a bar on a terminal, log lines otherwise)."""
+    from tumorclf.gate import OK, REASONS, reasons, with_size
+
     progress = Progress(len(files), "predict", unit="files") if len(files) > batch_size else None
     try:
         with ThreadPoolExecutor(max(1, workers)) as pool:
             for start in range(0, len(files), batch_size):
                 chunk = files[start : start + batch_size]
-                pixels, readable, rows = [], [], []
-                for path, (image, error) in zip(chunk, pool.map(lambda p: _decode(p, size), chunk)):
+                pixels, sides, readable, rows = [], [], [], []
+                for path, (image, side, error) in zip(chunk, pool.map(lambda p: _decode(p, size), chunk)):
                     row = {"path": str(path), "prob_tumor": None, "predicted": None, "error": error,
-                           "prob_tumor_raw": None}
+                           "prob_tumor_raw": None, "quality": None, "ood_score": None}
                     if image is not None:
                         pixels.append(image)
+                        sides.append(side)
                         readable.append(row)
                     rows.append(row)
                 if pixels:
-                    raw = np.asarray(predict(np.stack(pixels).astype("float32")))[:, 1]
+                    outputs = predict(np.stack(pixels).astype("float32"))
+                    raw = np.asarray(outputs["probabilities"])[:, 1]
                     calibrated = apply_temperature(raw, temperature)
                     for row, p, r, decision in zip(readable, calibrated, raw, decide(calibrated, threshold)):
                         row["prob_tumor"] = round(float(p), 6)
                         row["prob_tumor_raw"] = round(float(r), 6)
                         row["predicted"] = CLASS_NAMES[int(decision)]
+                    if min_side is not None:
+                        codes = with_size(outputs["quality_code"], np.array(sides), min_side)
+                        for row, quality, score in zip(readable, reasons(codes), np.asarray(outputs["ood_score"])):
+                            row["quality"], row["ood_score"] = quality, round(float(score), 4)
+                            if quality != REASONS[OK]:
+                                row["predicted"] = None
                 if progress is not None:
                     progress.update(len(chunk))
                 yield from rows
@@ -236,6 +316,10 @@ def add_arguments(p) -> None:
                         "the temperature stays the model's (default: the model card's threshold, or the run's "
                         f"for a best.keras, else {DEFAULT_THRESHOLD:g})")
     p.add_argument("--batch-size", type=int, default=32, metavar="N")
+    p.add_argument("--no-gate", action="store_true",
+                   help="no input quality gate: quality and ood_score stay empty and every readable image is "
+                        "decided (default: the gate saved with the model, when it has one, leaves tiny, blank, "
+                        "colour and out-of-distribution images undecided)")
 
 
 def run(args) -> int:
@@ -256,7 +340,14 @@ def run(args) -> int:
     if trained_with not in (None, DECODER_VERSION):
         log.warning("%s was trained with decoder version %s; predict decodes with version %s (slightly different "
                     "pixels): retrain for exact agreement", args.model, trained_with, DECODER_VERSION)
-    predictor, size = load_predictor(args.model)
+    from tumorclf.gate import OK, REASONS  # only now: it loads Keras, which the checks above do not need
+
+    predictor, size = load_predictor(args.model, gated=not args.no_gate)
+    min_side = getattr(predictor, "min_side", None)
+    if min_side is None and not args.no_gate:
+        log.warning("no quality gate %s %s (fit one with `tumorclf gate --run RUN`%s): predictions are not gated",
+                    "in" if args.model.is_dir() else "beside", args.model,
+                    ", then export again" if args.model.is_dir() else "")
     temperature, threshold, source = operating_point_for(args.model, recorded, predictor, args.threshold is not None)
     if args.threshold is None:
         log.info("temperature %g and threshold %g (from %s)", temperature, threshold, source)
@@ -264,15 +355,19 @@ def run(args) -> int:
         threshold = args.threshold
         log.info("temperature %g (from %s), threshold %g (from --threshold)", temperature, source, threshold)
     rows = list(predict_files(predictor, size, expand_inputs(args.inputs), threshold, args.batch_size,
-                              temperature=temperature))
+                              temperature=temperature, min_side=min_side))
     failed = sum(1 for r in rows if r["error"])
+    refused = Counter(r["quality"] for r in rows if r["quality"] not in (None, REASONS[OK]))
+    gating = "not gated" if min_side is None else f"{sum(refused.values())} refused by the quality gate" + (
+        f" ({', '.join(f'{reason} {n}' for reason, n in sorted(refused.items()))})" if refused else "")
     if args.out and args.out.suffix == ".json":
         atomic_write_json(args.out, rows)
     else:
         text = csv_text(COLUMNS, ([r[c] for c in COLUMNS] for r in rows))
         atomic_write_text(args.out, text) if args.out else sys.stdout.write(text)
-    log.info("%d files, %d predicted, %d unreadable, temperature %g, threshold %g%s", len(rows), len(rows) - failed,
-             failed, temperature, threshold, f" -> {args.out}" if args.out else "")
+    log.info("%d files, %d predicted, %d unreadable, %s, temperature %g, threshold %g%s", len(rows),
+             sum(1 for r in rows if r["predicted"]), failed, gating, temperature, threshold,
+             f" -> {args.out}" if args.out else "")
     return 0
 
 

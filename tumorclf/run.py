@@ -1,4 +1,5 @@
-"""`tumorclf train`: one run end to end: data, split, training, test evaluation and the run folder.
+"""`tumorclf train`: one run end to end: data, split, training, operating point and quality gate (both fitted on
+validation), test evaluation and the run folder.
 
 Usage: ``tumorclf train --model simplecnn --data DIR`` (see ``--help``); ``python -m tumorclf.run`` is an alias.
 """
@@ -20,6 +21,8 @@ from tumorclf.config import Config, ConfigError, add_config_flags, build_config
 from tumorclf.data import CLASS_NAMES, DataError, file_sha256, load_dataset
 from tumorclf.decoder import DECODER_VERSION
 from tumorclf.evaluation import classification_metrics, decide
+from tumorclf.gate import fit_gate
+from tumorclf.gatefit import describe
 from tumorclf.models import build_model, load_model, resolve_weights, set_trainable
 from tumorclf.pipeline import predict_images
 from tumorclf.reports import write_reports
@@ -107,6 +110,11 @@ def run_experiment(cfg: Config) -> Path:
         best = load_model(result.best_checkpoint)
         point = save_operating_point(run, cfg, best, [data.paths[i] for i in subsets["val"]], images["val"],
                                      labels["val"])
+        if is_chief(strategy):  # the gate is fitted on the un-augmented train images, its threshold on validation
+            gate = fit_gate(best, images["train"], labels["train"], images["val"], cfg.batch_size,
+                            cfg.image_size // 2)
+            gate.save(run_dir)
+            log.info("%s", describe(gate))
         test_labels = labels["test"]
         probs = predict_images(best, images["test"], test_labels, cfg.batch_size, "predicting the test split")
         metrics = classification_metrics(test_labels, probs, DEFAULT_THRESHOLD)
