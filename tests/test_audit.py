@@ -180,3 +180,13 @@ def test_a_missing_backbone_weights_file_is_named(tmp_path, capsys, monkeypatch)
     assert main(["audit", str(root), "--out", str(tmp_path / "out"), "--model", "resnet50",
                  "--weights-dir", str(tmp_path), "--image-size", "32"]) == 2
     assert "place resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in capsys.readouterr().err
+
+
+def test_a_class_of_one_distinct_image_is_a_one_line_error(tmp_path, capsys):
+    root = write_blob_dataset(tmp_path / "data", per_class=3)
+    content = (root / "healthy" / "img001.png").read_bytes()
+    for path in (root / "healthy").iterdir():  # every healthy file the same content
+        path.write_bytes(content)
+    assert main(["audit", str(root), "--out", str(tmp_path / "out"), "--weights-dir", str(WEIGHTS)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Healthy has 1 distinct image" in err and len(err.splitlines()) == 1

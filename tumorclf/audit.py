@@ -59,6 +59,11 @@ def audit(root: Path, image_size: int = 224, folds: int = 5, sources: Path | Non
     paths, labels, index = dataset.paths, dataset.labels, dataset.image_index
     source_names = read_sources(sources, paths, UNLISTED_SOURCE) if sources else None
     groups, _ = group_duplicates(index, dataset.unique_images, max_bits)
+    for label, name in enumerate(data.CLASS_NAMES):
+        distinct = len(np.unique(groups[labels == label]))
+        if distinct < 2:  # the out-of-fold checks need two groups per class; say so before the slow part
+            raise data.DataError(f"audit: {name} has {distinct} distinct image (after grouping copies) in {root}; "
+                                 "the out-of-fold checks need at least two per class")
     sizes, formats = data.header_facts(Path(root), paths)
     spread, chroma = findings.pixel_statistics(dataset.unique_images)
     unique_features = pooled_features(np.asarray(dataset.unique_images), content_keys(dataset), model, weights_dir,
@@ -173,8 +178,8 @@ def run(args) -> int:
                               tuple(args.classes) if args.classes else None, args.model, args.weights_dir,
                               args.clusters, args.near_duplicate_bits, args.cache_dir)
     (args.out / "report.html").unlink(missing_ok=True)  # replaced: absent until the new outputs are complete
-    for stale in args.out.glob("sheet_*.png"):  # an earlier audit's sheet of a finding this one may not have
-        stale.unlink()
+    for stale in [*args.out.glob("sheet_*.png"), args.out / "top_findings.png"]:  # an earlier audit's pictures
+        stale.unlink(missing_ok=True)
     atomic_write_text(args.out / "findings.csv", findings_csv(result.findings))
     atomic_write_text(args.out / "collections.csv", collections_csv(result))
     write_report(args.out, result, thumbnail)

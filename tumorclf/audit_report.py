@@ -2,8 +2,8 @@
 
 `findings.csv` is the complete record; the report is for reading it: what was found, how much of it,
 what the training split already does about each finding, and a look at the images behind the file-level
-findings. The report opens offline (sheets embedded as data URIs, no external CSS or fonts) and the same
-audit writes the same bytes, so a report can be diffed and committed.
+findings. The report opens offline (sheets embedded as data URIs, no external CSS or fonts), and the same
+`AuditResult` writes the same bytes (two audits differ only in the time they took, the last line).
 """
 
 from __future__ import annotations

@@ -333,6 +333,8 @@ def evaluate(run: RunDir, data_dirs: list[Path] | None = None, threshold: float 
         log.info("%s has no quality gate: every image is scored (`tumorclf gate --run %s` fits one)", run.name,
                  run.path)
     model = run.load_model()
+    if gate is not None:
+        gate.check(model, run.path)
     point, saved = operating_point(run, model, batch_size, target_sensitivity)
     threshold = point.threshold if threshold is None else threshold
     reference = reference_set(run)

@@ -177,6 +177,8 @@ def explain_run(run_dir: Path | RunDir, files: list[Path], method: str, target: 
     run = _run(run_dir)
     model = load_run_model(run)
     gate = Gate.load(run.path)
+    if gate is not None:
+        gate.check(model, run.path)
     threshold = run.threshold()
     target_layer(model, layer)  # a bad --layer fails before any decoding
     images, kept = _decode_all(files, int(model.input_shape[1]))

@@ -75,7 +75,6 @@ from tumorclf.errors import UsageError
 from tumorclf.evaluation import decide
 from tumorclf.gate import OK, REASONS, TOO_SMALL, VALIDATION_REJECTION, Gate, gated_model
 from tumorclf.predict import MODEL_CARD_FILE  # the card's file name predict reads its defaults from
-from tumorclf.predict import check_gate
 from tumorclf.rundir import DEFAULT_THRESHOLD, RunDir, RunExistsError
 
 log = logging.getLogger(__name__)
@@ -628,7 +627,7 @@ def export_run(run_dir: str | Path | RunDir, out: str | Path | None = None, thre
                     decoder.DECODER_VERSION)
     model = run.load_model()
     if gate is not None:
-        check_gate(model, gate, run.path)
+        gate.check(model, run.path)
     staging = out.with_name(f".{out.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

@@ -67,7 +67,11 @@ def feature_layer(model: keras.Model) -> str:
 def pooled(model: keras.Model, layer: str):
     """The output of `layer`, global-average pooled when it is a feature map."""
     tensor = model.get_layer(layer).output
-    return keras.layers.GlobalAveragePooling2D(name="gate_pool")(tensor) if len(tensor.shape) == 4 else tensor
+    if len(tensor.shape) != 4:
+        return tensor
+    # float32 whatever the global policy: a gate fitted at the end of a bfloat16 training run must score as the
+    # float32 predict and evaluate do
+    return keras.layers.GlobalAveragePooling2D(name="gate_pool", dtype="float32")(tensor)
 
 
 @keras.saving.register_keras_serializable(package="tumorclf")
@@ -122,7 +126,8 @@ class QualityGate(keras.layers.Layer):
         score = ops.sqrt(ops.maximum(ops.min(squared, axis=1), 0.0))
         code = ops.where(spread <= self.blank_spread, BLANK,
                          ops.where(chroma > self.colour_chroma, NOT_GRAYSCALE,
-                                   ops.where(score > self.ood_threshold, OUT_OF_DISTRIBUTION, OK)))
+                                   ops.where(ops.logical_not(score <= self.ood_threshold),  # NaN: refused
+                                             OUT_OF_DISTRIBUTION, OK)))
         return {"quality_code": ops.cast(code, "int32"), "ood_score": score, "spread": spread, "chroma": chroma}
 
     def get_config(self):
@@ -144,6 +149,15 @@ class Gate:
     colour_chroma: float = COLOUR_CHROMA
     validation: dict = field(default_factory=dict)  # n, rejected per reason, rejection rate
 
+    def check(self, model: keras.Model, folder: Path) -> None:
+        """Refuse a gate fitted to another model (its feature layer missing or of another width), which would
+        otherwise fail deep inside the first batch."""
+        names = {layer.name for layer in model.layers}
+        width = model.get_layer(self.layer).output.shape[-1] if self.layer in names else None
+        if width != self.means.shape[1]:
+            raise GateError(f"the quality gate in {folder} does not fit the model beside it (layer {self.layer} "
+                            f"with {self.means.shape[1]} features); refit it with `tumorclf gate --run RUN`")
+
     def layer_for(self) -> QualityGate:
         gate = QualityGate(self.means.shape[1], self.means.shape[0], self.ood_threshold, self.blank_spread,
                            self.colour_chroma, name="quality_gate")
@@ -158,26 +172,36 @@ class Gate:
                 "validation_rejection_target": VALIDATION_REJECTION}
 
     def save(self, folder: Path) -> None:
+        """gate.npz, then gate.json naming the arrays' SHA-256: a refit interrupted between the two writes
+        leaves a pair that `load` refuses rather than new statistics under an old threshold."""
+        import hashlib
         import io
 
         buffer = io.BytesIO()
         np.savez(buffer, means=self.means, precision=self.precision)
         atomic_write_bytes(Path(folder) / GATE_ARRAYS, buffer.getvalue())
-        atomic_write_json(Path(folder) / GATE_JSON, self.summary())
+        atomic_write_json(Path(folder) / GATE_JSON,
+                          {**self.summary(), "arrays_sha256": hashlib.sha256(buffer.getvalue()).hexdigest()})
 
     @classmethod
     def load(cls, folder: Path) -> "Gate | None":
         """The gate saved in `folder`, or None when it has none. `GateError` when it is unreadable."""
+        import hashlib
+        import zipfile
+
         folder = Path(folder)
         if not (folder / GATE_JSON).is_file() and not (folder / GATE_ARRAYS).is_file():
             return None
         try:
             facts = json.loads((folder / GATE_JSON).read_text())
+            written = facts.get("arrays_sha256")  # absent in gates saved before it was recorded
+            if written and written != hashlib.sha256((folder / GATE_ARRAYS).read_bytes()).hexdigest():
+                raise ValueError(f"{GATE_ARRAYS} is not the one {GATE_JSON} was written with")
             with np.load(folder / GATE_ARRAYS) as arrays:
                 means, precision = arrays["means"], arrays["precision"]
             gate = cls(means, precision, float(facts["ood_threshold"]), str(facts["layer"]), int(facts["min_side"]),
                        float(facts["blank_spread"]), float(facts["colour_chroma"]), dict(facts.get("validation", {})))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
             raise GateError(f"the quality gate in {folder} is unreadable ({' '.join(str(exc).split())}); "
                             f"refit it with `tumorclf gate --run {folder}`") from None
         if means.ndim != 2 or precision.shape != (means.shape[1], means.shape[1]):
@@ -224,7 +248,13 @@ def fit_gate(model: keras.Model, train_images: np.ndarray, train_labels: np.ndar
     scored = _predict(gated_model(model, gate), val_images, batch_size, "gate: validation scores")
     scores = np.sort(np.asarray(scored["ood_score"], dtype=np.float64))
     allowed = int(np.floor(VALIDATION_REJECTION * len(scores)))
-    gate.ood_threshold = float(scores[len(scores) - 1 - allowed]) if len(scores) else float("inf")
+    if not len(scores):
+        gate.ood_threshold = float("inf")
+    elif allowed:  # halfway between the last kept and the first refused score: no validation image on the edge
+        kept = len(scores) - 1 - allowed
+        gate.ood_threshold = float(np.float32((scores[kept] + scores[kept + 1]) / 2))
+    else:
+        gate.ood_threshold = float(scores[-1])
     final = _predict(gated_model(model, gate), val_images, batch_size, "gate: validation check")
     codes = np.asarray(final["quality_code"])
     gate.validation = {"n": int(len(codes)), "rejected": {REASONS[c]: int(np.sum(codes == c)) for c in

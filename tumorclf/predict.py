@@ -93,18 +93,6 @@ class KerasPredictor:
         return outputs if self.min_side is not None else {"probabilities": outputs}
 
 
-def check_gate(model, gate: "Gate", folder: Path) -> None:
-    """Refuse a gate fitted to another model (its feature layer missing or of another width), which would
-    otherwise fail deep inside the first batch."""
-    from tumorclf.gate import GateError
-
-    names = {layer.name for layer in model.layers}
-    width = model.get_layer(gate.layer).output.shape[-1] if gate.layer in names else None
-    if width != gate.means.shape[1]:
-        raise GateError(f"the quality gate in {folder} does not fit the model beside it (layer {gate.layer} with "
-                        f"{gate.means.shape[1]} features); refit it with `tumorclf gate --run RUN`")
-
-
 class SavedModelPredictor:
     """An exported SavedModel's `serve` signature as a `Predictor` of raw [Healthy, Tumor] probabilities.
 
@@ -162,7 +150,7 @@ def load_predictor(path: Path, gated: bool = True) -> tuple[Predictor, int]:
         if path.is_file() and path.suffix == ".keras":
             model = load_model(path)
             if gate is not None:
-                check_gate(model, gate, path.parent)
+                gate.check(model, path.parent)
             return KerasPredictor(model, gate), int(model.input_shape[1])
     except (ModelError, GateError):
         raise
