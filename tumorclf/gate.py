@@ -255,8 +255,12 @@ def fit_gate(model: keras.Model, train_images: np.ndarray, train_labels: np.ndar
         gate.ood_threshold = float(np.float32((scores[kept] + scores[kept + 1]) / 2))
     else:
         gate.ood_threshold = float(scores[-1])
-    final = _predict(gated_model(model, gate), val_images, batch_size, "gate: validation check")
-    codes = np.asarray(final["quality_code"])
+    # the validation codes under the threshold: out_of_distribution is the layer's last rule, so the pass without
+    # a threshold already holds every other code, and its scores compared as the layer compares them (float32,
+    # NaN refused) add the rest; no second pass over validation
+    score = np.asarray(scored["ood_score"], dtype=np.float32)
+    codes = np.asarray(scored["quality_code"])
+    codes = np.where((codes == OK) & ~(score <= np.float32(gate.ood_threshold)), OUT_OF_DISTRIBUTION, codes)
     gate.validation = {"n": int(len(codes)), "rejected": {REASONS[c]: int(np.sum(codes == c)) for c in
                                                            range(1, len(REASONS)) if c != TOO_SMALL},
                        "rejection_rate": float(np.mean(codes != OK)) if len(codes) else 0.0}
