@@ -228,16 +228,35 @@ def _decode(path: Path, size: int) -> tuple[np.ndarray | None, int, str]:
         return None, 0, str(exc)
 
 
+def score_batch(predict: Predictor, pixels: np.ndarray, sides: np.ndarray, threshold: float = DEFAULT_THRESHOLD,
+                temperature: float = 1.0, min_side: int | None = None) -> list[dict]:
+    """The scores of decoded images (float32 0-255 RGB [N, S, S, 3], each file's short side in `sides`): one
+    dict per image with prob_tumor (calibrated with `temperature`, `apply_temperature`), prob_tumor_raw (the
+    model's), predicted (at `threshold` on the calibrated P(Tumor); None where the gate refused the image)
+    and, with `min_side` (a gated predictor), quality (too_small below `min_side`, else the predictor's
+    quality code) and ood_score (else both None). `predict_files` and `tumorclf serve` both score with it."""
+    from tumorclf.gate import OK, REASONS, reasons, with_size
+
+    outputs = predict(np.asarray(pixels, dtype="float32"))
+    raw = np.asarray(outputs["probabilities"])[:, 1]
+    calibrated = apply_temperature(raw, temperature)
+    scores = [{"prob_tumor": round(float(p), 6), "prob_tumor_raw": round(float(r), 6),
+               "predicted": CLASS_NAMES[int(decision)], "quality": None, "ood_score": None}
+              for p, r, decision in zip(calibrated, raw, decide(calibrated, threshold))]
+    if min_side is not None:
+        codes = with_size(outputs["quality_code"], np.asarray(sides), min_side)
+        for score, quality, ood in zip(scores, reasons(codes), np.asarray(outputs["ood_score"])):
+            score["quality"], score["ood_score"] = quality, round(float(ood), 4)
+            if quality != REASONS[OK]:
+                score["predicted"] = None
+    return scores
+
+
 def predict_files(predict: Predictor, size: int, files: list[Path], threshold: float = DEFAULT_THRESHOLD,
                   batch_size: int = 32, workers: int = 2, temperature: float = 1.0,
                   min_side: int | None = None) -> Iterator[dict]:
-    """One row per file (`COLUMNS`): path, prob_tumor (calibrated with `temperature`, `apply_temperature`),
-    predicted (at `threshold` on the calibrated P(Tumor); None where the gate refused the image), error,
-    prob_tumor_raw (the model's), and with `min_side` (a gated predictor) quality (too_small below
-    `min_side`, else the predictor's quality code) and ood_score (else both None). Unreadable files get an
-    error, not a stop. More files than one batch show progress (a bar on a terminal, log lines otherwise)."""
-    from tumorclf.gate import OK, REASONS, reasons, with_size
-
+    """One row per file (`COLUMNS`): path, the scores of `score_batch`, and error (unreadable files get an
+    error, not a stop). More files than one batch show progress (a bar on a terminal, log lines otherwise)."""
     progress = Progress(len(files), "predict", unit="files") if len(files) > batch_size else None
     try:
         with ThreadPoolExecutor(max(1, workers)) as pool:
@@ -253,19 +272,9 @@ def predict_files(predict: Predictor, size: int, files: list[Path], threshold: f
                         readable.append(row)
                     rows.append(row)
                 if pixels:
-                    outputs = predict(np.stack(pixels).astype("float32"))
-                    raw = np.asarray(outputs["probabilities"])[:, 1]
-                    calibrated = apply_temperature(raw, temperature)
-                    for row, p, r, decision in zip(readable, calibrated, raw, decide(calibrated, threshold)):
-                        row["prob_tumor"] = round(float(p), 6)
-                        row["prob_tumor_raw"] = round(float(r), 6)
-                        row["predicted"] = CLASS_NAMES[int(decision)]
-                    if min_side is not None:
-                        codes = with_size(outputs["quality_code"], np.array(sides), min_side)
-                        for row, quality, score in zip(readable, reasons(codes), np.asarray(outputs["ood_score"])):
-                            row["quality"], row["ood_score"] = quality, round(float(score), 4)
-                            if quality != REASONS[OK]:
-                                row["predicted"] = None
+                    for row, score in zip(readable, score_batch(predict, np.stack(pixels), np.array(sides),
+                                                                 threshold, temperature, min_side)):
+                        row.update(score)
                 if progress is not None:
                     progress.update(len(chunk))
                 yield from rows
