@@ -66,7 +66,9 @@ def test_predict_folder_keeps_going_past_a_broken_file(folder: Path, calibrated_
         assert main(["predict", "--model", str(calibrated_run / "best.keras"), str(folder), "--out", str(out),
                      "--batch-size", "16"]) == 0
     rows = read_csv(out)
-    assert list(rows[0]) == ["path", "prob_tumor", "predicted", "error", "prob_tumor_raw", "quality", "ood_score"]
+    assert list(rows[0]) == ["path", "prob_tumor", "predicted", "error", "prob_tumor_raw", "quality", "ood_score",
+                             "slice"]
+    assert all(r["slice"] == "" for r in rows)  # 2-D images have no slice index
     assert all(r["quality"] == r["ood_score"] == "" for r in rows)  # a run without a gate: not gated, and said so
     assert (f"no quality gate beside {calibrated_run / 'best.keras'} (fit one with `tumorclf gate --run RUN`): "
             "predictions are not gated") in caplog.text

@@ -20,10 +20,11 @@ from tumorclf.errors import UsageError, UserError
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("tumorclf.run", "train one configuration, keep the best epoch by validation F1, test it"),
     "evaluate": ("tumorclf.evaluate", "score a finished run on its test split or on other class folders"),
-    "predict": ("tumorclf.predict", "P(tumour) of image files and folders with a .keras model or a SavedModel"),
+    "predict": ("tumorclf.predict", "P(tumour) of images, folders and volumes: a .keras model, a SavedModel or a model.onnx"),
     "explain": ("tumorclf.explain", "Grad-CAM overlays of images, for one run or several side by side"),
     "gate": ("tumorclf.gatefit", "fit the input quality gate of a finished run trained before it existed"),
-    "export": ("tumorclf.export", "SavedModel with serve and serve_bytes signatures, and a model card"),
+    "export": ("tumorclf.export", "SavedModel (serve, serve_bytes) and/or ONNX, with a model card"),
+    "serve": ("tumorclf.serve", "a local web page: drop a slice, see P(tumour), the decision and Grad-CAM"),
     "study": ("tumorclf.study", "a resumable study of several configurations from a YAML file"),
     "ablation": ("tumorclf.ablation", "evaluate a study's finished runs at their operating points, append-only"),
     "bench": ("tumorclf.bench", "machine limit and per-model training/inference speed"),

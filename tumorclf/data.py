@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tumorclf.decoder import DECODER_VERSION, DecodeError, decode_image
+from tumorclf.decoder import DECODER_VERSION, DecodeError, decode_image, read_pixels
 from tumorclf.errors import UserError
+from tumorclf.medical import sniff
 from tumorclf.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,10 @@ log = logging.getLogger(__name__)
 CLASS_NAMES = ("Healthy", "Tumor")
 TUMOR_WORDS = {"tumor", "tumour", "tumors", "cancer", "yes", "glioma", "meningioma", "pituitary", "positive"}
 HEALTHY_WORDS = {"healthy", "normal", "no", "not", "non", "negative", "none", "notumor", "nontumor", "without"}
+# The formats the decoder reads besides Pillow's, in the decoded-image cache key: DECODER_VERSION stays (no
+# existing format's pixels changed, and trained models record it), but entries written before DICOM and NIfTI
+# were decoded hold those files as failures and must not be reused.
+CACHE_FORMATS = "dicom,nifti"
 
 
 class DataError(UserError, ValueError):
@@ -218,13 +223,19 @@ def hash_files(paths: list[Path]) -> list[tuple[str | None, str]]:
 
 
 def header_facts(root: Path, paths: list[str]) -> tuple[list[tuple[int, int]], list[str]]:
-    """(width, height) and container format of each file below `root`, from its header only; files are
-    those the decoder read, so Pillow opens them."""
+    """(width, height) and container format of each file below `root`, the files the decoder read: a Pillow
+    image's from its header only; a DICOM's or NIfTI's ("dicom", "nifti") from its decoded default slice
+    (`read_pixels`, the middle one), as the slice's size depends on the volume's orientation."""
 
     def one(path: str) -> tuple[tuple[int, int], str]:
         from PIL import Image
 
-        with Image.open(Path(root) / path) as image:
+        file = Path(root) / path
+        kind = sniff(file)
+        if kind is not None:
+            height, width = read_pixels(file).shape[:2]
+            return (width, height), kind
+        with Image.open(file) as image:
             return image.size, (image.format or "unknown").lower()
 
     with ThreadPoolExecutor(4) as pool:
@@ -241,9 +252,10 @@ def load_dataset(
 ) -> Dataset:
     """Scan, hash and decode a class-folder dataset, reusing the on-disk cache when it matches.
 
-    The cache is keyed by the files' content (SHA-256), the image size and the decoder version, so renaming files
-    does not invalidate it and a second run decodes nothing. Entries that cannot be used (dangling
-    links, unreadable or undecodable files) end in `Dataset.skipped` with their reason.
+    The cache is keyed by the files' content (SHA-256), the image size, the decoder version and the formats it
+    reads (`CACHE_FORMATS`), so renaming files does not invalidate it and a second run decodes nothing.
+    Entries that cannot be used (dangling links, unreadable or undecodable files) end in `Dataset.skipped`
+    with their reason.
     """
     root = Path(root)
     folders = find_class_folders(root, classes)
@@ -307,7 +319,7 @@ def _cached_decode(
     path_of: dict[str, Path], unique: list[str], size: int, cache_dir: Path
 ) -> tuple[np.ndarray, dict[str, str]]:
     """Decoded pixels for each content hash in `unique` (failures get a zero image and a reason)."""
-    key = hashlib.sha256(f"{DECODER_VERSION}|{size}|{','.join(unique)}".encode()).hexdigest()[:20]
+    key = hashlib.sha256(f"{DECODER_VERSION}|{CACHE_FORMATS}|{size}|{','.join(unique)}".encode()).hexdigest()[:20]
     entry = cache_dir / f"{size}px-{key}"
     if (entry / "images.npy").is_file():
         log.info("decoded-image cache hit: %s", entry)

@@ -6,6 +6,10 @@ Two steps, each with one definition:
 1. `read_pixels`: decode the file at FULL resolution to uint8 RGB with Pillow: EXIF orientation applied,
    palette and alpha composited on black (the MRI background) as round(rgb * alpha / 255), 16-bit and
    float images min-max stretched to 0-255, everything else converted to RGB. No JPEG draft mode.
+   DICOM and NIfTI files, recognised by content, are decoded by `tumorclf.medical` (pydicom, nibabel:
+   windowed to uint8, grey replicated to RGB); a volume or multi-frame file gives its MIDDLE slice, one
+   image per file as training reads it. `read_slices` gives the middle, all (with enough brain) or the
+   K-th slice with its index.
 2. `resize`: ONE TensorFlow op for both paths, `tf.image.resize(float32, (S, S), "bilinear",
    antialias=True)`, rounded, clipped to 0-255, uint8 (`resize_graph`).
 
@@ -28,11 +32,13 @@ compressed (zTXt/compressed iTXt) XMP chunk. Pillow reads those; the graph canno
 Formats the graph cannot decode exactly like Pillow make `decode_bytes_graph` fail with an
 InvalidArgumentError whose message starts with `GRAPH_ERROR_PREFIX` and names the format: TIFF,
 WebP and other formats, 16-bit PNG, CMYK/YCCK JPEG, compressed, paletted or 1/4/16-bit BMP, a GIF
-whose first frame does not cover the whole image, and images larger than `MAX_PIXELS`. Decode such
-files with `tumorclf predict`. One refused image fails the whole request (the signature has no per-image
-error output).
+whose first frame does not cover the whole image, images larger than `MAX_PIXELS`, and DICOM and NIfTI
+("unrecognised format"). Decode such files with `tumorclf predict`. One refused image fails the whole
+request (the signature has no per-image error output).
 
 Change `DECODER_VERSION` whenever the pixels this module produces change: it keys the decoded-image cache.
+(Adding DICOM and NIfTI left every other format's pixels as they were, so it stayed "2";
+`tumorclf.data.CACHE_FORMATS` keys the cache on the formats instead.)
 """
 
 from __future__ import annotations
@@ -60,11 +66,34 @@ class DecodeError(ValueError):
 # --- Python: Pillow at full resolution ----------------------------------------------------------------------
 
 def read_pixels(source: str | os.PathLike | bytes) -> np.ndarray:
-    """Decode any Pillow-readable image by its content into uint8 RGB (H, W, 3) at full resolution.
+    """Decode one image by its content into uint8 RGB (H, W, 3) at full resolution: the file's only slice,
+    or the MIDDLE slice of a volume or multi-frame file (`read_slices`). Raises `DecodeError`.
 
-    Handles lying extensions, grayscale, RGBA/LA, palette and tRNS transparency (composited on black),
-    16-bit and float images (min-max stretched), CMYK, and EXIF orientation. Raises `DecodeError`.
+    One image per file is what training, evaluate, explain and audit read: a volume's class folder labels the
+    file, and not every slice of a tumour volume shows the tumour, so its middle slice stands for it.
     """
+    return read_slices(source)[0][1]
+
+
+def read_slices(source: str | os.PathLike | bytes,
+                slices: str | int = "middle") -> list[tuple[int | None, np.ndarray]]:
+    """(slice index, uint8 RGB (H, W, 3)) of each chosen slice: `slices` is ``middle``, ``all`` (the slices with
+    enough brain) or a 0-based index K (`tumorclf.medical.Slices`). DICOM and NIfTI go to `tumorclf.medical`;
+    a 2-D image (anything Pillow reads, or a file with one slice) is ``[(None, pixels)]`` whatever `slices`
+    says. Raises `DecodeError` (also for a K out of range, or `all` finding no slice)."""
+    from tumorclf import medical  # imports this module; pydicom and nibabel load only when needed
+
+    selection = medical.Slices.parse(slices)
+    kind = medical.sniff(source)
+    if kind is not None:
+        return medical.read_slices(source, kind, selection)
+    return [(None, _pillow_pixels(source))]
+
+
+def _pillow_pixels(source: str | os.PathLike | bytes) -> np.ndarray:
+    """Any Pillow-readable image to uint8 RGB at full resolution: lying extensions, grayscale, RGBA/LA, palette
+    and tRNS transparency (composited on black), 16-bit and float images (min-max stretched), CMYK, and EXIF
+    orientation."""
     try:
         stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
         with Image.open(stream) as image:

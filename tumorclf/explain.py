@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 METHODS = ("gradcam", "gradcam++", "scorecam")
 TARGETS = ("predicted", "tumor", "healthy")
 CHUNK = 32  # images per heatmap call: bounds memory (Score-CAM) and paces the progress report
+OVERLAY_CMAP, OVERLAY_ALPHA = "jet", 0.45  # the heatmap's colours and opacity over the slice
 
 
 class LayerError(UserError, ValueError):
@@ -128,8 +129,16 @@ def as_seen(model, images: np.ndarray) -> np.ndarray:
 
 def overlay(ax, image: np.ndarray, cam: np.ndarray) -> None:
     ax.imshow(image)
-    ax.imshow(cam, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+    ax.imshow(cam, cmap=OVERLAY_CMAP, alpha=OVERLAY_ALPHA, vmin=0, vmax=1)
     ax.axis("off")
+
+
+def overlay_pixels(image: np.ndarray, cam: np.ndarray) -> np.ndarray:
+    """The `overlay` of one image as uint8 RGB pixels at the image's size (for `tumorclf serve`, which needs
+    no figure around it)."""
+    heat = matplotlib.colormaps[OVERLAY_CMAP](np.clip(cam, 0, 1))[..., :3] * 255
+    blended = (1 - OVERLAY_ALPHA) * np.asarray(image, dtype="float32") + OVERLAY_ALPHA * heat
+    return np.clip(np.round(blended), 0, 255).astype(np.uint8)
 
 
 def explain_image_png(image: np.ndarray, cam: np.ndarray, prob_tumor: float, true_label: int | None,

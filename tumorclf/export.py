@@ -1,8 +1,13 @@
-"""`tumorclf export`: a run's best model as a TensorFlow SavedModel with two serving signatures and a model card.
+"""`tumorclf export`: a run's best model as a TensorFlow SavedModel with two serving signatures and/or an ONNX
+model, and a model card.
 
-Usage: ``tumorclf export --run RUN [--out saved_models/NAME] [--threshold T] [--overwrite] [--measure N]
-[--evaluation DIR ...]``
+Usage: ``tumorclf export --run RUN [--out saved_models/NAME] [--format savedmodel|onnx ...] [--threshold T]
+[--overwrite] [--measure N] [--evaluation DIR ...]``
 (``python -m tumorclf.export`` is an alias.)
+
+``--format`` takes one or more of `FORMATS` (default ``savedmodel``): ``savedmodel`` writes the SavedModel
+files described below, ``onnx`` writes ``model.onnx``, the ``serve`` signature as an ONNX graph (same
+input, same outputs; no ``serve_bytes``: `tumorclf.onnxmodel`, which needs the ``onnx`` extra).
 
 Signatures (inputs):
 
@@ -44,13 +49,19 @@ before: no quality outputs, every image decided.
 The temperature and threshold are the run's (`RunDir.temperature()`, `RunDir.threshold()`: its
 ``operating_point.json`` fitted on validation; runs without one: T = 1 and the threshold of its
 ``metrics.json``); ``--threshold`` replaces the threshold only. They are also kept in the SavedModel
-(variable collection ``operating_point``: temperature, threshold, raw cutoff) and in ``model_card.json``.
+(variable collection ``operating_point``: temperature, threshold, raw cutoff), in ``model.onnx``'s
+``metadata_props`` and in ``model_card.json``.
 
 The folder also holds ``model.keras``, ``model_card.json`` (read by `tumorclf predict` for its default
-temperature and threshold) and ``MODEL_CARD.md``: intended and out-of-scope use, the operating point, the
+temperature and threshold; its ``formats`` list the model files, ``onnx`` the ONNX model's opset,
+converter, outputs and metadata) and ``MODEL_CARD.md``: intended and out-of-scope use, the operating point, the
 quality gate, every evaluation found in the run folder (``evaluation*/``) or given with ``--evaluation
 DIR`` (an evaluation of this run written elsewhere, e.g. ``tumorclf evaluate --run RUN --out DIR``) and
 the known limitations (`KNOWN_LIMITATIONS`).
+
+``--measure N`` times in-process Keras and every exported format side by side on the same N random images
+(`measure_inference`: img/s in batches of 32, warm-up excluded) and writes the result to the card's
+``inference_speed``.
 """
 
 from __future__ import annotations
@@ -62,6 +73,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Callable
 
 import keras
 import numpy as np
@@ -74,7 +86,10 @@ from tumorclf.calibration import CLIP, apply_temperature
 from tumorclf.errors import UsageError
 from tumorclf.evaluation import decide
 from tumorclf.gate import OK, REASONS, TOO_SMALL, VALIDATION_REJECTION, Gate, gated_model
+from tumorclf.onnxmodel import ONNX_FILE, OnnxPredictor, export_onnx
+from tumorclf.onnxmodel import require as require_onnx
 from tumorclf.predict import MODEL_CARD_FILE  # the card's file name predict reads its defaults from
+from tumorclf.predict import KerasPredictor, SavedModelPredictor
 from tumorclf.rundir import DEFAULT_THRESHOLD, RunDir, RunExistsError
 
 log = logging.getLogger(__name__)
@@ -139,6 +154,7 @@ KNOWN_LIMITATIONS = (
     "hold on other data, where calibration and the sensitivity reached can differ.",
     VALIDATION_REUSE_LIMITATION,
 )
+FORMATS = ("savedmodel", "onnx")  # what `--format` exports beside model.keras
 EVALUATION_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "auc", "ece")
 
 
@@ -234,28 +250,20 @@ class QualityHead(tf.Module):
                 "ood_score": tf.cast(gated["ood_score"], tf.float32)}
 
 
-def export_saved_model(model: keras.Model, path: Path, temperature: float = 1.0,
-                       threshold: float = DEFAULT_THRESHOLD, gate: Gate | None = None) -> None:
-    """Write `model` as a SavedModel with signatures `serve` (0-255 RGB) and `serve_bytes` (encoded images),
-    both returning `OperatingPointHead`'s outputs at `temperature` and `threshold`, and with a `gate` also
-    `QualityHead`'s (one forward pass of `gated_model` gives the probabilities and the gate's score)."""
+def serving_functions(model: keras.Model, head: OperatingPointHead,
+                      gated: tuple[keras.Model, QualityHead] | None = None) -> tuple[Callable, Callable]:
+    """The Python functions of the `serve` (0-255 RGB pixels) and `serve_bytes` (encoded images) signatures:
+    `head`'s outputs, and with `gated` (`gated_model` of `model` and the gate's `QualityHead`) the gate's,
+    from one forward pass. One definition for the SavedModel and the ONNX graph (`tumorclf.onnxmodel`)."""
     size = int(model.input_shape[1])
-    head = OperatingPointHead(temperature, threshold)
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.track(head)
-    archive.add_variable_collection("operating_point", head.variables_in_order)
-    if gate is None:
+    if gated is None:
         def serve(images):
             return head(model(images, training=False))
 
         def serve_bytes(image_bytes):
             return head(model(decoder.decode_bytes_graph(image_bytes, size), training=False))
     else:
-        scored, quality = gated_model(model, gate), QualityHead(gate)
-        archive.track(scored)
-        archive.track(quality)
-        archive.add_variable_collection("quality_gate", quality.variables_in_order)
+        scored, quality = gated
 
         def serve(images):
             outputs = scored(images, training=False)
@@ -265,8 +273,32 @@ def export_saved_model(model: keras.Model, path: Path, temperature: float = 1.0,
             pixels, shapes = decoder.decode_bytes_graph_with_shape(image_bytes, size)
             outputs = scored(pixels, training=False)
             return quality(head(outputs["probabilities"]), outputs, shapes)
-    archive.add_endpoint(name="serve", fn=serve,
-                         input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32, name="images")])
+    return serve, serve_bytes
+
+
+def pixel_spec(size: int) -> tf.TensorSpec:
+    """The `serve` signature's input: `images` float32 [N, size, size, 3], 0-255 RGB."""
+    return tf.TensorSpec((None, size, size, 3), tf.float32, name="images")
+
+
+def export_saved_model(model: keras.Model, path: Path, temperature: float = 1.0,
+                       threshold: float = DEFAULT_THRESHOLD, gate: Gate | None = None) -> None:
+    """Write `model` as a SavedModel with signatures `serve` (0-255 RGB) and `serve_bytes` (encoded images),
+    both returning `OperatingPointHead`'s outputs at `temperature` and `threshold`, and with a `gate` also
+    `QualityHead`'s (one forward pass of `gated_model` gives the probabilities and the gate's score)."""
+    head = OperatingPointHead(temperature, threshold)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.track(head)
+    archive.add_variable_collection("operating_point", head.variables_in_order)
+    gated = None
+    if gate is not None:
+        gated = gated_model(model, gate), QualityHead(gate)
+        archive.track(gated[0])
+        archive.track(gated[1])
+        archive.add_variable_collection("quality_gate", gated[1].variables_in_order)
+    serve, serve_bytes = serving_functions(model, head, gated)
+    archive.add_endpoint(name="serve", fn=serve, input_signature=[pixel_spec(int(model.input_shape[1]))])
     archive.add_endpoint(name="serve_bytes", fn=serve_bytes,
                          input_signature=[tf.TensorSpec((None,), tf.string, name="image_bytes")])
     archive.write_out(str(path), verbose=False)
@@ -384,10 +416,24 @@ def gate_card(gate: Gate | None) -> dict | None:
     }}
 
 
-def model_card(run: RunDir, threshold: float | None = None, evaluations: list[Path] | None = None) -> dict:
+def signatures_card(size: int, gated: bool) -> dict:
+    """The model card's words on the SavedModel's two signatures."""
+    gate_outputs = ", quality_code, quality, ood_score" if gated else ""
+    return {"serve": f"images float32 [N, {size}, {size}, 3] 0-255 RGB, decoded and resized by "
+                     "tumorclf.decoder.decode_image; returns probabilities, prob_tumor, decision"
+                     + (f"{gate_outputs} (never too_small: the file's size is not known)" if gated else ""),
+            "serve_bytes": f"image_bytes string [N] ({decoder.GRAPH_FORMATS}), decoded and resized in the graph "
+                           "exactly as tumorclf predict does; returns probabilities, prob_tumor, decision"
+                           + gate_outputs}
+
+
+def model_card(run: RunDir, threshold: float | None = None, evaluations: list[Path] | None = None,
+               formats: tuple[str, ...] = ("savedmodel",)) -> dict:
     """What a user of the export needs to know, from the run's record, metrics, operating point, quality gate
     and evaluations (its `evaluation*` subfolders and the folders `evaluations`, see `external_evaluations`).
-    `threshold` replaces the run's (`RunDir.threshold()`) when given. A run's unreadable gate is a `GateError`."""
+    `threshold` replaces the run's (`RunDir.threshold()`) when given. `formats` (of `FORMATS`) are the model
+    files the export holds beside model.keras; the SavedModel's signatures are described when it is one of
+    them (`export_run` adds the ONNX file's facts). A run's unreadable gate is a `GateError`."""
     record, metrics = run.record(), run.metrics()
     gate = Gate.load(run.path)
     cfg, resolved = record.config, record.resolved
@@ -455,13 +501,8 @@ def model_card(run: RunDir, threshold: float | None = None, evaluations: list[Pa
             "serve_bytes_known_differences": "EXIF orientation stored only in a PNG text chunk ('Raw profile type "
                                              "exif') or in compressed XMP is not applied",
         },
-        "signatures": {"serve": f"images float32 [N, {size}, {size}, 3] 0-255 RGB, decoded and resized by "
-                                "tumorclf.decoder.decode_image; returns probabilities, prob_tumor, decision"
-                                + (", quality_code, quality, ood_score (never too_small: the file's size is not "
-                                   "known)" if gate else ""),
-                       "serve_bytes": f"image_bytes string [N] ({decoder.GRAPH_FORMATS}), decoded and resized "
-                                      "in the graph exactly as tumorclf predict does; returns probabilities, "
-                                      "prob_tumor, decision" + (", quality_code, quality, ood_score" if gate else "")},
+        "formats": [name for name in FORMATS if name in formats],
+        "signatures": signatures_card(size, gate is not None) if "savedmodel" in formats else None,
         "source_run": str(run.path.resolve()),
         "versions": versions(),
     })
@@ -495,9 +536,8 @@ def card_markdown(card: dict) -> str:
         f"{number('recall')}, F1 {number('f1')}, AUC {number('auc')}, confusion matrix {m.get('confusion_matrix')}",
         f"- Decoder: version {dec['version']} (the run was trained with version {dec['trained_with']}): "
         f"{dec['steps']}",
-        f"- serve: {card['signatures']['serve']}",
-        f"- serve_bytes: {card['signatures']['serve_bytes']}. Refused with an error: {dec['serve_bytes_refuses']}. "
-        f"Known difference: {dec['serve_bytes_known_differences']}.",
+        *saved_model_lines(card),
+        *onnx_lines(card.get("onnx")),
         "- Outputs: " + "; ".join(f"`{name}` {text}" for name, text in card["output"].items()),
         f"- Versions: {card['versions']}",
         "",
@@ -558,6 +598,25 @@ def card_markdown(card: dict) -> str:
     return "\n".join(line for i, line in enumerate(lines) if line or i == 0 or lines[i - 1])  # no double blanks
 
 
+def saved_model_lines(card: dict) -> list[str]:
+    """The card's lines on the SavedModel's two signatures (none when the export has no SavedModel)."""
+    signatures, dec = card.get("signatures"), card["decoder"]
+    if not signatures:
+        return []
+    return [f"- SavedModel `serve`: {signatures['serve']}",
+            f"- SavedModel `serve_bytes`: {signatures['serve_bytes']}. Refused with an error: "
+            f"{dec['serve_bytes_refuses']}. Known difference: {dec['serve_bytes_known_differences']}."]
+
+
+def onnx_lines(facts: dict | None) -> list[str]:
+    """The card's line on model.onnx (none when the export has no ONNX model)."""
+    if not facts:
+        return []
+    return [f"- ONNX `{facts['file']}` (opset {facts['opset']}, {facts['converter']}): {facts['input']}; outputs "
+            f"{', '.join(facts['outputs'])}; metadata_props {', '.join(facts['metadata_props'])}. Not in it: "
+            f"{facts['not_included']}."]
+
+
 def gate_markdown(gate: dict | None) -> list[str]:
     """The card's quality gate section: what each reason means, its threshold and how often the gate refused
     validation images."""
@@ -571,48 +630,75 @@ def gate_markdown(gate: dict | None) -> list[str]:
     rate = f"{rate:.1%}" if isinstance(rate, (int, float)) else "-"
     return [
         "Before its probability counts, each image gets a `quality`: `ok`, or the first of these reasons that "
-        "applies. Where it is not `ok`, `tumorclf predict` leaves `predicted` empty and the SavedModel's "
-        "`decision` is -1 (the probabilities are still reported).",
+        "applies. Where it is not `ok`, `tumorclf predict` leaves `predicted` empty and the exported "
+        "`decision` output (SavedModel, model.onnx) is -1 (the probabilities are still reported).",
         "",
         *(f"- `{reason}`: {rule}" for reason, rule in (gate.get("rules") or {}).items()),
         f"- On the validation split ({validation.get('n')} images) the gate refused {rate} of them: {counts}.",
     ]
 
 
-def measure_inference(model: keras.Model, saved_model_dir: Path, n: int, batch_size: int = 32) -> dict:
-    """Images/s of the exported `serve` signature against in-process `model.predict`, same images."""
+SPEEDS = {"keras": "keras_predict_img_per_s", "savedmodel": "saved_model_img_per_s",
+          "onnx": "onnx_runtime_img_per_s"}  # the card's inference_speed keys, per scoring path
+
+
+def predictors(model: keras.Model, gate: Gate | None, folder: Path, formats: tuple[str, ...]) -> dict:
+    """The `tumorclf predict` predictor of each scoring path of an export in `folder`: the .keras model
+    (gated as predict gates it) and each of `formats` there."""
+    found = {"keras": KerasPredictor(model, gate)}
+    if "savedmodel" in formats:
+        found["savedmodel"] = SavedModelPredictor(tf.saved_model.load(str(folder)), folder)
+    if "onnx" in formats:
+        found["onnx"] = OnnxPredictor(folder / ONNX_FILE)
+    return found
+
+
+def measure_inference(model: keras.Model, folder: Path, n: int, formats: tuple[str, ...] = ("savedmodel",),
+                      gate: Gate | None = None, batch_size: int = 32) -> dict:
+    """Images/s of in-process Keras and of each exported format of `folder`, as `tumorclf predict` scores
+    with them (`predictors`; decoding excluded), on the same `n` random 0-255 images in batches of
+    `batch_size`. Each path scores one batch first (warm-up, not timed); then the paths take turns batch by
+    batch, so a change in the machine's load falls on all of them alike."""
     size = int(model.input_shape[1])
     images = np.random.default_rng(0).uniform(0, 255, (n, size, size, 3)).astype("float32")
-    serve = tf.saved_model.load(str(saved_model_dir)).signatures["serve"]
-    batches = [tf.constant(images[i : i + batch_size]) for i in range(0, n, batch_size)]
-    model.predict(images[:batch_size], verbose=0)
-    serve(images=batches[0])  # warm-up both
-    start = time.perf_counter()
-    model.predict(images, batch_size=batch_size, verbose=0)
-    keras_s = time.perf_counter() - start
-    start = time.perf_counter()
-    for batch in batches:
-        serve(images=batch)
-    saved_s = time.perf_counter() - start
-    return {"images": n, "batch_size": batch_size, "keras_predict_img_per_s": round(n / keras_s, 2),
-            "saved_model_img_per_s": round(n / saved_s, 2)}
+    batches = [images[i : i + batch_size] for i in range(0, n, batch_size)]
+    paths = predictors(model, gate, folder, formats)
+    seconds = dict.fromkeys(paths, 0.0)
+    for predict in paths.values():
+        predict(batches[0])
+    for k, batch in enumerate(batches):
+        for name in list(paths)[k % len(paths):] + list(paths)[: k % len(paths)]:  # each path first in turn
+            start = time.perf_counter()
+            paths[name](batch)
+            seconds[name] += time.perf_counter() - start
+    log.info("inference on %d images of %d px, batch %d: %s", n, size, batch_size,
+             ", ".join(f"{name} {n / s:.1f} img/s" for name, s in seconds.items()))
+    return {"images": n, "image_size": size, "batch_size": batch_size, "cpu_count": os.cpu_count(),
+            "method": "tumorclf predict's scoring step per path (decoding excluded), one warm-up batch each, then "
+                      "the paths in turn batch by batch",
+            **{SPEEDS[name]: round(n / s, 2) for name, s in seconds.items()}}
 
 
 def export_run(run_dir: str | Path | RunDir, out: str | Path | None = None, threshold: float | None = None,
-               overwrite: bool = False, measure: int = 0, evaluations: list[Path] | None = None) -> Path:
-    """Export the run's best model to `out` (default `saved_models/<run name>`); returns the folder.
+               overwrite: bool = False, measure: int = 0, evaluations: list[Path] | None = None,
+               formats: tuple[str, ...] | list[str] = ("savedmodel",)) -> Path:
+    """Export the run's best model to `out` (default `saved_models/<run name>`) in `formats` (of `FORMATS`);
+    returns the folder.
 
-    The run's temperature and `threshold` (default: the run's operating threshold) are applied in both
-    signatures and recorded in the model card, with the run's evaluations and those of the folders
-    `evaluations` (`external_evaluations`). The run's quality gate, when it has one, adds its outputs to both
-    signatures and is copied beside model.keras."""
+    The run's temperature and `threshold` (default: the run's operating threshold) are applied in every
+    signature and graph and recorded in the model card, with the run's evaluations and those of the folders
+    `evaluations` (`external_evaluations`). The run's quality gate, when it has one, adds its outputs to them
+    and is copied beside model.keras. `measure` > 0 times every format and Keras (`measure_inference`)."""
+    formats = check_formats(formats)
+    if "onnx" in formats:
+        require_onnx()  # a missing package is a one-line error before anything is read or written
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     run.require_finished()
     if threshold is not None and not 0 <= threshold <= 1:
         raise UsageError(f"export: --threshold must be in [0, 1], got {threshold}")
     out = Path(out) if out else Path("saved_models") / run.name
     check_destination(run, out, overwrite)
-    card = model_card(run, threshold, evaluations)  # reads every run file before the slow part
+    card = model_card(run, threshold, evaluations, formats)  # reads every run file before the slow part
     gate = Gate.load(run.path)
     log.info("%s: temperature %g, threshold %g (from %s)", run, card["temperature"], card["threshold"],
              card["threshold_source"])
@@ -632,12 +718,16 @@ def export_run(run_dir: str | Path | RunDir, out: str | Path | None = None, thre
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        export_saved_model(model, staging, card["temperature"], card["threshold"], gate)
+        if "savedmodel" in formats:
+            export_saved_model(model, staging, card["temperature"], card["threshold"], gate)
+        if "onnx" in formats:
+            card["onnx"] = export_onnx(model, staging / ONNX_FILE, card["temperature"], card["threshold"], gate)
+            log.info("ONNX: %s, opset %d, %s", ONNX_FILE, card["onnx"]["opset"], card["onnx"]["converter"])
         shutil.copy2(run.best_model, staging / "model.keras")
         if gate is not None:  # beside model.keras, so `tumorclf predict --model EXPORT/model.keras` gates too
             gate.save(staging)
         if measure:
-            card["inference_speed"] = measure_inference(model, staging, measure)
+            card["inference_speed"] = measure_inference(model, staging, measure, formats, gate)
         atomic_write_json(staging / MODEL_CARD_FILE, card)
         atomic_write_text(staging / "MODEL_CARD.md", card_markdown(card))
         replace_folder(staging, out)
@@ -645,6 +735,15 @@ def export_run(run_dir: str | Path | RunDir, out: str | Path | None = None, thre
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out
+
+
+def check_formats(formats) -> tuple[str, ...]:
+    """`formats` in `FORMATS` order without repeats; a one-line UsageError for an unknown or missing one."""
+    unknown = [name for name in formats if name not in FORMATS]
+    if unknown or not formats:
+        raise UsageError(f"export: --format takes one or more of {', '.join(FORMATS)}, got "
+                         f"{', '.join(map(str, formats)) or 'none'}")
+    return tuple(name for name in FORMATS if name in formats)
 
 
 def check_destination(run: RunDir, out: Path, overwrite: bool) -> None:
@@ -692,13 +791,18 @@ def add_arguments(p) -> None:
     p.add_argument("--run", required=True, type=Path, help="a finished run folder")
     p.add_argument("--out", type=Path, help="destination (default saved_models/<run name>)")
     p.add_argument("--threshold", type=float, metavar="T",
-                   help="decision threshold on calibrated P(Tumor), applied by both signatures and recorded in "
-                        "the model card (default: the run's operating threshold; the temperature is always the "
-                        "run's)")
+                   help="decision threshold on calibrated P(Tumor), applied by the SavedModel's signatures and "
+                        "model.onnx and recorded in the model card (default: the run's operating threshold; the "
+                        "temperature is always the run's)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier export at --out (never a run folder or other files)")
+    p.add_argument("--format", nargs="+", default=["savedmodel"], metavar="FORMAT", dest="formats",
+                   help=f"one or more of {', '.join(FORMATS)} (default savedmodel): the SavedModel's serve and "
+                        "serve_bytes signatures and/or model.onnx (the serve signature as ONNX, needs the onnx "
+                        "extra)")
     p.add_argument("--measure", type=int, default=0, metavar="N",
-                   help="time the SavedModel against in-process predict on N images; result in the card")
+                   help="time each exported format and in-process Keras on the same N images (img/s, batch 32); "
+                        "result in the card")
     p.add_argument("--evaluation", nargs="+", type=Path, metavar="DIR",
                    help="folders of tumorclf evaluate --out (an evaluation.json of this run) to add to the model "
                         "card beside the run's own evaluation*/ subfolders")
@@ -709,7 +813,8 @@ def run(args) -> int:
         raise UsageError(f"export: --threshold must be in [0, 1], got {args.threshold}")
     if args.measure < 0:
         raise UsageError(f"export: --measure must be 0 or a positive number of images, got {args.measure}")
-    out = export_run(args.run, args.out, args.threshold, args.overwrite, args.measure, args.evaluation)
+    out = export_run(args.run, args.out, args.threshold, args.overwrite, args.measure, args.evaluation,
+                     args.formats)
     print(out)
     return 0
 

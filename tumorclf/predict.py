@@ -1,17 +1,25 @@
-"""`tumorclf predict`: P(tumour) of image files and folders with a `.keras` model or an exported SavedModel.
+"""`tumorclf predict`: P(tumour) of image files and folders with a `.keras` model, an exported SavedModel or
+an export's ``model.onnx`` (`tumorclf.onnxmodel.OnnxPredictor`, onnxruntime).
 
 Usage: ``tumorclf predict --model PATH INPUT... [--out preds.csv|preds.json] [--threshold T] [--batch-size N]
-[--no-gate]`` (``python -m tumorclf.predict`` is an alias.)
+[--no-gate] [--slices middle|all|K]`` (``python -m tumorclf.predict`` is an alias.)
 
-Files are decoded as training decodes them (`tumorclf.decoder.read_pixels` then `resize`, i.e.
-`decode_image`, keeping the file's own size for the gate) and scored in batches (a SavedModel through the
-``probabilities`` output of its ``serve`` signature). A file that cannot be decoded gets an error in its
-row and the others are still scored.
+Files are decoded as training decodes them (`tumorclf.decoder.read_slices`, whose default middle slice is
+`read_pixels`'s, then `resize`, i.e. `decode_image`, keeping the slice's own size for the gate) and scored
+in batches (a SavedModel through the ``probabilities`` output of its ``serve`` signature). A file that
+cannot be decoded gets an error in its row and the others are still scored.
 
-Each row: ``path, prob_tumor, predicted, error, prob_tumor_raw, quality, ood_score`` (the columns added
-later come last, so readers of the first ones keep them). ``prob_tumor`` is the **calibrated**
-P(Tumor), sigmoid(logit(P) / T) (`tumorclf.calibration.apply_temperature`), ``prob_tumor_raw`` the
-model's softmax P(Tumor), and
+DICOM (``.dcm``, or by content) and NIfTI (``.nii``, ``.nii.gz``) files are decoded by `tumorclf.medical`
+(windowed to 8 bits). ``--slices`` says which slices of a volume or multi-frame file are scored: ``middle``
+(the default, ``n // 2``: the one slice training reads per file), ``all`` (one row per slice with enough
+brain, `tumorclf.medical.has_brain`) or ``K`` (the 0-based slice K; out of range is that file's error). A
+2-D image is scored once whatever ``--slices`` says.
+
+Each row: ``path, prob_tumor, predicted, error, prob_tumor_raw, quality, ood_score, slice`` (the columns
+added later come last, so readers of the first ones keep them). ``slice`` is the 0-based index of the
+scored slice of a volume or multi-frame file (its ``path`` is the file's), empty for a 2-D image.
+``prob_tumor`` is the **calibrated** P(Tumor), sigmoid(logit(P) / T)
+(`tumorclf.calibration.apply_temperature`), ``prob_tumor_raw`` the model's softmax P(Tumor), and
 ``predicted`` is Tumor where the calibrated P(Tumor) is at or above the threshold
 (`tumorclf.evaluation.decide`), Healthy below it, and empty when the quality gate refused the image.
 
@@ -20,14 +28,15 @@ should not answer: ``too_small`` (the file's short side under the gate's min sid
 ``not_grayscale_mri`` or ``out_of_distribution``; ``ood_score`` is the image's Mahalanobis distance to
 the training features (4 decimals). The gate of a ``.keras`` model is the ``gate.npz`` / ``gate.json``
 beside it (a run's best.keras, an export's model.keras; `gated_model` scores it in the same forward pass);
-a SavedModel's are its own ``quality_code`` and ``ood_score`` outputs, with the min side saved inside it.
+a SavedModel's or model.onnx's are its own ``quality_code`` and ``ood_score`` outputs, with the min side
+saved inside it.
 A model without a gate (older runs and exports) is predicted ungated, with a warning; so is any model
 with ``--no-gate`` (without one): ``quality`` and ``ood_score`` are empty and every readable image is
 decided.
 
 The temperature T and the threshold are the ones recorded with the model (`recorded_operating_point`):
 the ``temperature`` and ``threshold`` of ``model_card.json`` beside it (written by `tumorclf export`),
-else, for a SavedModel, the operating point saved inside it, else the run folder's
+else, for a SavedModel or model.onnx, the operating point saved inside it, else the run folder's
 (`RunDir.temperature()`, `RunDir.threshold()`) for a run's ``best.keras``, else T = 1 and
 ``tumorclf.rundir.DEFAULT_THRESHOLD``. T = 1 means uncalibrated: ``prob_tumor`` equals
 ``prob_tumor_raw``. ``--threshold`` replaces the threshold only. For an export, these rows equal the
@@ -37,12 +46,14 @@ outputs (its ``serve_bytes`` signature's; ``serve`` cannot say too_small).
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
 import zipfile
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
@@ -51,9 +62,10 @@ import numpy as np
 from tumorclf.artifacts import atomic_write_json, atomic_write_text, csv_text
 from tumorclf.calibration import apply_temperature
 from tumorclf.data import CLASS_NAMES, expand_inputs
-from tumorclf.decoder import DECODER_VERSION, DecodeError, read_pixels, resize
+from tumorclf.decoder import DECODER_VERSION, DecodeError, read_slices, resize
 from tumorclf.errors import UsageError, UserError
 from tumorclf.evaluation import decide
+from tumorclf.medical import Slices
 from tumorclf.progress import Progress
 from tumorclf.rundir import DEFAULT_THRESHOLD, RunDir, RunError
 
@@ -67,8 +79,9 @@ log = logging.getLogger(__name__)
 Predictor = Callable[[np.ndarray], dict[str, np.ndarray]]
 MODEL_CARD_FILE = "model_card.json"  # written by tumorclf.export beside the SavedModel and its model.keras
 # prob_tumor: calibrated P(Tumor); prob_tumor_raw: the model's softmax P(Tumor); quality, ood_score: the gate's
-# (each added at the end, so older readers of path,prob_tumor,predicted,error keep their columns)
-COLUMNS = ["path", "prob_tumor", "predicted", "error", "prob_tumor_raw", "quality", "ood_score"]
+# (each added at the end, so older readers of path,prob_tumor,predicted,error keep their columns); slice: the index
+# of a volume's or multi-frame file's slice (None for a 2-D image)
+COLUMNS = ["path", "prob_tumor", "predicted", "error", "prob_tumor_raw", "quality", "ood_score", "slice"]
 SAVED_MODEL_OUTPUT = "probabilities"  # the raw softmax output of an export's signatures
 GATE_OUTPUTS = ("quality_code", "ood_score")  # an export's gate outputs predict reads
 
@@ -132,10 +145,10 @@ class SavedModelPredictor:
 
 
 def load_predictor(path: Path, gated: bool = True) -> tuple[Predictor, int]:
-    """A `Predictor` and the image size: a `SavedModelPredictor` (which also tells the operating point saved
-    in it) or a `KerasPredictor` with the gate beside the .keras file. Both have `min_side`, None when they
-    are not gated (`gated` False, or no gate with the model). An unreadable or unfitting gate is a
-    `GateError`."""
+    """A `Predictor` and the image size: a `SavedModelPredictor` or an `OnnxPredictor` (a model.onnx of
+    `tumorclf export`; both also tell the operating point saved in them) or a `KerasPredictor` with the gate
+    beside the .keras file. All have `min_side`, None when they are not gated (`gated` False, or no gate
+    with the model). An unreadable or unfitting gate is a `GateError`."""
     import tensorflow as tf
 
     from tumorclf.gate import Gate, GateError
@@ -152,12 +165,17 @@ def load_predictor(path: Path, gated: bool = True) -> tuple[Predictor, int]:
             if gate is not None:
                 gate.check(model, path.parent)
             return KerasPredictor(model, gate), int(model.input_shape[1])
+        if path.is_file() and path.suffix == ".onnx":  # its gate and operating point are inside the graph
+            from tumorclf.onnxmodel import OnnxPredictor
+
+            predictor = OnnxPredictor(path, gated)
+            return predictor, predictor.size
     except (ModelError, GateError):
         raise
     except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError, zipfile.BadZipFile,
             tf.errors.OpError) as exc:
         raise ModelError(f"cannot load model {path}: {exc}") from None
-    raise ModelError(f"cannot load model {path}: neither a .keras file nor a SavedModel folder")
+    raise ModelError(f"cannot load model {path}: neither a .keras file, a SavedModel folder nor a .onnx file")
 
 
 def _card_number(card: Path, values: dict, key: str, default: float | None, valid) -> float:
@@ -218,14 +236,25 @@ def trained_decoder(model_path: Path) -> str | None:
     return None
 
 
-def _decode(path: Path, size: int) -> tuple[np.ndarray | None, int, str]:
-    """(pixels as `decode_image` gives them, the file's short side, error): the gate's too_small needs the
-    size before the resize."""
+def _decode(path: Path, size: int, slices: str = "middle") -> tuple[list[tuple[int | None, np.ndarray, int]], str]:
+    """([(slice index, pixels as `decode_image` gives them, the slice's short side)], error) of the chosen
+    `slices` (`read_slices`): the gate's too_small needs the size before the resize."""
     try:
-        pixels = read_pixels(path)
-        return resize(pixels, size), min(pixels.shape[:2]), ""
+        return [(index, resize(pixels, size), min(pixels.shape[:2])) for index, pixels in read_slices(path, slices)], ""
     except (DecodeError, OSError) as exc:
-        return None, 0, str(exc)
+        return [], str(exc)
+
+
+def _decoded_ahead(pool: ThreadPoolExecutor, decode: Callable, files: list[Path], ahead: int) -> Iterator:
+    """`decode` of each file, in order, with at most `ahead` files decoding ahead of the one consumed: the
+    workers stay busy and memory stays bounded however many slices a volume gives."""
+    pending: deque = deque()
+    for path in files:
+        pending.append(pool.submit(decode, path))
+        if len(pending) > ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 def score_batch(predict: Predictor, pixels: np.ndarray, sides: np.ndarray, threshold: float = DEFAULT_THRESHOLD,
@@ -254,30 +283,49 @@ def score_batch(predict: Predictor, pixels: np.ndarray, sides: np.ndarray, thres
 
 def predict_files(predict: Predictor, size: int, files: list[Path], threshold: float = DEFAULT_THRESHOLD,
                   batch_size: int = 32, workers: int = 2, temperature: float = 1.0,
-                  min_side: int | None = None) -> Iterator[dict]:
-    """One row per file (`COLUMNS`): path, the scores of `score_batch`, and error (unreadable files get an
-    error, not a stop). More files than one batch show progress (a bar on a terminal, log lines otherwise)."""
+                  min_side: int | None = None, slices: str = "middle") -> Iterator[dict]:
+    """One row per file (`COLUMNS`), or per chosen slice of a volume or multi-frame file (`slices`: middle, all
+    or K; ``slice`` is its index, None for a 2-D image): path, the scores of `score_batch`, and error
+    (unreadable files get an error, not a stop). Images are scored `batch_size` at a time whichever files
+    they come from, rows come in file order. More files than one batch show progress (a bar on a terminal,
+    log lines otherwise)."""
     progress = Progress(len(files), "predict", unit="files") if len(files) > batch_size else None
+    rows: deque[dict] = deque()  # in file order, until their images are scored
+    queue: list[tuple[dict, np.ndarray, int]] = []  # (row, pixels, short side) waiting for a batch
+
+    def score(count: int) -> None:
+        batch = queue[:count]
+        del queue[:count]
+        scores = score_batch(predict, np.stack([pixels for _, pixels, _ in batch]),
+                             np.array([side for _, _, side in batch]), threshold, temperature, min_side)
+        for (row, _, _), result in zip(batch, scores):
+            row.update(result)
+
+    def scored() -> Iterator[dict]:
+        waiting = {id(row) for row, _, _ in queue}
+        while rows and id(rows[0]) not in waiting:
+            yield rows.popleft()
+
+    def add_row(path: Path, index: int | None, error: str) -> dict:
+        rows.append({"path": str(path), "prob_tumor": None, "predicted": None, "error": error,
+                     "prob_tumor_raw": None, "quality": None, "ood_score": None, "slice": index})
+        return rows[-1]
+
     try:
         with ThreadPoolExecutor(max(1, workers)) as pool:
-            for start in range(0, len(files), batch_size):
-                chunk = files[start : start + batch_size]
-                pixels, sides, readable, rows = [], [], [], []
-                for path, (image, side, error) in zip(chunk, pool.map(lambda p: _decode(p, size), chunk)):
-                    row = {"path": str(path), "prob_tumor": None, "predicted": None, "error": error,
-                           "prob_tumor_raw": None, "quality": None, "ood_score": None}
-                    if image is not None:
-                        pixels.append(image)
-                        sides.append(side)
-                        readable.append(row)
-                    rows.append(row)
-                if pixels:
-                    for row, score in zip(readable, score_batch(predict, np.stack(pixels), np.array(sides),
-                                                                 threshold, temperature, min_side)):
-                        row.update(score)
+            decoded = _decoded_ahead(pool, lambda p: _decode(p, size, slices), files, 2 * max(1, workers))
+            for path, (images, error) in zip(files, decoded):
+                if error:
+                    add_row(path, None, error)
+                queue.extend((add_row(path, index, ""), pixels, side) for index, pixels, side in images)
+                while len(queue) >= batch_size:
+                    score(batch_size)
+                yield from scored()
                 if progress is not None:
-                    progress.update(len(chunk))
-                yield from rows
+                    progress.update()
+            if queue:
+                score(len(queue))
+            yield from scored()
     finally:
         if progress is not None:
             progress.close()
@@ -289,23 +337,66 @@ def operating_point_for(model_path: Path, recorded: tuple[float, float, str] | N
     operating point saved in a SavedModel, else 1 and `DEFAULT_THRESHOLD`. A model card whose temperature is
     not the one its SavedModel applies is refused: predict's prob_tumor would differ from the SavedModel's."""
     saved = getattr(predictor, "operating_point", None)
+    kind = "ONNX model" if Path(model_path).suffix == ".onnx" else "SavedModel"
     if recorded is None:
         if saved is not None:
-            return saved[0], saved[1], f"the SavedModel {model_path}"
+            return saved[0], saved[1], f"the {kind} {model_path}"
         return 1.0, DEFAULT_THRESHOLD, "default"
     temperature, threshold, source = recorded
     if saved is not None:
         if saved[0] != temperature:
-            raise ModelError(f"{source} says temperature {temperature:g} but the SavedModel {model_path} calibrates "
+            raise ModelError(f"{source} says temperature {temperature:g} but the {kind} {model_path} calibrates "
                              f"with {saved[0]:g}: re-export the run")
         if saved[1] != threshold and not threshold_given:
-            log.warning("%s sets threshold %g; the SavedModel's own decision output uses %g", source, threshold,
+            log.warning("%s sets threshold %g; the %s's own decision output uses %g", source, threshold, kind,
                         saved[1])
     return temperature, threshold, source
 
 
+@dataclass(frozen=True)
+class OpenedModel:
+    """A model ready to score as `tumorclf predict` scores: its predictor and image size, the gate's min side
+    (None: ungated) and the operating point applied (temperature, threshold, where they came from)."""
+
+    predictor: Predictor
+    size: int
+    min_side: int | None
+    temperature: float
+    threshold: float
+    source: str
+
+
+def open_model(model_path: Path, threshold: float | None = None, gated: bool = True) -> OpenedModel:
+    """Load a model as predict and `tumorclf serve` both do: the operating point recorded with it (a bad
+    model card stops here, before the model is loaded; `threshold` replaces the threshold only), a warning
+    when it was trained with another decoder or has no quality gate, then the predictor."""
+    model_path = Path(model_path)
+    if not model_path.exists():
+        raise ModelError(f"cannot load model {model_path}: not found")
+    recorded = recorded_operating_point(model_path, need_threshold=threshold is None)
+    trained_with = trained_decoder(model_path)
+    if trained_with not in (None, DECODER_VERSION):
+        log.warning("%s was trained with decoder version %s; this decodes with version %s (slightly different "
+                    "pixels): retrain for exact agreement", model_path, trained_with, DECODER_VERSION)
+    predictor, size = load_predictor(model_path, gated=gated)
+    min_side = getattr(predictor, "min_side", None)
+    if min_side is None and gated:
+        log.warning("no quality gate %s %s (fit one with `tumorclf gate --run RUN`%s): predictions are not gated",
+                    "in" if model_path.is_dir() else "beside", model_path,
+                    ", then export again" if model_path.suffix != ".keras" else "")
+    temperature, recorded_threshold, source = operating_point_for(model_path, recorded, predictor,
+                                                                  threshold is not None)
+    if threshold is None:
+        log.info("temperature %g and threshold %g (from %s)", temperature, recorded_threshold, source)
+        return OpenedModel(predictor, size, min_side, temperature, recorded_threshold, source)
+    log.info("temperature %g (from %s), threshold %g (from --threshold)", temperature, source, threshold)
+    return OpenedModel(predictor, size, min_side, temperature, threshold,
+                       f"--threshold (temperature from {source})")
+
+
 def add_arguments(p) -> None:
-    p.add_argument("--model", required=True, type=Path, help="a .keras file or an exported SavedModel folder")
+    p.add_argument("--model", required=True, type=Path,
+                   help="a .keras file, an exported SavedModel folder or an export's model.onnx")
     p.add_argument("inputs", nargs="+", type=Path, help="image files and/or folders (searched recursively)")
     p.add_argument("--out", type=Path, help="preds.csv or preds.json (default: CSV on stdout)")
     p.add_argument("--threshold", type=float, metavar="T",
@@ -317,6 +408,18 @@ def add_arguments(p) -> None:
                    help="no input quality gate: quality and ood_score stay empty and every readable image is "
                         "decided (default: the gate saved with the model, when it has one, leaves tiny, blank, "
                         "colour and out-of-distribution images undecided)")
+    p.add_argument("--slices", type=_slices_argument, default="middle", metavar="middle|all|K",
+                   help="which slices of a DICOM/NIfTI volume or multi-frame file to score, one row each with its "
+                        "index in the slice column: middle (default), all (every slice with enough brain) or K "
+                        "(0-based); 2-D images are scored once")
+
+
+def _slices_argument(text: str) -> str:
+    """--slices as `Slices` parses it; anything else is refused with the reason."""
+    try:
+        return str(Slices.parse(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def run(args) -> int:
@@ -329,30 +432,14 @@ def run(args) -> int:
     missing = [str(i) for i in args.inputs if not i.exists()]
     if missing:
         raise UsageError(f"predict: inputs not found: {', '.join(missing)}")
-    if not args.model.exists():
-        raise ModelError(f"cannot load model {args.model}: not found")
-    # a bad card stops here, before the model is loaded
-    recorded = recorded_operating_point(args.model, need_threshold=args.threshold is None)
-    trained_with = trained_decoder(args.model)
-    if trained_with not in (None, DECODER_VERSION):
-        log.warning("%s was trained with decoder version %s; predict decodes with version %s (slightly different "
-                    "pixels): retrain for exact agreement", args.model, trained_with, DECODER_VERSION)
-    from tumorclf.gate import OK, REASONS  # only now: it loads Keras, which the checks above do not need
+    model = open_model(args.model, args.threshold, gated=not args.no_gate)
+    predictor, size, min_side, temperature, threshold = (model.predictor, model.size, model.min_side,
+                                                          model.temperature, model.threshold)
+    from tumorclf.gate import OK, REASONS  # loaded with the model
 
-    predictor, size = load_predictor(args.model, gated=not args.no_gate)
-    min_side = getattr(predictor, "min_side", None)
-    if min_side is None and not args.no_gate:
-        log.warning("no quality gate %s %s (fit one with `tumorclf gate --run RUN`%s): predictions are not gated",
-                    "in" if args.model.is_dir() else "beside", args.model,
-                    ", then export again" if args.model.is_dir() else "")
-    temperature, threshold, source = operating_point_for(args.model, recorded, predictor, args.threshold is not None)
-    if args.threshold is None:
-        log.info("temperature %g and threshold %g (from %s)", temperature, threshold, source)
-    else:
-        threshold = args.threshold
-        log.info("temperature %g (from %s), threshold %g (from --threshold)", temperature, source, threshold)
-    rows = list(predict_files(predictor, size, expand_inputs(args.inputs), threshold, args.batch_size,
-                              temperature=temperature, min_side=min_side))
+    files = expand_inputs(args.inputs)
+    rows = list(predict_files(predictor, size, files, threshold, args.batch_size, temperature=temperature,
+                              min_side=min_side, slices=args.slices))
     failed = sum(1 for r in rows if r["error"])
     refused = Counter(r["quality"] for r in rows if r["quality"] not in (None, REASONS[OK]))
     gating = "not gated" if min_side is None else f"{sum(refused.values())} refused by the quality gate" + (
@@ -362,7 +449,8 @@ def run(args) -> int:
     else:
         text = csv_text(COLUMNS, ([r[c] for c in COLUMNS] for r in rows))
         atomic_write_text(args.out, text) if args.out else sys.stdout.write(text)
-    log.info("%d files, %d predicted, %d unreadable, %s, temperature %g, threshold %g%s", len(rows),
+    log.info("%d files%s, %d predicted, %d unreadable, %s, temperature %g, threshold %g%s", len(files),
+             f" ({len(rows)} rows, slices {args.slices})" if len(rows) != len(files) else "",
              sum(1 for r in rows if r["predicted"]), failed, gating, temperature, threshold,
              f" -> {args.out}" if args.out else "")
     return 0

@@ -1,0 +1,199 @@
+"""`tumorclf serve`: the page's answer equals `tumorclf predict` on the same file, bad uploads get a one-line
+JSON error, concurrent requests all answer alike, and nothing uploaded touches the disk."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import socket
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import quote
+from urllib.request import urlopen
+
+import numpy as np
+import pytest
+import werkzeug.formparser
+import werkzeug.serving
+from PIL import Image
+
+from tumorclf.cli import main
+from tumorclf.gate import GATE_JSON
+from tumorclf.rundir import RunDir
+from tumorclf.serve import NOTICE, UPLOAD_TYPE, create_app
+from conftest import blob_image, one_error_line
+
+SCORES = ("prob_tumor", "prob_tumor_raw", "predicted", "quality", "ood_score")
+
+
+@pytest.fixture(scope="module")
+def app(trained_run: Path):
+    return create_app(trained_run / "best.keras")
+
+
+def encoded(pixels: np.ndarray, format: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=format)
+    return buffer.getvalue()
+
+
+def slice_bytes(seed: int, size: int = 64, tumor: bool = True, format: str = "PNG") -> bytes:
+    return encoded(blob_image(np.random.default_rng(seed), size, tumor), format)
+
+
+def post(app, data: bytes, name: str = "slice.png", content_type: str = UPLOAD_TYPE):
+    """One upload as the page sends it, with a client of its own (test clients are not shared by threads)."""
+    return app.test_client().post("/api/predict", data=data,
+                                  headers={"Content-Type": content_type, "X-Filename": quote(name)})
+
+
+def test_the_answer_equals_tumorclf_predict_on_the_same_file(app, trained_run: Path, tmp_path: Path):
+    """Scores of a tumour PNG, a healthy JPEG, a tiny slice (too_small) and a blank one (blank) equal predict's,
+    with an overlay of the predicted class only where the gate lets the model answer."""
+    files = {"tumor.png": slice_bytes(1), "healthy.jpg": slice_bytes(2, tumor=False, format="JPEG"),
+             "tiny.png": slice_bytes(3, size=16), "blank.png": encoded(np.full((64, 64, 3), 2, np.uint8))}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    out = tmp_path / "preds.json"
+    assert main(["predict", "--model", str(trained_run / "best.keras"), *(str(tmp_path / n) for n in files),
+                 "--out", str(out)]) == 0
+    expected = {Path(row["path"]).name: row for row in json.loads(out.read_text())}
+    qualities = set()
+    for name, data in files.items():
+        response = post(app, data, name)
+        assert response.status_code == 200, response.get_json()
+        answer = response.get_json()
+        assert {key: answer[key] for key in SCORES} == {key: expected[name][key] for key in SCORES}, name
+        assert answer["file"] == name and answer["image"].startswith("data:image/png;base64,")
+        if answer["quality"] == "ok":
+            assert answer["explained"] == answer["predicted"] and answer["overlay"].startswith("data:image/png")
+        else:
+            assert answer["overlay"] is None and answer["overlay_note"] == f"cannot assess: {answer['quality']}"
+        qualities.add(answer["quality"])
+    assert {"ok", "too_small", "blank"} <= qualities
+
+
+def test_a_text_file_is_refused_with_one_line(app):
+    response = post(app, b"patient notes\nnot an image\n", "notes.txt")
+    assert response.status_code == 400
+    message = response.get_json()["error"]
+    assert message == "notes.txt: not an image (unrecognised content)"
+    assert post(app, b"", "empty.png").status_code == 400
+    wrong = post(app, slice_bytes(1), content_type="multipart/form-data; boundary=x")
+    assert wrong.status_code == 415 and "\n" not in wrong.get_json()["error"]
+
+
+def test_an_upload_over_the_limit_is_413_and_uploads_are_kept_only_when_asked(trained_run: Path, tmp_path: Path):
+    kept = tmp_path / "kept"
+    small = create_app(trained_run / "best.keras", max_upload_mb=0.01, save_uploads=kept)
+    response = post(small, b"\0" * 20_000, "big.png")
+    assert response.status_code == 413
+    assert response.get_json() == {"error": "file too large: the limit is 0.01 MB (--max-upload-mb)"}
+    data = slice_bytes(4)
+    answer = post(small, data, "../a b.png").get_json()
+    saved = Path(answer["saved_as"])
+    assert saved.parent == kept and saved.name.endswith("_a_b.png") and saved.read_bytes() == data
+    assert [p.name for p in kept.iterdir()] == [saved.name]  # the 413 upload was never read, nor kept
+
+
+def test_concurrent_requests_all_answer_and_agree(app):
+    uploads = [("a.png", slice_bytes(5)), ("b.jpg", slice_bytes(6, tumor=False, format="JPEG")),
+               ("c.txt", b"not an image")] * 4
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda upload: post(app, upload[1], upload[0]), uploads))
+    answers: dict[str, set] = {}
+    for (name, _), response in zip(uploads, responses):
+        assert response.status_code == (400 if name.endswith(".txt") else 200)
+        body = response.get_json()
+        answers.setdefault(name, set()).add(json.dumps(body, sort_keys=True))
+    assert all(len(distinct) == 1 for distinct in answers.values()), answers
+
+
+def test_nothing_uploaded_is_written_to_disk(app, tmp_path: Path, monkeypatch):
+    """An upload over Werkzeug's 500 KB spooling size leaves the working folder and the temporary folder
+    empty, and no temporary file is even opened."""
+    cwd, tmp = tmp_path / "cwd", tmp_path / "tmp"
+    cwd.mkdir()
+    tmp.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("an upload reached a temporary file")
+
+    for name in ("mkstemp", "mkdtemp", "NamedTemporaryFile", "TemporaryFile", "SpooledTemporaryFile"):
+        monkeypatch.setattr(tempfile, name, refuse)
+    monkeypatch.setattr(werkzeug.formparser, "SpooledTemporaryFile", refuse)
+    noise = np.random.default_rng(7).integers(0, 256, (640, 640), dtype=np.uint8)
+    data = encoded(np.repeat(noise[..., None], 3, axis=-1))
+    assert len(data) > 500 * 1024
+    response = post(app, data, "noise.png")
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["saved_as"] is None
+    assert list(cwd.iterdir()) == [] and list(tmp.iterdir()) == []
+
+
+def test_the_model_numbers_come_from_the_run(app, trained_run: Path):
+    about = app.test_client().get("/api/model").get_json()
+    run = RunDir(trained_run)
+    assert about["operating_point"]["temperature"] == run.temperature()
+    assert about["operating_point"]["threshold"] == run.threshold()
+    assert about["gate"]["min_side"] == json.loads((trained_run / GATE_JSON).read_text())["min_side"]
+    card = about["card"]
+    assert card["model"] == "simplecnn" and card["best_epoch"] == run.metrics()["best_epoch"]
+    assert card["test_metrics"]["accuracy"] == run.metrics()["accuracy"]
+    assert (card["temperature"], card["threshold"]) == (run.temperature(), run.threshold())
+    assert card["evaluations"] == []  # the run has no evaluation folder: nothing invented
+    assert about["gradcam"] == {"available": True, "detail": "best.keras, layer relu3"}
+    assert about["notice"] == NOTICE and about["max_upload_mb"] == 20
+
+
+def test_the_page_carries_the_research_only_notice(app):
+    client = app.test_client()
+    page = client.get("/")
+    assert page.status_code == 200 and NOTICE.encode() in page.data
+    assert "default-src 'self'" in page.headers["Content-Security-Policy"]
+    for asset in ("/static/app.js", "/static/style.css"):
+        assert client.get(asset).status_code == 200
+
+
+def test_the_command_serves_on_a_free_port_and_warns_off_loopback(trained_run: Path, monkeypatch, caplog):
+    """`tumorclf serve --port 0` answers on the port it logs; a host other than localhost is warned about."""
+    answers = []
+
+    def one_request(server, poll_interval: float = 0.5) -> None:
+        client = threading.Thread(target=lambda: answers.append(
+            json.loads(urlopen(f"http://127.0.0.2:{server.port}/api/model", timeout=30).read())))
+        client.start()
+        server.handle_request()
+        client.join()
+        server.server_close()
+
+    monkeypatch.setattr(werkzeug.serving.BaseWSGIServer, "serve_forever", one_request)
+    with caplog.at_level(logging.INFO, logger="tumorclf.serve"):
+        assert main(["serve", "--model", str(trained_run / "best.keras"), "--host", "127.0.0.2", "--port", "0"]) == 0
+    assert answers[0]["model"] == str(trained_run / "best.keras")
+    assert "no authentication" in caplog.text and "http://127.0.0.2:" in caplog.text
+
+
+def test_bad_command_lines_end_in_one_line(trained_run: Path, tmp_path: Path, capsys):
+    model = str(trained_run / "best.keras")
+    assert main(["serve", "--model", str(tmp_path / "missing.keras"), "--port", "0"]) == 2
+    assert "not found" in one_error_line(capsys)
+    assert main(["serve", "--model", model, "--threshold", "1.5"]) == 2
+    assert "--threshold must be in [0, 1]" in one_error_line(capsys)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--model", model, "--port", str(port)]) == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in one_error_line(capsys)
+    (tmp_path / "file").write_text("")
+    assert main(["serve", "--model", model, "--save-uploads", str(tmp_path / "file" / "uploads")]) == 2
+    assert "cannot use --save-uploads" in one_error_line(capsys)
+    assert not os.path.exists(tmp_path / "file" / "uploads")
