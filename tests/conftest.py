@@ -70,6 +70,15 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     monkeypatch.setenv("TUMORCLF_CACHE", str(tmp_path_factory.mktemp("cache")))
 
 
+@pytest.fixture(autouse=True)
+def float32_policy() -> None:
+    """Training sets Keras' global dtype policy for its whole process (`tumorclf.run`); each test starts from
+    float32, so none depends on the policy an earlier test's training left behind."""
+    import keras
+
+    keras.config.set_dtype_policy("float32")
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished SimpleCNN run (48 px, 3 epochs) on a blob dataset, shared by export/predict/explain tests.

@@ -267,3 +267,28 @@ def test_framing_and_intensity_convert(trained_run: Path, tmp_path: Path):
     close("probabilities, framing + intensity, vs Keras", onnx["probabilities"], expected)
     close("prob_tumor, framing + intensity, vs Keras + apply_temperature", onnx["prob_tumor"],
           apply_temperature(expected[:, 1], TEMPERATURE))
+
+
+def test_bfloat16_model_exports_in_float32(trained_run: Path, tmp_path: Path):
+    """A model trained under mixed_bfloat16 (what `--precision auto` picks on this CPU) converts to a graph
+    onnxruntime loads, computing in float32: the float32 copy's outputs, within bfloat16's distance of the
+    model's own."""
+    from tumorclf.models import build_model, to_float32
+    from tumorclf.onnxmodel import export_onnx
+
+    plain = keras.saving.load_model(trained_run / "best.keras")
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        mixed = build_model("simplecnn", SIZE, intensity="percentile")
+    finally:
+        keras.config.set_dtype_policy("float32")
+    mixed.set_weights(plain.get_weights())
+    assert any(layer.dtype_policy.compute_dtype == "bfloat16" for layer in mixed.layers)
+    facts = export_onnx(mixed, tmp_path / ONNX_FILE, TEMPERATURE, 0.5)
+    assert facts["precision"] == "float32"
+    images = np.stack([blob_image(np.random.default_rng(i), SIZE, tumor=bool(i % 2)) for i in range(6)])
+    images = images.astype(np.float32)
+    onnx = run_onnx(tmp_path / ONNX_FILE, images)
+    close("probabilities, bfloat16 model, vs its float32 copy", onnx["probabilities"],
+          to_float32(mixed).predict(images, verbose=0))
+    assert np.abs(onnx["probabilities"] - mixed.predict(images, verbose=0)).max() < 0.05

@@ -7,3 +7,8 @@ class UserError(Exception):
 
 class UsageError(UserError):
     """The command line itself is wrong (unknown flag, missing argument, bad choice)."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (third-party messages span several), else its class name."""
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -83,7 +83,7 @@ from tumorclf import decoder
 from tumorclf.artifacts import atomic_write_json, atomic_write_text, json_safe, versions
 from tumorclf.bootstrap import format_interval
 from tumorclf.calibration import CLIP, apply_temperature
-from tumorclf.errors import UsageError
+from tumorclf.errors import UsageError, one_line
 from tumorclf.evaluation import decide
 from tumorclf.gate import OK, REASONS, TOO_SMALL, VALIDATION_REJECTION, Gate, gated_model
 from tumorclf.onnxmodel import ONNX_FILE, OnnxPredictor, export_onnx
@@ -349,7 +349,7 @@ def run_evaluations(run: RunDir) -> dict:
         try:
             found[folder.name] = _summary(_read_evaluation(path))
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
-            log.warning("left %s out of the model card: unreadable (%s)", path, " ".join(str(exc).split()))
+            log.warning("left %s out of the model card: unreadable (%s)", path, one_line(exc))
     return found
 
 
@@ -378,7 +378,7 @@ def external_evaluations(run: RunDir, folders: list[Path], known: dict | None = 
                 raise TypeError("it names no run")
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
             raise UsageError(f"export: --evaluation {folder}: unreadable evaluation.json "
-                             f"({' '.join(str(exc).split())})") from None
+                             f"({one_line(exc)})") from None
         if Path(evaluated).resolve() != run.path.resolve():
             raise UsageError(f"export: --evaluation {folder} is an evaluation of the run {evaluated}, not of "
                              f"{run.path}")

@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tumorclf.artifacts import atomic_write_bytes
-from tumorclf.errors import UserError
+from tumorclf.errors import UserError, one_line
 from tumorclf.predict import GATE_OUTPUTS, SAVED_MODEL_OUTPUT, ModelError
 from tumorclf.rundir import DEFAULT_THRESHOLD
 
@@ -166,13 +166,20 @@ HANDLERS = {"Log1p": (_log1p_as_log, ["Log"]), "ImageProjectiveTransformV3": (_p
 def export_onnx(model: "keras.Model", path: Path, temperature: float = 1.0, threshold: float = DEFAULT_THRESHOLD,
                 gate: "Gate | None" = None, opset: int = OPSET) -> dict:
     """Write the `serve` signature of `model` at `temperature`, `threshold` (and `gate`) as an ONNX model at
-    `path`; returns the model card's facts about it. `OnnxConversionError` when an op does not convert."""
-    tf2onnx, onnx = require("tf2onnx", "onnx")
+    `path`; returns the model card's facts about it. `OnnxConversionError` when an op does not convert or
+    onnxruntime cannot load the result.
+
+    The graph computes in float32 whatever the model was trained in: tf2onnx turns a mixed_bfloat16 model's
+    casts into a graph onnxruntime refuses (float16 and bfloat16 bound to one Mul), and onnxruntime has no
+    CPU kernels for most bfloat16 ops anyway."""
+    tf2onnx, onnx, ort = require("tf2onnx", "onnx", "onnxruntime")
     import tensorflow as tf
 
     from tumorclf.export import OperatingPointHead, QualityHead, decision_cutoff, pixel_spec, serving_functions
     from tumorclf.gate import gated_model
+    from tumorclf.models import to_float32
 
+    model = to_float32(model)
     size = int(model.input_shape[1])
     gated = (gated_model(model, gate), QualityHead(gate)) if gate is not None else None
     serve, _ = serving_functions(model, OperatingPointHead(temperature, threshold), gated)
@@ -194,10 +201,17 @@ def export_onnx(model: "keras.Model", path: Path, temperature: float = 1.0, thre
     props = metadata(size, temperature, threshold, decision_cutoff(temperature, threshold), gate)
     onnx.helper.set_model_props(proto, props)
     onnx.checker.check_model(proto)
-    atomic_write_bytes(path, proto.SerializeToString())
+    data = proto.SerializeToString()
+    try:  # the checker does not bind type parameters across nodes; onnxruntime does, so load it once here
+        ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    except _session_errors(ort) as exc:
+        raise OnnxConversionError(f"export: onnxruntime cannot load the converted {model.name}: "
+                                  f"{one_line(exc)[:300]}; export it with --format savedmodel") from None
+    atomic_write_bytes(path, data)
     return {"file": Path(path).name, "opset": opset, "converter": f"tf2onnx {tf2onnx.__version__}",
             "input": props["input"], "outputs": [output.name for output in proto.graph.output],
             "metadata_props": props,
+            "precision": "float32",
             "not_included": "serve_bytes (no encoded-bytes input: decode with tumorclf.decoder or tumorclf "
                             "predict); too_small (the graph receives resized pixels, as serve)"}
 
@@ -224,7 +238,7 @@ class OnnxPredictor:
         try:
             self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         except _session_errors(ort) as exc:
-            raise ModelError(f"cannot load model {path}: {' '.join(str(exc).split())}") from None
+            raise ModelError(f"cannot load model {path}: {one_line(exc)}") from None
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = {o.name for o in self.session.get_outputs()}
         if INPUT not in inputs or SAVED_MODEL_OUTPUT not in outputs:

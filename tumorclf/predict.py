@@ -63,7 +63,7 @@ from tumorclf.artifacts import atomic_write_json, atomic_write_text, csv_text
 from tumorclf.calibration import apply_temperature
 from tumorclf.data import CLASS_NAMES, expand_inputs
 from tumorclf.decoder import DECODER_VERSION, DecodeError, read_slices, resize
-from tumorclf.errors import UsageError, UserError
+from tumorclf.errors import UsageError, UserError, one_line
 from tumorclf.evaluation import decide
 from tumorclf.medical import Slices
 from tumorclf.progress import Progress
@@ -201,7 +201,7 @@ def recorded_operating_point(model_path: Path, need_threshold: bool = True) -> t
             if not isinstance(values, dict):
                 raise ValueError("not a JSON object")
         except (OSError, UnicodeDecodeError, ValueError) as exc:
-            raise ModelError(f"{card} is unreadable ({' '.join(str(exc).split())}); re-export the model or pass "
+            raise ModelError(f"{card} is unreadable ({one_line(exc)}); re-export the model or pass "
                              "--threshold") from None
         try:
             threshold = _card_number(card, values, "threshold", None, lambda v: 0 <= v <= 1)

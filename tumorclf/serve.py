@@ -37,7 +37,7 @@ import numpy as np
 
 from tumorclf.data import CLASS_NAMES
 from tumorclf.decoder import DecodeError, read_pixels, resize
-from tumorclf.errors import UsageError, UserError
+from tumorclf.errors import UsageError, UserError, one_line
 from tumorclf.predict import MODEL_CARD_FILE, open_model, score_batch
 from tumorclf.rundir import DEFAULT_THRESHOLD
 
@@ -146,8 +146,8 @@ def load_explainer(model_path: Path, size: int):
         model = to_float32(load_model(path))
         layer = target_layer(model)
     except (UserError, OSError, ValueError, KeyError, TypeError) as exc:
-        log.warning("Grad-CAM unavailable: %s", " ".join(str(exc).split()))
-        return None, f"cannot use {path.name} ({' '.join(str(exc).split())})"
+        log.warning("Grad-CAM unavailable: %s", one_line(exc))
+        return None, f"cannot use {path.name} ({one_line(exc)})"
     if int(model.input_shape[1]) != size:
         return None, f"{path.name} takes {model.input_shape[1]} px images, the model {size} px"
     return model, f"{path.name}, layer {layer}"
@@ -180,7 +180,7 @@ def model_card(model_path: Path) -> tuple[dict | None, str | None]:
 
             return run_card(run), f"the run folder {folder}"
     except (UserError, OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        log.warning("no model card numbers on the page: %s", " ".join(str(exc).split()))
+        log.warning("no model card numbers on the page: %s", one_line(exc))
     return None, None
 
 
