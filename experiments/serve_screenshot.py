@@ -35,6 +35,7 @@ def chromium(width: int, height: int):
     for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                      f"--window-size={width},{height}", "--hide-scrollbars"):
         options.add_argument(argument)
+    options.timeouts = {"pageLoad": 60_000, "script": 30_000}
     return webdriver.Chrome(options=options, service=Service(driver))
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import gzip
 import json
 import io
+import logging
+import warnings
+import zlib
 from pathlib import Path
 
 import keras
@@ -15,10 +18,10 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels import get_decoder
-from pydicom.uid import (BasicTextSRStorage, ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, MRImageStorage,
-                         generate_uid)
+from pydicom.uid import (BasicTextSRStorage, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, JPEG2000Lossless,
+                         JPEGLSLossless, MRImageStorage, SecondaryCaptureImageStorage, generate_uid)
 
-from tumorclf import data, decoder, medical
+from tumorclf import data, decoder, medical, predict as predict_module
 from tumorclf.cli import main
 from tumorclf.decoder import DecodeError, decode_image, read_pixels, read_slices, resize
 from tumorclf.medical import BRAIN_FRACTION, BRAIN_LEVEL, WINDOW_PERCENTILES, Slices
@@ -114,14 +117,50 @@ def test_monochrome1_is_inverted_after_windowing():
     assert grey(read_pixels(inverted))[0, 0] == 255  # the lowest value is white in MONOCHROME1
 
 
-def test_dicom_voi_lut_is_applied_before_the_window():
+def voi_lut(descriptor: list[int], entries) -> Dataset:
     lut = Dataset()
-    lut.add_new("LUTDescriptor", "US", [8, 0, 8])  # 8 entries from stored value 0, 8 bits each
-    lut.add_new("LUTData", "US", [0, 10, 20, 40, 80, 160, 200, 255])
+    lut.add_new("LUTDescriptor", "US", descriptor)
+    lut.add_new("LUTData", "US", [int(v) for v in entries])
+    return lut
+
+
+def test_dicom_voi_lut_is_applied_instead_of_the_window():
+    lut = voi_lut([8, 0, 8], [0, 10, 20, 40, 80, 160, 200, 255])  # 8 entries from stored value 0, 8 bits each
     stored = np.arange(12, dtype=np.uint16).reshape(3, 4)  # 8 and above take the last entry
     source = dicom_bytes(stored, VOILUTSequence=[lut], WindowCenter=2.0, WindowWidth=2.0)
     expected = np.array([0, 10, 20, 40, 80, 160, 200, 255, 255, 255, 255, 255]).reshape(3, 4)
     np.testing.assert_array_equal(grey(read_pixels(source)), expected)
+
+
+def test_dicom_voi_lut_longer_than_its_entry_type_and_its_output_range():
+    # 512 entries of 8 bits from stored value 100: an index in the LUT's uint8 dtype would wrap past 255
+    stored = np.arange(0, 700, 7, dtype=np.uint16).reshape(10, 10)  # 0 ... 693
+    source = dicom_bytes(stored, VOILUTSequence=[voi_lut([512, 100, 8], np.arange(512) // 2)])
+    expected = np.clip(stored.astype(int) - 100, 0, 511) // 2
+    np.testing.assert_array_equal(grey(read_pixels(source)), expected)
+    # a 16-bit descriptor over 12-bit data (entries 0 ... 4095): white is 4095, not 65535
+    stored = np.arange(0, 4096, 41, dtype=np.uint16)[:100].reshape(10, 10)
+    twelve = grey(read_pixels(dicom_bytes(stored, VOILUTSequence=[voi_lut([4096, 0, 16], np.arange(4096))])))
+    np.testing.assert_array_equal(twelve, by_hand(stored.astype(float), 0, 4095))
+    # entries that do reach the descriptor's 16 bits keep its range, as the standard says
+    full = grey(read_pixels(dicom_bytes(stored, VOILUTSequence=[voi_lut([4096, 0, 16], np.arange(4096) * 16)])))
+    np.testing.assert_array_equal(full, by_hand(stored.astype(float) * 16, 0, 65535))
+
+
+def test_plain_8_bit_dicom_decodes_like_the_image_it_wraps(tmp_path: Path):
+    """A training JPEG/PNG wrapped as Secondary Capture: 8 bits, no rescale, no window: the same pixels."""
+    image = np.random.default_rng(2).integers(40, 200, (9, 11), dtype=np.uint8)  # far from 0-255: a stretch shows
+    Image.fromarray(image).save(tmp_path / "slice.png")
+    eight_bit = dict(sop_class=SecondaryCaptureImageStorage, modality="OT", BitsAllocated=8, BitsStored=8, HighBit=7,
+                     PixelData=image.tobytes())
+    expected = read_pixels(tmp_path / "slice.png")
+    for extra in ({}, {"RescaleSlope": 1.0, "RescaleIntercept": 0.0}):
+        np.testing.assert_array_equal(read_pixels(dicom_bytes(image.astype(np.uint16), **eight_bit, **extra)),
+                                      expected)
+    # with a rescale, or more bits, the values are not grey levels: the percentile window applies
+    rescaled = grey(read_pixels(dicom_bytes(image.astype(np.uint16), **eight_bit, RescaleSlope=2.0,
+                                            RescaleIntercept=0.0)))
+    assert rescaled.min() == 0 and rescaled.max() == 255
 
 
 def test_dicom_colour_rgb_and_ybr():
@@ -136,6 +175,32 @@ def test_dicom_colour_rgb_and_ybr():
     pixels = read_pixels(dicom_bytes(np.zeros((5, 6), np.uint16), PhotometricInterpretation="YBR_FULL",
                                      PixelData=ybr.tobytes(), **elements))
     assert np.abs(pixels.astype(int) - rgb[..., :1]).max() <= 1
+
+
+def test_pixel_data_beyond_the_header_is_not_extra_frames():
+    # pydicom's pixel_array turns such data into extra frames: a one-frame file came back 4-D
+    doubled = dicom_bytes(STORED, PixelData=np.concatenate([STORED, STORED * 2]).astype("<u2").tobytes())
+    pixels = read_pixels(doubled)
+    assert pixels.shape == (4, 5, 3)
+    np.testing.assert_array_equal(pixels, read_pixels(dicom_bytes(STORED)))
+    assert decoder.decode_image(doubled, 8).shape == (8, 8, 3)
+    frames = np.stack([STORED * k for k in range(1, 4)])
+    extra = dicom_bytes(frames, PixelData=np.concatenate([frames, frames]).astype("<u2").tobytes())
+    assert [index for index, _ in read_slices(extra, "all")] == [0, 1, 2]
+    assert one_line_error(extra, 3) == "slice 3 out of range: the file has 3 slices (0-2)"
+    short = dicom_bytes(frames, PixelData=frames[:2].astype("<u2").tobytes())
+    assert one_line_error(short).startswith("unreadable DICOM pixel data (Explicit VR Little Endian): ")
+
+
+def test_pydicom_warnings_are_one_log_line(caplog):
+    padded = dicom_bytes(STORED, PixelData=STORED.astype("<u2").tobytes() + bytes(40))  # pydicom warns
+    with warnings.catch_warnings(record=True) as escaped, caplog.at_level(logging.WARNING):
+        warnings.simplefilter("always")
+        np.testing.assert_array_equal(read_pixels(padded), read_pixels(dicom_bytes(STORED)))
+    assert escaped == []
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 1 and "\n" not in lines[0] and lines[0].startswith("DICOM bytes: pydicom: ")
+    assert "excess padding" in lines[0] and caplog.records[0].name == "tumorclf.medical"
 
 
 def test_multi_frame_dicom_expands_to_slices():
@@ -195,12 +260,15 @@ def test_dicom_by_content_from_a_path_or_bytes(tmp_path: Path):
     assert bare[128:132] != b"DICM" and medical.sniff(bare) is None
     (tmp_path / "bare.dcm").write_bytes(bare)
     np.testing.assert_array_equal(read_pixels(tmp_path / "bare.dcm"), read_pixels(source))
-    # a PNG is still Pillow's, and unreadable paths stay one-line errors
+    # a PNG is still Pillow's, even named .dcm (a lying extension), and unreadable paths stay one-line errors
     Image.fromarray(STORED.astype(np.uint8)).save(tmp_path / "slice.png")
     assert medical.sniff(tmp_path / "slice.png") is None
+    (tmp_path / "slice.dcm").write_bytes((tmp_path / "slice.png").read_bytes())
+    assert medical.sniff(tmp_path / "slice.dcm") == medical.DICOM
+    np.testing.assert_array_equal(read_pixels(tmp_path / "slice.dcm"), read_pixels(tmp_path / "slice.png"))
     assert one_line_error(tmp_path / "missing.dcm").startswith("unreadable image: ")
     (tmp_path / "junk.dcm").write_bytes(np.random.default_rng(0).bytes(500))
-    assert one_line_error(tmp_path / "junk.dcm") == "not an image (a .dcm file without DICOM content)"
+    assert one_line_error(tmp_path / "junk.dcm").startswith("not an image (a .dcm file ")
 
 
 # --- NIfTI ------------------------------------------------------------------------------------------------------
@@ -226,7 +294,7 @@ def test_nifti_values_window_and_orientation(tmp_path: Path):
 
 def test_nifti_is_reoriented_to_canonical_before_slicing():
     marked = np.zeros((4, 3, 2), np.int16)
-    marked[0, 2, 1] = 100  # voxel i = 0, the most anterior row, the upper slice
+    marked[0, 2, 1] = 100  # voxel i = 0 (the leftmost column, x), j = 2 (the most anterior row), the upper slice
     ras = grey(read_pixels(nifti_bytes(marked, RAS)))
     las = grey(read_pixels(nifti_bytes(marked, LAS)))  # i = 0 is now the patient's rightmost voxel
     assert ras.shape == las.shape == (3, 4)
@@ -257,6 +325,118 @@ def test_nifti_dimensions():
     np.testing.assert_array_equal(read_pixels(nifti_bytes(VOLUME[..., None])), read_pixels(nifti_bytes(VOLUME)))
     (index, pixels), = read_slices(nifti_bytes(VOLUME[:, :, 0]), "all")  # 2-D: one slice, no index
     assert index is None and pixels.shape == (3, 4, 3)
+
+
+def nifti2_with(volume: np.ndarray, dims=None, vox_offset=None) -> bytes:
+    """A NIfTI-2 file of `volume` whose header's dim (int64 [8]) or vox_offset (int64) is then overwritten."""
+    header = bytearray(nifti_bytes(volume, image_class=nib.Nifti2Image))
+    if dims is not None:
+        header[16:80] = np.array(list(dims) + [1] * (8 - len(dims)), "<i8").tobytes()
+    if vox_offset is not None:
+        header[168:176] = np.array([vox_offset], "<i8").tobytes()
+    return bytes(header)
+
+
+def test_nifti_headers_that_overflow_or_lie_are_one_line_errors():
+    # NIfTI-2 dims are int64: their product overflows numpy's int64 (np.prod wrapped to a small number)
+    assert one_line_error(nifti2_with(VOLUME, dims=[3, 2**40, 2**40, 2**40])).startswith("volume too large (")
+    assert one_line_error(nifti2_with(VOLUME, dims=[3, 4, -3, 2])) == "unreadable NIfTI: invalid dimensions (4x-3x2)"
+    assert one_line_error(nifti2_with(VOLUME, dims=[3, 4, 0, 2])) == "unreadable NIfTI: invalid dimensions (4x0x2)"
+    assert one_line_error(nifti2_with(VOLUME, vox_offset=2**62)).startswith("NIfTI too large (")
+    assert one_line_error(nifti_bytes(VOLUME, image_class=nib.Nifti2Image)[:300]) == \
+        "unreadable NIfTI: header cut short (300 of 540 bytes)"
+
+
+def test_size_limits_are_one_line_refusals_before_reading(tmp_path: Path, monkeypatch):
+    big = np.zeros((64, 64, 16), np.int16)
+    nifti, dicom = nifti_bytes(big), dicom_bytes(np.zeros((4, 64, 64), np.uint16))
+    monkeypatch.setattr(medical, "MAX_VOXELS", 64 * 64 * 16 - 1)
+    assert one_line_error(nifti) == "volume too large (64x64x16 voxels)"
+    assert one_line_error(dicom_bytes(np.zeros((16, 64, 64), np.uint16))) == "image too large (64x64 px, 16 frames)"
+    assert read_pixels(dicom).shape == (64, 64, 3)
+    monkeypatch.setattr(medical, "MAX_VOXELS", 1 << 26)
+    monkeypatch.setattr(medical, "MAX_NIFTI_BYTES", 64 * 64 * 16 * 2)  # the voxels fit, the header does not
+    assert one_line_error(nifti) == f"NIfTI too large ({352 + 64 * 64 * 16 * 2} bytes of header and voxels, more " \
+                                    f"than {64 * 64 * 16 * 2})"
+    monkeypatch.setattr(medical, "MAX_DICOM_BYTES", len(dicom) - 1)
+    assert one_line_error(dicom) == f"DICOM too large ({len(dicom)} bytes, more than {len(dicom) - 1})"
+    # a 2 GB 4-D volume (and a 1 GiB 3-D one) of which only the header exists: refused from the header alone
+    monkeypatch.undo()
+    monkeypatch.setattr(nib.Nifti1Image, "from_file_map", lambda *a, **k: pytest.fail("voxels read"))
+    monkeypatch.setattr(nib.Nifti1Image, "from_bytes", lambda *a, **k: pytest.fail("voxels read"))
+    for shape, message in (((512, 512, 256, 16), "4-D volume (16 volumes): give one 3-D volume"),
+                           ((1024, 1024, 512), "volume too large (1024x1024x512 voxels)")):
+        header = nib.Nifti1Header()
+        header.set_data_shape(shape)
+        header.set_data_dtype(np.int16)
+        (tmp_path / "huge.nii").write_bytes(header.binaryblock + bytes(4))
+        assert one_line_error(tmp_path / "huge.nii") == message
+        assert one_line_error(gzip.compress(header.binaryblock + bytes(4))) == message
+
+
+def test_gzipped_nifti_is_inflated_only_as_far_as_its_header_needs(monkeypatch):
+    monkeypatch.setattr(medical, "MAX_NIFTI_BYTES", 1 << 20)
+    padded = gzip.compress(nifti_bytes(VOLUME) + bytes(50 << 20))  # 50 MiB of zeros after the voxels: 50 KiB gzipped
+    np.testing.assert_array_equal(read_pixels(padded), read_pixels(nifti_bytes(VOLUME)))
+    members = gzip.compress(nifti_bytes(VOLUME)[:200]) + gzip.compress(nifti_bytes(VOLUME)[200:])  # as bgzip writes
+    np.testing.assert_array_equal(read_pixels(members), read_pixels(nifti_bytes(VOLUME)))
+
+
+def test_deflated_dicom_is_inflated_with_a_cap(monkeypatch):
+    source = dicom_bytes(STORED, syntax=DeflatedExplicitVRLittleEndian, WindowCenter=400.0, WindowWidth=300.0)
+    np.testing.assert_array_equal(read_pixels(source), read_pixels(dicom_bytes(STORED, WindowCenter=400.0,
+                                                                                 WindowWidth=300.0)))
+    bomb = dicom_bytes(np.zeros((512, 512), np.uint16), syntax=DeflatedExplicitVRLittleEndian)  # 512 KiB inflated
+    assert len(bomb) < 4096 and read_pixels(bomb).shape == (512, 512, 3)
+    monkeypatch.setattr(medical, "MAX_DICOM_BYTES", 100_000)
+    monkeypatch.setattr(zlib, "decompress", lambda *a, **k: pytest.fail("pydicom inflated without a cap"))
+    assert one_line_error(bomb) == "DICOM too large once inflated (more than 100000 bytes)"
+
+
+def mutations(seed: bytes, rng: np.random.Generator, count: int) -> list[bytes]:
+    """`count` corrupt copies of `seed`: cut at a random length, or 1-8 random bytes overwritten."""
+    out = []
+    for _ in range(count):
+        if rng.random() < 0.4:
+            out.append(seed[:int(rng.integers(1, len(seed)))])
+        else:
+            mutated = bytearray(seed)
+            for at in rng.integers(0, len(seed), int(rng.integers(1, 9))):
+                mutated[at] = int(rng.integers(0, 256))
+            out.append(bytes(mutated))
+    return out
+
+
+def test_corrupt_dicom_and_nifti_files_decode_or_are_one_line_errors():
+    """Every corrupt file either decodes to uint8 (H, W, 3) or is a one-line DecodeError: no other exception
+    (pydicom's BytesLengthException, nibabel's WrapStructError, OverflowError, ...) escapes."""
+    rows = dicom_bytes(STORED)
+    at = rows.index(b"\x28\x00\x10\x00US")  # Rows, with a value of 3 bytes: pydicom's BytesLengthException
+    seeds = {
+        "dicom": dicom_bytes(STORED, WindowCenter=400.0, WindowWidth=300.0, RescaleSlope=2.0, RescaleIntercept=-5.0),
+        "multi-frame dicom": dicom_bytes(np.stack([STORED, STORED * 2, STORED * 3])),
+        "deflated dicom": dicom_bytes(STORED, syntax=DeflatedExplicitVRLittleEndian),
+        "nifti-1": nifti_bytes(VOLUME),
+        "nifti-2": nifti_bytes(VOLUME, image_class=nib.Nifti2Image),
+        "gzipped nifti": nifti_bytes(VOLUME, gz=True),
+    }
+    rng = np.random.default_rng(17)
+    corrupt = [rows[:at + 6] + b"\x03\x00" + rows[at + 8:at + 10] + b"\x00" + rows[at + 10:],
+               seeds["nifti-2"][:300], nifti2_with(VOLUME, dims=[3, 2**40, 2**40, 2**40])]
+    for name, seed in seeds.items():
+        corrupt += mutations(seed, rng, 10)
+    assert len(corrupt) == 63
+    outcomes = set()
+    for source in corrupt:
+        try:
+            pixels = read_pixels(source)
+        except DecodeError as exc:
+            assert str(exc) and "\n" not in str(exc)
+            outcomes.add("error")
+        else:
+            assert pixels.dtype == np.uint8 and pixels.ndim == 3 and pixels.shape[2] == 3
+            outcomes.add("decoded")
+    assert outcomes == {"error", "decoded"}
 
 
 def brain_volume() -> np.ndarray:
@@ -351,12 +531,10 @@ def test_predict_slices_all_gives_one_row_per_brain_slice(trained_run: Path, tmp
     (inputs / "c_report.dcm").write_bytes(dicom_bytes(None, sop_class=BasicTextSRStorage, modality="SR"))
     model_path = trained_run / "best.keras"
 
-    def predict(slices: str) -> list[dict]:
-        out = tmp_path / f"preds_{slices}.csv"
-        assert main(["predict", "--model", str(model_path), str(inputs), "--out", str(out), "--slices", slices]) == 0
-        return read_csv(out)
-
-    rows = predict("all")
+    # the command line once (it loads the model each time); the other selections through predict_files
+    out = tmp_path / "preds_all.csv"
+    assert main(["predict", "--model", str(model_path), str(inputs), "--out", str(out), "--slices", "all"]) == 0
+    rows = read_csv(out)
     assert list(rows[0]) == ["path", "prob_tumor", "predicted", "error", "prob_tumor_raw", "quality", "ood_score",
                              "slice"]
     assert [(Path(r["path"]).name, r["slice"]) for r in rows] == [
@@ -369,10 +547,18 @@ def test_predict_slices_all_gives_one_row_per_brain_slice(trained_run: Path, tmp
     np.testing.assert_allclose([float(r["prob_tumor_raw"]) for r in rows[:4]],
                                model.predict(images.astype("float32"), verbose=0)[:, 1], atol=1e-5, rtol=0)
 
-    assert [(Path(r["path"]).name, r["slice"]) for r in predict("2")][:2] == [("a_volume.nii.gz", "2"),
-                                                                             ("b_slice.png", "")]
+    opened = predict_module.open_model(model_path)
+    files = predict_module.expand_inputs([inputs])
+
+    def predict(slices: str) -> list[dict]:
+        return list(predict_module.predict_files(opened.predictor, opened.size, files, opened.threshold,
+                                                 temperature=opened.temperature, min_side=opened.min_side,
+                                                 slices=slices))
+
+    assert [(Path(r["path"]).name, r["slice"]) for r in predict("2")][:2] == [("a_volume.nii.gz", 2),
+                                                                             ("b_slice.png", None)]
     middle = predict("middle")
-    assert middle[0]["slice"] == "3" and middle[0]["prob_tumor_raw"] == rows[2]["prob_tumor_raw"]
+    assert middle[0]["slice"] == 3 and middle[0]["prob_tumor_raw"] == float(rows[2]["prob_tumor_raw"])
     assert predict("9")[0]["error"] == "slice 9 out of range: the file has 6 slices (0-5)"
     capsys.readouterr()
     assert main(["predict", "--model", str(model_path), str(inputs), "--slices", "first"]) == 2

@@ -1,5 +1,6 @@
 """`tumorclf serve`: the page's answer equals `tumorclf predict` on the same file, bad uploads get a one-line
-JSON error, concurrent requests all answer alike, and nothing uploaded touches the disk."""
+JSON error, concurrent requests all answer alike, nothing uploaded touches the disk unless asked (and then
+only images), and requests for another site's host name (DNS rebinding) are refused."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.error import HTTPError
 from urllib.parse import quote
-from urllib.request import urlopen
+from urllib.request import Request, urlopen
 
 import numpy as np
 import pytest
@@ -21,10 +23,11 @@ import werkzeug.formparser
 import werkzeug.serving
 from PIL import Image
 
+import tumorclf.artifacts
 from tumorclf.cli import main
 from tumorclf.gate import GATE_JSON
 from tumorclf.rundir import RunDir
-from tumorclf.serve import NOTICE, UPLOAD_TYPE, create_app
+from tumorclf.serve import NOTICE, UPLOAD_TYPE, create_app, trusted_hosts
 from conftest import blob_image, one_error_line
 
 SCORES = ("prob_tumor", "prob_tumor_raw", "predicted", "quality", "ood_score")
@@ -87,17 +90,43 @@ def test_a_text_file_is_refused_with_one_line(app):
     assert wrong.status_code == 415 and "\n" not in wrong.get_json()["error"]
 
 
-def test_an_upload_over_the_limit_is_413_and_uploads_are_kept_only_when_asked(trained_run: Path, tmp_path: Path):
-    kept = tmp_path / "kept"
-    small = create_app(trained_run / "best.keras", max_upload_mb=0.01, save_uploads=kept)
+@pytest.fixture(scope="module")
+def keeping(trained_run: Path, tmp_path_factory: pytest.TempPathFactory):
+    """(an app with a 0.01 MB limit that keeps uploads, the folder it keeps them in)."""
+    kept = tmp_path_factory.mktemp("serve") / "kept"
+    return create_app(trained_run / "best.keras", max_upload_mb=0.01, save_uploads=kept), kept
+
+
+def test_an_upload_over_the_limit_is_413_and_only_images_are_kept_when_asked(keeping):
+    small, kept = keeping
     response = post(small, b"\0" * 20_000, "big.png")
     assert response.status_code == 413
     assert response.get_json() == {"error": "file too large: the limit is 0.01 MB (--max-upload-mb)"}
+    assert post(small, b"patient notes\n", "notes.txt").status_code == 400
     data = slice_bytes(4)
     answer = post(small, data, "../a b.png").get_json()
-    saved = Path(answer["saved_as"])
-    assert saved.parent == kept and saved.name.endswith("_a_b.png") and saved.read_bytes() == data
-    assert [p.name for p in kept.iterdir()] == [saved.name]  # the 413 upload was never read, nor kept
+    saved = kept / answer["saved_as"]  # the name only: the server's folders are not the uploader's business
+    assert saved.name.endswith("_a_b.png") and saved.read_bytes() == data
+    assert [p.name for p in kept.iterdir()] == [saved.name]  # neither the 413 upload nor the text file was kept
+
+
+def test_an_upload_that_cannot_be_kept_is_a_500_logged_in_one_line(keeping, caplog):
+    small, kept = keeping
+    with caplog.at_level(logging.INFO, logger="tumorclf.serve"):
+        os.rename(kept, kept.with_name("moved"))
+        kept.write_text("")  # a file where the folder was: the save fails
+        try:
+            response = post(small, slice_bytes(5), "slice.png")
+        finally:
+            kept.unlink()
+            os.rename(kept.with_name("moved"), kept)
+    assert response.status_code == 500
+    message = response.get_json()["error"]
+    assert message.startswith("slice.png: cannot keep the upload on the server (--save-uploads): ")
+    assert "\n" not in message and str(kept) not in message
+    errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].exc_info is None and "\n" not in errors[0].getMessage()
+    assert f"cannot keep upload slice.png in --save-uploads {kept}" in errors[0].getMessage()
 
 
 def test_concurrent_requests_all_answer_and_agree(app):
@@ -151,6 +180,40 @@ def test_the_model_numbers_come_from_the_run(app, trained_run: Path):
     assert card["evaluations"] == []  # the run has no evaluation folder: nothing invented
     assert about["gradcam"] == {"available": True, "detail": "best.keras, layer relu3"}
     assert about["notice"] == NOTICE and about["max_upload_mb"] == 20
+    # no path of the server's disk: names only
+    assert about["model"] == "best.keras" and str(trained_run) not in json.dumps(about)
+    assert about["operating_point"]["source"] == "operating_point.json"
+    assert about["card_source"] == f"the run folder {trained_run.name}"
+
+
+def test_requests_for_another_host_name_are_refused(app):
+    """DNS rebinding: another site's page whose name now resolves to 127.0.0.1 sends its own name as Host."""
+    client = app.test_client()
+    for host in ("evil.example", "evil.example:8000", "127.0.0.1.evil.example", "localhost.evil.example:80"):
+        for response in (client.get("/", headers={"Host": host}), client.get("/api/model", headers={"Host": host}),
+                         client.get("/static/app.js", headers={"Host": host}),
+                         client.post("/api/predict", data=slice_bytes(1),
+                                     headers={"Host": host, "Content-Type": UPLOAD_TYPE})):
+            assert response.status_code == 400, (host, response.request.path)
+            message = response.get_json()["error"]
+            assert message.startswith("untrusted Host header: the page answers only as 127.0.0.1, localhost, [::1]")
+            assert "\n" not in message
+    for host in ("127.0.0.1:8123", "127.0.0.1", "localhost", "localhost:8000", "[::1]:8000"):
+        assert client.get("/api/model", headers={"Host": host}).status_code == 200, host
+    response = client.post("/api/predict", data=slice_bytes(1), headers={"Host": "127.0.0.1:8123",
+                                                                         "Content-Type": UPLOAD_TYPE})
+    assert response.status_code == 200, response.get_json()
+
+
+def test_the_trusted_host_names_add_the_address_listened_on():
+    loopback = ["127.0.0.1", "localhost", "[::1]"]
+    assert trusted_hosts("127.0.0.1") == trusted_hosts("localhost") == trusted_hosts("::1") == loopback
+    assert trusted_hosts("192.168.1.5") == [*loopback, "192.168.1.5"]
+    assert trusted_hosts("fd00::5") == [*loopback, "[fd00::5]"]
+    assert trusted_hosts("Lab-PC.local") == [*loopback, "lab-pc.local"]
+    everywhere = trusted_hosts("0.0.0.0")
+    assert everywhere[:3] == loopback and socket.gethostname().lower() in everywhere
+    assert "0.0.0.0" not in everywhere and "evil.example" not in everywhere
 
 
 def test_the_page_carries_the_research_only_notice(app):
@@ -158,27 +221,52 @@ def test_the_page_carries_the_research_only_notice(app):
     page = client.get("/")
     assert page.status_code == 200 and NOTICE.encode() in page.data
     assert "default-src 'self'" in page.headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
     for asset in ("/static/app.js", "/static/style.css"):
         assert client.get(asset).status_code == 200
 
 
-def test_the_command_serves_on_a_free_port_and_warns_off_loopback(trained_run: Path, monkeypatch, caplog):
-    """`tumorclf serve --port 0` answers on the port it logs; a host other than localhost is warned about."""
-    answers = []
+def test_the_command_serves_on_a_free_port_and_warns_off_loopback(trained_run: Path, tmp_path: Path, monkeypatch,
+                                                                   caplog):
+    """`tumorclf serve --port 0` answers on the port it logs, for its own address and loopback's names but not
+    for another site's; a host other than localhost is warned about; the --save-uploads probe leaves nothing."""
+    hosts = (None, "127.0.0.1:{port}", "localhost", "evil.example")  # None: urllib's own, 127.0.0.2:PORT
+    answers: dict = {}
 
-    def one_request(server, poll_interval: float = 0.5) -> None:
-        client = threading.Thread(target=lambda: answers.append(
-            json.loads(urlopen(f"http://127.0.0.2:{server.port}/api/model", timeout=30).read())))
-        client.start()
-        server.handle_request()
-        client.join()
-        server.server_close()
+    def ask(port: int, host: str | None) -> None:
+        headers = {"Host": host.format(port=port)} if host else {}
+        request = Request(f"http://127.0.0.2:{port}/api/model", headers=headers)
+        try:
+            with urlopen(request, timeout=30) as response:
+                answers[host] = (response.status, json.loads(response.read()))
+        except HTTPError as exc:
+            answers[host] = (exc.code, json.loads(exc.read()))
 
-    monkeypatch.setattr(werkzeug.serving.BaseWSGIServer, "serve_forever", one_request)
+    def some_requests(server, poll_interval: float = 0.5) -> None:
+        server.timeout = 30  # handle_request gives up when no client connects
+        try:
+            for host in hosts:
+                client = threading.Thread(target=ask, args=(server.port, host))
+                client.start()
+                server.handle_request()
+                client.join(timeout=60)
+        finally:
+            server.server_close()
+
+    monkeypatch.setattr(werkzeug.serving.BaseWSGIServer, "serve_forever", some_requests)
+    kept = tmp_path / "kept"
     with caplog.at_level(logging.INFO, logger="tumorclf.serve"):
-        assert main(["serve", "--model", str(trained_run / "best.keras"), "--host", "127.0.0.2", "--port", "0"]) == 0
-    assert answers[0]["model"] == str(trained_run / "best.keras")
+        assert main(["serve", "--model", str(trained_run / "best.keras"), "--host", "127.0.0.2", "--port", "0",
+                     "--save-uploads", str(kept)]) == 0
+    assert set(answers) == set(hosts), answers
+    for host in hosts[:3]:
+        status, about = answers[host]
+        assert status == 200 and about["model"] == "best.keras" and about["saves_uploads"] is True, host
+    status, refused = answers["evil.example"]
+    assert status == 400 and refused["error"].startswith("untrusted Host header")
     assert "no authentication" in caplog.text and "http://127.0.0.2:" in caplog.text
+    assert "answering requests for the hosts 127.0.0.1, localhost, [::1], 127.0.0.2" in caplog.text
+    assert kept.is_dir() and list(kept.iterdir()) == []
 
 
 def test_bad_command_lines_end_in_one_line(trained_run: Path, tmp_path: Path, capsys):
@@ -197,3 +285,17 @@ def test_bad_command_lines_end_in_one_line(trained_run: Path, tmp_path: Path, ca
     assert main(["serve", "--model", model, "--save-uploads", str(tmp_path / "file" / "uploads")]) == 2
     assert "cannot use --save-uploads" in one_error_line(capsys)
     assert not os.path.exists(tmp_path / "file" / "uploads")
+
+
+def test_an_unwritable_upload_folder_fails_at_start_up(trained_run: Path, tmp_path: Path, monkeypatch, capsys):
+    """The --save-uploads folder exists but cannot be written (as root, chmod would not stop the write)."""
+    def refuse(path, data):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(tumorclf.artifacts, "atomic_write_bytes", refuse)
+    loaded = []
+    monkeypatch.setattr("tumorclf.serve.create_app", lambda *args: loaded.append(args))
+    kept = tmp_path / "kept"
+    assert main(["serve", "--model", str(trained_run / "best.keras"), "--port", "0", "--save-uploads", str(kept)]) == 2
+    assert one_error_line(capsys).endswith(f"serve: cannot use --save-uploads {kept}: Permission denied")
+    assert loaded == [] and list(kept.iterdir()) == []  # refused before the model was loaded

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from tumorclf.serve import create_app
 from conftest import blob_image, read_csv
 
 BROWSER, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-WAIT_S = 60
+WAIT_S = 60  # every wait is bounded: the answers, page loads, scripts, each command to chromedriver
 
 
 def missing(reason: str) -> None:
@@ -45,20 +46,44 @@ def browser():
     for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                      "--window-size=1280,1000"):
         options.add_argument(argument)
+    options.timeouts = {"pageLoad": WAIT_S * 1000, "script": WAIT_S * 1000}
     driver = webdriver.Chrome(options=options, service=Service(DRIVER))
-    yield driver
-    driver.quit()
+    try:
+        driver.command_executor.client_config.timeout = 2 * WAIT_S  # HTTP to chromedriver: none by default
+        yield driver
+    finally:
+        driver.quit()
+
+
+@contextmanager
+def serving(app):
+    """The URL of `app` served by a real threaded Werkzeug server on a free port of 127.0.0.1."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.port}/"
+    finally:
+        server.shutdown()  # serve_forever notices within its 0.5 s poll
+        server.server_close()
+        thread.join(timeout=WAIT_S)
 
 
 @pytest.fixture(scope="module")
-def page(trained_run: Path):
-    """The page's URL, served by a real threaded Werkzeug server on a free port."""
-    server = make_server("127.0.0.1", 0, create_app(trained_run / "best.keras"), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.port}/"
-    server.shutdown()
-    thread.join()
+def app(trained_run: Path):
+    return create_app(trained_run / "best.keras")
+
+
+@pytest.fixture(scope="module")
+def page(app):
+    with serving(app) as url:
+        yield url
+
+
+def state(browser) -> str | None:
+    from selenium.webdriver.common.by import By
+
+    return browser.find_element(By.TAG_NAME, "body").get_attribute("data-state")
 
 
 def upload(browser, page: str, path: Path) -> str:
@@ -69,7 +94,6 @@ def upload(browser, page: str, path: Path) -> str:
     browser.get(page)
     WebDriverWait(browser, WAIT_S).until(lambda b: b.find_element(By.ID, "card").find_elements(By.TAG_NAME, "table"))
     browser.find_element(By.ID, "file").send_keys(str(path))
-    state = lambda b: b.find_element(By.TAG_NAME, "body").get_attribute("data-state")  # noqa: E731
     return WebDriverWait(browser, WAIT_S).until(lambda b: state(b) in ("done", "error") and state(b))
 
 
@@ -102,3 +126,22 @@ def test_a_text_file_shows_an_error_on_the_page(browser, page: str, tmp_path: Pa
     error = browser.find_element(By.ID, "error")
     assert error.is_displayed() and error.text == "notes.txt: not an image (unrecognised content)"
     assert not browser.find_element(By.ID, "result").is_displayed()
+
+
+def test_a_failing_model_description_shows_its_error_on_the_page(browser, app):
+    """/api/model answers an error (here a 503 in front of the app): the page says so instead of failing."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def unavailable(environ, start_response):
+        if environ["PATH_INFO"] != "/api/model":
+            return app(environ, start_response)
+        start_response("503 SERVICE UNAVAILABLE", [("Content-Type", "application/json")])
+        return [b'{"error": "the model is being replaced"}']
+
+    with serving(unavailable) as url:
+        browser.get(url)
+        assert WebDriverWait(browser, WAIT_S).until(lambda b: state(b) == "error" and state(b)) == "error"
+        error = browser.find_element(By.ID, "error")
+        assert error.is_displayed() and error.text == "cannot read the model's description: the model is being replaced"
+        assert browser.find_element(By.ID, "card").text == "Unknown: the server did not describe the model."

@@ -28,8 +28,9 @@ TUMOR_WORDS = {"tumor", "tumour", "tumors", "cancer", "yes", "glioma", "meningio
 HEALTHY_WORDS = {"healthy", "normal", "no", "not", "non", "negative", "none", "notumor", "nontumor", "without"}
 # The formats the decoder reads besides Pillow's, in the decoded-image cache key: DECODER_VERSION stays (no
 # existing format's pixels changed, and trained models record it), but entries written before DICOM and NIfTI
-# were decoded hold those files as failures and must not be reused.
-CACHE_FORMATS = "dicom,nifti"
+# were decoded hold those files as failures and must not be reused. The version after the colon is
+# `tumorclf.medical`'s windowing: 2 keeps plain 8-bit DICOM values and looks VOI LUTs up correctly.
+CACHE_FORMATS = "dicom,nifti:2"
 
 
 class DataError(UserError, ValueError):

@@ -38,7 +38,10 @@ request (the signature has no per-image error output).
 
 Change `DECODER_VERSION` whenever the pixels this module produces change: it keys the decoded-image cache.
 (Adding DICOM and NIfTI left every other format's pixels as they were, so it stayed "2";
-`tumorclf.data.CACHE_FORMATS` keys the cache on the formats instead.)
+`tumorclf.data.CACHE_FORMATS` keys the cache on the formats instead.) Changing how `tumorclf.medical`
+windows, scales or slices DICOM and NIfTI files changes their pixels too: bump `DECODER_VERSION` or
+`tumorclf.data.CACHE_FORMATS` with it (CACHE_FORMATS when no Pillow-decoded format changed, so models
+trained on PNG/JPEG data do not warn that their decoder differs).
 """
 
 from __future__ import annotations
@@ -86,14 +89,18 @@ def read_slices(source: str | os.PathLike | bytes,
     selection = medical.Slices.parse(slices)
     kind = medical.sniff(source)
     if kind is not None:
-        return medical.read_slices(source, kind, selection)
+        try:
+            return medical.read_slices(source, kind, selection)
+        except medical.NotDicom as refused:  # only a .dcm name said DICOM: a lying extension, Pillow's turn
+            return [(None, _pillow_pixels(source, unrecognised=str(refused)))]
     return [(None, _pillow_pixels(source))]
 
 
-def _pillow_pixels(source: str | os.PathLike | bytes) -> np.ndarray:
+def _pillow_pixels(source: str | os.PathLike | bytes,
+                   unrecognised: str = "not an image (unrecognised content)") -> np.ndarray:
     """Any Pillow-readable image to uint8 RGB at full resolution: lying extensions, grayscale, RGBA/LA, palette
     and tRNS transparency (composited on black), 16-bit and float images (min-max stretched), CMYK, and EXIF
-    orientation."""
+    orientation. Content Pillow does not recognise is a `DecodeError` saying `unrecognised`."""
     try:
         stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
         with Image.open(stream) as image:
@@ -103,7 +110,7 @@ def _pillow_pixels(source: str | os.PathLike | bytes) -> np.ndarray:
     except DecodeError:
         raise
     except Image.UnidentifiedImageError:
-        raise DecodeError("not an image (unrecognised content)") from None
+        raise DecodeError(unrecognised) from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, EOFError) as exc:
         raise DecodeError(f"unreadable image: {exc}") from None
 

@@ -259,11 +259,12 @@ def _decoded_ahead(pool: ThreadPoolExecutor, decode: Callable, files: list[Path]
 
 def score_batch(predict: Predictor, pixels: np.ndarray, sides: np.ndarray, threshold: float = DEFAULT_THRESHOLD,
                 temperature: float = 1.0, min_side: int | None = None) -> list[dict]:
-    """The scores of decoded images (float32 0-255 RGB [N, S, S, 3], each file's short side in `sides`): one
-    dict per image with prob_tumor (calibrated with `temperature`, `apply_temperature`), prob_tumor_raw (the
-    model's), predicted (at `threshold` on the calibrated P(Tumor); None where the gate refused the image)
-    and, with `min_side` (a gated predictor), quality (too_small below `min_side`, else the predictor's
-    quality code) and ood_score (else both None). `predict_files` and `tumorclf serve` both score with it."""
+    """The scores of decoded images (float32 0-255 RGB [N, S, S, 3], each image's short side (of its file, or of
+    its slice) in `sides`): one dict per image with prob_tumor (calibrated with `temperature`,
+    `apply_temperature`), prob_tumor_raw (the model's), predicted (at `threshold` on the calibrated P(Tumor);
+    None where the gate refused the image) and, with `min_side` (a gated predictor), quality (too_small below
+    `min_side`, else the predictor's quality code) and ood_score (else both None). `predict_files` and
+    `tumorclf serve` both score with it."""
     from tumorclf.gate import OK, REASONS, reasons, with_size
 
     outputs = predict(np.asarray(pixels, dtype="float32"))
@@ -411,7 +412,9 @@ def add_arguments(p) -> None:
     p.add_argument("--slices", type=_slices_argument, default="middle", metavar="middle|all|K",
                    help="which slices of a DICOM/NIfTI volume or multi-frame file to score, one row each with its "
                         "index in the slice column: middle (default), all (every slice with enough brain) or K "
-                        "(0-based); 2-D images are scored once")
+                        "(0-based: for NIfTI the axial slice counted inferior to superior after reorientation to "
+                        "RAS, not the file's stored index; for multi-frame DICOM the frame in storage order, never "
+                        "resliced); 2-D images are scored once")
 
 
 def _slices_argument(text: str) -> str:

@@ -15,9 +15,18 @@ Endpoints: ``GET /`` the page (`tumorclf/web`), ``GET /api/model`` the operating
 numbers, ``POST /api/predict`` one file as the raw request body (``Content-Type:
 application/octet-stream``, its name URL-encoded in ``X-Filename``). A raw body, not a multipart form:
 Werkzeug spools multipart uploads over 500 KB to temporary files, and nothing uploaded touches the disk
-unless ``--save-uploads`` asks for it. Errors are JSON ``{"error": one line}``: 400 for a file that is not
-a readable image, 413 over ``--max-upload-mb``, 415 for another content type (which also keeps other
-web sites from posting to the page: their browser must ask first, and the page never allows it).
+unless ``--save-uploads`` asks for it; then only a file that decodes as an image is kept, once scored
+(one the gate refuses included; anything else is never written), and the folder is probed at start-up.
+Errors are JSON ``{"error": one line}``: 400 for a file that is not a readable image or an untrusted
+``Host``, 413 over ``--max-upload-mb``, 415 for another content type, 500 when an upload cannot be kept.
+
+Other web sites: the page has no log-in, so it answers only requests addressed to this machine by name
+(Flask's ``TRUSTED_HOSTS``: 127.0.0.1, localhost, [::1] and the ``--host`` address, any port; for a
+wildcard ``--host`` such as 0.0.0.0 also this machine's name and its addresses). The 415 alone does not keep
+them out: a page from another site that rebinds its own name to 127.0.0.1 (DNS rebinding) is same-origin
+with itself, so its browser posts raw bytes and reads the answers without asking, but its requests carry
+its own name in ``Host`` and get a 400. ``/api/model`` gives the model's file name, not its path, and the
+page may not be framed (``frame-ancestors 'none'``).
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import socket
 import threading
 import time
@@ -46,6 +56,7 @@ log = logging.getLogger(__name__)
 WEB = Path(__file__).with_name("web")
 NOTICE = "Research use only — not for diagnosis."
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")  # every interface: clients name this machine as they reach it
 UPLOAD_TYPE = "application/octet-stream"
 DECODE_SLOTS = 2  # uploads decoded at once: one 20 MB file can decode to 150 MB of pixels (decoder.MAX_PIXELS)
 CARD_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "auc", "ece")  # export's evaluation ones
@@ -117,11 +128,25 @@ class Scorer:
 
     def describe(self) -> dict:
         """What the page states about the model: the operating point and gate applied here, Grad-CAM."""
-        return {"model": str(self.model_path), "size": self.size,
+        return {"model": self.model_path.absolute().name, "size": self.size,
                 "operating_point": {"temperature": self.temperature, "threshold": self.threshold,
-                                    "source": self.source},
+                                    "source": without_folders(self.source, self.model_path)},
                 "gate": None if self.min_side is None else {"min_side": self.min_side},
-                "gradcam": {"available": self.explainer is not None, "detail": self.gradcam}}
+                "gradcam": {"available": self.explainer is not None,
+                            "detail": without_folders(self.gradcam, self.model_path)}}
+
+
+def without_folders(text: str, model_path: Path) -> str:
+    """`text` with the model's path cut to its name and the folder it is in cut away: what the page says
+    about the model is no map of the server's disk."""
+    folder = model_path if model_path.is_dir() else model_path.parent
+    for path in dict.fromkeys((model_path.absolute(), model_path)):
+        if os.sep in str(path):
+            text = text.replace(str(path), model_path.absolute().name)
+    for path in dict.fromkeys((folder.absolute(), folder)):
+        if os.sep in str(path):
+            text = text.replace(f"{path}{os.sep}", "")
+    return text
 
 
 def keras_file(model_path: Path) -> Path | None:
@@ -163,22 +188,23 @@ def png_data_url(pixels: np.ndarray) -> str:
 
 
 # the model card ---------------------------------------------------------------------------------------------
-def model_card(model_path: Path) -> tuple[dict | None, str | None]:
-    """(the model's card, where it comes from): ``model_card.json`` beside the model (an export), else the
-    card `tumorclf export` would write, built from the run folder of a best.keras; (None, None) when
-    neither exists or the card cannot be read (logged)."""
+def page_card(model_path: Path) -> tuple[dict | None, str | None]:
+    """(the model card the page shows, where it comes from, without the folder's path):
+    ``model_card.json`` beside the model (an export), else the card `tumorclf export` would write
+    (`export.model_card`), built from the run folder of a best.keras; (None, None) when neither exists or
+    the card cannot be read (logged)."""
     from tumorclf.rundir import RunDir
 
     folder = model_path if model_path.is_dir() else model_path.parent
     try:
         if (folder / MODEL_CARD_FILE).is_file():
             card = json.loads((folder / MODEL_CARD_FILE).read_text())
-            return (card, str(folder / MODEL_CARD_FILE)) if isinstance(card, dict) else (None, None)
+            return (card, f"{MODEL_CARD_FILE} beside the model") if isinstance(card, dict) else (None, None)
         run = RunDir(folder)
         if model_path == run.best_model and run.finished:
             from tumorclf.export import model_card as run_card
 
-            return run_card(run), f"the run folder {folder}"
+            return run_card(run), f"the run folder {folder.absolute().name}"
     except (UserError, OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
         log.warning("no model card numbers on the page: %s", one_line(exc))
     return None, None
@@ -215,19 +241,21 @@ def card_numbers(card: dict) -> dict:
 
 # the web application ----------------------------------------------------------------------------------------
 def create_app(model_path: str | Path, threshold: float | None = None, gated: bool = True,
-               max_upload_mb: float = 20, save_uploads: Path | None = None):
-    """The Flask application of the page, with its model loaded (a `ModelError` when it cannot be)."""
+               max_upload_mb: float = 20, save_uploads: Path | None = None, host: str = "127.0.0.1"):
+    """The Flask application of the page, with its model loaded (a `ModelError` when it cannot be). `host`
+    is the address the server listens on: requests whose ``Host`` names neither it nor loopback get a 400."""
     require_flask()
     from flask import Flask, jsonify, request, send_from_directory
-    from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+    from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, SecurityError
 
     scorer = Scorer(Path(model_path), threshold, gated)
-    card, card_source = model_card(scorer.model_path)
+    card, card_source = page_card(scorer.model_path)
     about = {**scorer.describe(), "notice": NOTICE, "max_upload_mb": max_upload_mb,
              "card": card_numbers(card) if card else None, "card_source": card_source,
              "saves_uploads": save_uploads is not None}
     app = Flask(__name__, static_folder=str(WEB), static_url_path="/static")
     app.config["MAX_CONTENT_LENGTH"] = int(max_upload_mb * 1024 * 1024)
+    app.config["TRUSTED_HOSTS"] = trusted = trusted_hosts(host)
 
     def error(status: int, message: str):
         return jsonify({"error": " ".join(message.split())}), status
@@ -248,7 +276,6 @@ def create_app(model_path: str | Path, threshold: float | None = None, gated: bo
         data = request.get_data(cache=False)
         if not data:
             return error(400, f"{name}: empty upload")
-        saved = save_upload(save_uploads, name, data) if save_uploads else None
         start = time.perf_counter()
         try:
             result = scorer.assess(data)
@@ -257,7 +284,22 @@ def create_app(model_path: str | Path, threshold: float | None = None, gated: bo
             return error(400, f"{name}: {exc}")
         log.info("upload %s: P(tumour) %.4f, %s, quality %s (%.2f s)", name, result["prob_tumor"],
                  result["predicted"] or "no decision", result["quality"] or "not gated", time.perf_counter() - start)
-        return jsonify({"file": name, "bytes": len(data), **result, "saved_as": saved})
+        saved = None
+        if save_uploads is not None:  # only what decoded: what the page answered about can be scored again
+            try:
+                saved = save_upload(save_uploads, name, data)
+            except OSError as exc:
+                log.error("cannot keep upload %s in --save-uploads %s: %s", name, save_uploads, one_line(exc))
+                return error(500, f"{name}: cannot keep the upload on the server (--save-uploads): "
+                                  f"{exc.strerror or type(exc).__name__}")
+        return jsonify({"file": name, "bytes": len(data), **result, "saved_as": saved.name if saved else None})
+
+    @app.errorhandler(SecurityError)
+    def untrusted_host(exc):
+        log.warning("refused a request for Host %r (not this machine's name: another site's page?)",
+                    request.headers.get("Host", "")[:100])
+        return error(400, f"untrusted Host header: the page answers only as {', '.join(trusted)} "
+                          "(serve --host adds its address)")
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(exc):
@@ -275,11 +317,34 @@ def create_app(model_path: str | Path, threshold: float | None = None, gated: bo
     @app.after_request
     def locked_down(response):
         # the page shows file names users chose: no script, style or image from anywhere but itself
-        response.headers["Content-Security-Policy"] = "default-src 'self'; img-src 'self' data:"
+        # and no other site may frame it
+        response.headers["Content-Security-Policy"] = "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'"
         response.headers["X-Content-Type-Options"] = "nosniff"
         return response
 
     return app
+
+
+def trusted_hosts(host: str) -> list[str]:
+    """The names a request's ``Host`` may give (Flask's ``TRUSTED_HOSTS``, the port ignored): loopback's,
+    the address listened on, and for a wildcard address this machine's name and addresses. IPv6 addresses
+    in brackets, as in a Host header."""
+    names = ["127.0.0.1", "localhost", "[::1]"]
+    for name in machine_names() if host in WILDCARD_HOSTS else [host]:
+        name = f"[{name}]" if ":" in name else name.lower()
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def machine_names() -> list[str]:
+    """This machine's host name and the addresses it resolves to (none when it does not resolve)."""
+    name = socket.gethostname()
+    try:
+        addresses = [info[4][0] for info in socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)]
+    except OSError:
+        addresses = []
+    return [name, *dict.fromkeys(address.partition("%")[0] for address in addresses)]
 
 
 def upload_name(header: str) -> str:
@@ -288,9 +353,9 @@ def upload_name(header: str) -> str:
     return " ".join(name.split())[:200] or "upload"
 
 
-def save_upload(folder: Path, name: str, data: bytes) -> str:
+def save_upload(folder: Path, name: str, data: bytes) -> Path:
     """Keep an upload when ``--save-uploads`` asks: ``DATE-TIME_SHA256[:12]_NAME`` in `folder` (a saved
-    file scored again with `tumorclf predict` gives what the page showed)."""
+    file scored again with `tumorclf predict` gives what the page showed). An `OSError` when it cannot."""
     from werkzeug.utils import secure_filename
 
     from tumorclf.artifacts import atomic_write_bytes
@@ -298,7 +363,21 @@ def save_upload(folder: Path, name: str, data: bytes) -> str:
     path = folder / (f"{time.strftime('%Y%m%d-%H%M%S')}_{hashlib.sha256(data).hexdigest()[:12]}_"
                      f"{secure_filename(name) or 'upload'}")
     atomic_write_bytes(path, data)
-    return str(path)
+    return path
+
+
+def check_upload_folder(folder: Path) -> None:
+    """Create the ``--save-uploads`` folder and write and remove a small file there as `save_upload` writes
+    (atomically), so that an unusable folder is a one-line `UsageError` at start-up, not a 500 later."""
+    from tumorclf.artifacts import atomic_write_bytes
+
+    probe = folder / f".tumorclf-serve-probe-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(probe, b"probe")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"serve: cannot use --save-uploads {folder}: {exc.strerror or one_line(exc)}") from None
 
 
 # the command ------------------------------------------------------------------------------------------------
@@ -331,21 +410,20 @@ def run(args) -> int:
     if not 0 < args.max_upload_mb <= 1024:
         raise UsageError(f"serve: --max-upload-mb must be in (0, 1024], got {args.max_upload_mb:g}")
     if args.save_uploads is not None:
-        try:
-            args.save_uploads.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UsageError(f"serve: cannot use --save-uploads {args.save_uploads}: {exc.strerror or exc}") from None
+        check_upload_folder(args.save_uploads)
     require_flask()
     from werkzeug.serving import make_server
 
     with listen(args.host, args.port) as sock:  # a taken port fails before the model is loaded
-        app = create_app(args.model, args.threshold, not args.no_gate, args.max_upload_mb, args.save_uploads)
+        app = create_app(args.model, args.threshold, not args.no_gate, args.max_upload_mb, args.save_uploads,
+                         args.host)
         server = make_server(args.host, args.port, app, threaded=True, fd=sock.fileno())
     if args.host not in LOCAL_HOSTS:
         log.warning("listening on %s: the page has no authentication, anyone who can reach this address can "
                     "upload images and read the answers", args.host)
     log.info("serving %s on %s (Ctrl+C stops it)%s", args.model, url(args.host, server.port),
              f"; uploads kept in {args.save_uploads}" if args.save_uploads else "")
+    log.info("answering requests for the hosts %s", ", ".join(app.config["TRUSTED_HOSTS"]))
     server.serve_forever()  # returns on Ctrl+C, the socket closed
     log.info("stopped")
     return 0

@@ -133,7 +133,7 @@ function show(r) {
   $("temperature").textContent = fmt(r.temperature, 4);
   $("file-name").textContent = r.file;
   $("file-facts").textContent = `${r.width}×${r.height} px, ${fmt(r.bytes / 1024, 1)} KB` +
-    (r.saved_as ? `, saved as ${r.saved_as}` : ", not stored");
+    (r.saved_as ? `, kept on the server as ${r.saved_as}` : ", not stored");
   $("seen").src = r.image;
   $("seen-caption").textContent = `The slice ${r.image_note}`;
   const overlay = $("overlay");
@@ -188,16 +188,22 @@ function watchDrops() {
 }
 
 async function loadModel() {
+  let body;
   try {
     const response = await fetch("/api/model");
-    about = await response.json();
+    body = await response.json().catch(() => ({error: `${response.status} ${response.statusText}`}));
+    if (!response.ok) throw new Error(body.error || `${response.status} ${response.statusText}`);
   } catch (err) {
     fail(`cannot read the model's description: ${err.message}`);
+    $("card").replaceChildren(el("p", "Unknown: the server did not describe the model.", "muted"));
     return;
   }
+  about = body;
   $("model-path").textContent = about.model;
   $("limit").textContent = about.max_upload_mb;
-  if (about.saves_uploads) $("storage").textContent = "Uploads are kept on the server (--save-uploads).";
+  if (about.saves_uploads) {
+    $("storage").textContent = "Uploads that are images are kept on the server (--save-uploads).";
+  }
   renderCard(about);
 }
 
