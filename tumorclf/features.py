@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from tumorclf.artifacts import atomic_write_bytes
+from tumorclf.data import CACHE_FORMATS
 from tumorclf.decoder import DECODER_VERSION
 
 log = logging.getLogger(__name__)
@@ -44,13 +45,15 @@ def backbone(model: str, image_size: int, weights_dir: str | None, precision: st
 def pooled_features(images: np.ndarray, keys: list[str], model: str, weights_dir: str | None, cache_dir: Path,
                     batch_size: int = 32) -> np.ndarray:
     """float32 features (n, d) of uint8 images (n, size, size, 3) whose contents `keys` name (e.g. SHA-256),
-    from the cache when the same model, size, precision, decoder and contents were seen before. The
+    from the cache when the same model, size, precision, decoder (with its `CACHE_FORMATS`) and contents were
+    seen before. The
     precision is training's `auto` choice: bfloat16 on a CPU that has it, twice as fast as float32."""
     from tumorclf.fast import extract_features
     from tumorclf.training import select_precision
 
     size, precision = images.shape[1], select_precision("auto")
-    name = hashlib.sha256(f"{model}|{size}|{precision}|{DECODER_VERSION}|{','.join(keys)}".encode()).hexdigest()[:20]
+    key = f"{model}|{size}|{precision}|{DECODER_VERSION}|{CACHE_FORMATS}|{','.join(keys)}"
+    name = hashlib.sha256(key.encode()).hexdigest()[:20]
     entry = Path(cache_dir) / f"features-{model}-{size}px-{name}.npy"
     if entry.is_file():
         log.info("feature cache hit: %s", entry)
