@@ -22,9 +22,9 @@ from tumorclf.errors import UsageError
 from tumorclf.evaluation import decide
 from tumorclf.gate import GATE_ARRAYS, GATE_JSON
 from tumorclf.export import (KNOWN_LIMITATIONS, LEAVE_SOURCE_OUT_LIMITATION, VALIDATION_REUSE_LIMITATION,
-                             OperatingPointHead, card_markdown, export_run, export_saved_model, model_card,
-                             replace_folder)
+                             card_markdown, export_run, export_saved_model, model_card, replace_folder)
 from tumorclf.rundir import RunDir, RunExistsError
+from tumorclf.serving import OperatingPointHead
 
 TEMPERATURE = 2.5  # clearly not 1: calibrated and raw P(Tumor) differ
 

@@ -23,7 +23,8 @@ from tumorclf.cli import main
 from tumorclf.evaluation import decide
 from tumorclf.export import export_run
 from tumorclf.gate import GATE_ARRAYS, GATE_JSON, REASONS, Gate, gated_model
-from tumorclf.onnxmodel import INSTALL, ONNX_FILE, OPSET, OnnxPredictor
+from tumorclf.onnxmodel import INSTALL, ONNX_FILE, OPSET
+from tumorclf.predict import OnnxPredictor
 from tumorclf.rundir import RunDir
 
 SIZE = 48  # the trained run's input

@@ -53,17 +53,15 @@ import threading
 import numpy as np
 from PIL import Image, ImageOps
 
+from tumorclf import medical  # pydicom and nibabel load only when a DICOM or NIfTI file comes
+from tumorclf.decoding import MAX_PIXELS, DecodeError  # the decoder's own API too: callers import them from here
+
 DECODER_VERSION = "2"  # 1: Pillow draft + Pillow bilinear; 2: full-resolution Pillow + shared TF antialiased resize
-MAX_PIXELS = 50_000_000  # larger than any sane slice; guards against decompression bombs
 
 GRAPH_FORMATS = ("JPEG (grayscale or RGB/YCbCr; not CMYK), PNG (1-8 bits per channel, any colour type, "
                  "transparency composited on black), GIF (first frame), BMP (uncompressed 24/32-bit, or 8-bit "
                  "grayscale palette)")
 GRAPH_ERROR_PREFIX = "serve_bytes cannot decode this image like tumorclf predict:"
-
-
-class DecodeError(ValueError):
-    """One file cannot be decoded into an image; the message is the reason."""
 
 
 # --- Python: Pillow at full resolution ----------------------------------------------------------------------
@@ -84,8 +82,6 @@ def read_slices(source: str | os.PathLike | bytes,
     enough brain) or a 0-based index K (`tumorclf.medical.Slices`). DICOM and NIfTI go to `tumorclf.medical`;
     a 2-D image (anything Pillow reads, or a file with one slice) is ``[(None, pixels)]`` whatever `slices`
     says. Raises `DecodeError` (also for a K out of range, or `all` finding no slice)."""
-    from tumorclf import medical  # imports this module; pydicom and nibabel load only when needed
-
     selection = medical.Slices.parse(slices)
     kind = medical.sniff(source)
     if kind is not None:

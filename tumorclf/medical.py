@@ -55,8 +55,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tumorclf import decoder
-from tumorclf.decoder import DecodeError
+from tumorclf.decoding import MAX_PIXELS, DecodeError
 from tumorclf.errors import one_line
 
 log = logging.getLogger(__name__)
@@ -392,7 +391,7 @@ def _geometry(ds) -> tuple[int, int, int, int]:
 
 def _check_decodable(ds) -> None:
     """`DecodeError` when the transfer syntax is compressed and no installed plugin decodes it, or when the
-    frames are too large (`decoder.MAX_PIXELS` a frame, `MAX_VOXELS` in all)."""
+    frames are too large (`MAX_PIXELS` a frame, `MAX_VOXELS` in all)."""
     from pydicom.pixels import get_decoder
 
     uid = getattr(ds.get("file_meta"), "TransferSyntaxUID", None)
@@ -406,7 +405,7 @@ def _check_decodable(ds) -> None:
             needs = ", or ".join(need.split(" - requires ", 1)[-1] for need in plugin.missing_dependencies)
             raise DecodeError(f"DICOM compressed with {name}: no decoder installed (install {needs})")
     frames, rows, columns, samples = _geometry(ds)
-    if rows * columns > decoder.MAX_PIXELS or frames * rows * columns * samples > MAX_VOXELS:
+    if rows * columns > MAX_PIXELS or frames * rows * columns * samples > MAX_VOXELS:
         raise DecodeError(f"image too large ({columns}x{rows} px, {frames} frames)")
 
 
@@ -530,7 +529,7 @@ def _nifti_stack(source: str | os.PathLike | bytes) -> np.ndarray:
     """The axial slices of a NIfTI volume, windowed over the whole volume: uint8 (slices, H, W, 1)."""
     volume = _nifti_volume(source)
     stack = _display_slices(volume)
-    if stack.shape[1] * stack.shape[2] > decoder.MAX_PIXELS:
+    if stack.shape[1] * stack.shape[2] > MAX_PIXELS:
         raise DecodeError(f"image too large ({stack.shape[2]}x{stack.shape[1]} px)")
     return to_uint8(stack, *robust_window(volume))[..., None]
 

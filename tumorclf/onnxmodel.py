@@ -1,7 +1,7 @@
-"""An export's `serve` signature as an ONNX model (``model.onnx``), and `OnnxPredictor` to score with it.
+"""An export's `serve` signature as an ONNX model (``model.onnx``); `tumorclf.predict.OnnxPredictor` scores with it.
 
 `export_onnx` converts the same Python function as the SavedModel's ``serve`` signature
-(`tumorclf.export.serving_functions`: the model, `OperatingPointHead` and, for a run with a quality gate,
+(`tumorclf.serving.serving_functions`: the model, `OperatingPointHead` and, for a run with a quality gate,
 `gated_model` and `QualityHead`) with tf2onnx (`tf2onnx.convert.from_function`). Keras 3's own
 ``model.export(format="onnx")`` exports the model alone, not the operating point or the gate, which are
 TensorFlow code.
@@ -23,7 +23,7 @@ Two TensorFlow ops have no tf2onnx conversion and get one here (`HANDLERS`):
   float64), becomes Log(1 + x) (`_log1p_as_log`). With P(Tumor) a float32 value clipped to
   [1e-7, 1 - 1e-7] in float64, 1 - P is exact or within 2^-53, so ``prob_tumor`` stays within a float32
   ulp of the SavedModel's. ``decision`` compares the raw float32 P(Tumor) with the same float32 cutoff
-  (`tumorclf.export.decision_cutoff`), or, at temperature 1, its float64 value with the threshold, so it
+  (`tumorclf.serving.decision_cutoff`), or, at temperature 1, its float64 value with the threshold, so it
   equals the SavedModel's decision for the same softmax;
 - ImageProjectiveTransformV3, the crop of the robust recipe's framing layer, becomes GridSample
   (`_projective_transform_as_grid_sample`): the same bilinear samples up to float32 rounding (at most
@@ -52,8 +52,8 @@ import numpy as np
 
 from tumorclf.artifacts import atomic_write_bytes
 from tumorclf.errors import UserError, one_line
-from tumorclf.predict import GATE_OUTPUTS, SAVED_MODEL_OUTPUT, ModelError
 from tumorclf.rundir import DEFAULT_THRESHOLD
+from tumorclf.serving import OperatingPointHead, QualityHead, decision_cutoff, pixel_spec, serving_functions
 
 if TYPE_CHECKING:
     import keras
@@ -175,7 +175,6 @@ def export_onnx(model: "keras.Model", path: Path, temperature: float = 1.0, thre
     tf2onnx, onnx, ort = require("tf2onnx", "onnx", "onnxruntime")
     import tensorflow as tf
 
-    from tumorclf.export import OperatingPointHead, QualityHead, decision_cutoff, pixel_spec, serving_functions
     from tumorclf.gate import gated_model
     from tumorclf.models import to_float32
 
@@ -204,7 +203,7 @@ def export_onnx(model: "keras.Model", path: Path, temperature: float = 1.0, thre
     data = proto.SerializeToString()
     try:  # the checker does not bind type parameters across nodes; onnxruntime does, so load it once here
         ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    except _session_errors(ort) as exc:
+    except session_errors(ort) as exc:
         raise OnnxConversionError(f"export: onnxruntime cannot load the converted {model.name}: "
                                   f"{one_line(exc)[:300]}; export it with --format savedmodel") from None
     atomic_write_bytes(path, data)
@@ -216,43 +215,9 @@ def export_onnx(model: "keras.Model", path: Path, temperature: float = 1.0, thre
                             "predict); too_small (the graph receives resized pixels, as serve)"}
 
 
-def _session_errors(ort) -> tuple[type[BaseException], ...]:
+def session_errors(ort) -> tuple[type[BaseException], ...]:
     """onnxruntime's exception classes (plain Exception subclasses) for a file it cannot load or run."""
     state = ort.capi.onnxruntime_pybind11_state
     names = ("Fail", "InvalidArgument", "InvalidProtobuf", "InvalidGraph", "NoSuchFile", "NotImplemented",
              "RuntimeException")
     return tuple(getattr(state, name) for name in names if hasattr(state, name))
-
-
-class OnnxPredictor:
-    """A ``model.onnx`` of `tumorclf export` as a `tumorclf.predict.Predictor` of raw [Healthy, Tumor]
-    probabilities, run by onnxruntime on the CPU.
-
-    `operating_point` is (temperature, threshold) from the model's metadata_props (None when absent); its
-    `prob_tumor` and `decision` outputs apply them. `min_side` is the quality gate's (None without a gate in
-    the graph, or with `gated` False): then the predictor also returns `quality_code` (never too_small) and
-    `ood_score`, as `SavedModelPredictor`."""
-
-    def __init__(self, path: Path, gated: bool = True):
-        (ort,) = require("onnxruntime")
-        try:
-            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        except _session_errors(ort) as exc:
-            raise ModelError(f"cannot load model {path}: {one_line(exc)}") from None
-        inputs = {i.name: i for i in self.session.get_inputs()}
-        outputs = {o.name for o in self.session.get_outputs()}
-        if INPUT not in inputs or SAVED_MODEL_OUTPUT not in outputs:
-            raise ModelError(f"cannot load model {path}: not a tumorclf ONNX export (needs input '{INPUT}' and "
-                             f"output '{SAVED_MODEL_OUTPUT}'; has {', '.join(inputs)} -> {', '.join(sorted(outputs))})")
-        props = self.session.get_modelmeta().custom_metadata_map
-        shape = inputs[INPUT].shape
-        self.size = shape[1] if isinstance(shape[1], int) else int(props["image_size"])
-        self.operating_point = ((float(props["temperature"]), float(props["threshold"]))
-                                if {"temperature", "threshold"} <= set(props) else None)
-        has_gate = set(GATE_OUTPUTS) <= outputs and "min_side" in props
-        self.min_side = int(props["min_side"]) if gated and has_gate else None
-        self.outputs = [SAVED_MODEL_OUTPUT, *GATE_OUTPUTS] if self.min_side is not None else [SAVED_MODEL_OUTPUT]
-
-    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        values = self.session.run(self.outputs, {INPUT: np.asarray(batch, dtype=np.float32)})
-        return dict(zip(self.outputs, values))

@@ -1,5 +1,5 @@
 """`tumorclf predict`: P(tumour) of image files and folders with a `.keras` model, an exported SavedModel or
-an export's ``model.onnx`` (`tumorclf.onnxmodel.OnnxPredictor`, onnxruntime).
+an export's ``model.onnx`` (`OnnxPredictor`, onnxruntime).
 
 Usage: ``tumorclf predict --model PATH INPUT... [--out preds.csv|preds.json] [--threshold T] [--batch-size N]
 [--no-gate] [--slices middle|all|K]`` (``python -m tumorclf.predict`` is an alias.)
@@ -144,6 +144,43 @@ class SavedModelPredictor:
         return {"probabilities" if name == self.output else name: outputs[name].numpy() for name in names}
 
 
+class OnnxPredictor:
+    """A ``model.onnx`` of `tumorclf export` as a `tumorclf.predict.Predictor` of raw [Healthy, Tumor]
+    probabilities, run by onnxruntime on the CPU.
+
+    `operating_point` is (temperature, threshold) from the model's metadata_props (None when absent); its
+    `prob_tumor` and `decision` outputs apply them. `min_side` is the quality gate's (None without a gate in
+    the graph, or with `gated` False): then the predictor also returns `quality_code` (never too_small) and
+    `ood_score`, as `SavedModelPredictor`."""
+
+    def __init__(self, path: Path, gated: bool = True):
+        from tumorclf.onnxmodel import INPUT, require, session_errors
+
+        (ort,) = require("onnxruntime")
+        self.input = INPUT
+        try:
+            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except session_errors(ort) as exc:
+            raise ModelError(f"cannot load model {path}: {one_line(exc)}") from None
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = {o.name for o in self.session.get_outputs()}
+        if self.input not in inputs or SAVED_MODEL_OUTPUT not in outputs:
+            raise ModelError(f"cannot load model {path}: not a tumorclf ONNX export (needs input '{self.input}' and "
+                             f"output '{SAVED_MODEL_OUTPUT}'; has {', '.join(inputs)} -> {', '.join(sorted(outputs))})")
+        props = self.session.get_modelmeta().custom_metadata_map
+        shape = inputs[self.input].shape
+        self.size = shape[1] if isinstance(shape[1], int) else int(props["image_size"])
+        self.operating_point = ((float(props["temperature"]), float(props["threshold"]))
+                                if {"temperature", "threshold"} <= set(props) else None)
+        has_gate = set(GATE_OUTPUTS) <= outputs and "min_side" in props
+        self.min_side = int(props["min_side"]) if gated and has_gate else None
+        self.outputs = [SAVED_MODEL_OUTPUT, *GATE_OUTPUTS] if self.min_side is not None else [SAVED_MODEL_OUTPUT]
+
+    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        values = self.session.run(self.outputs, {self.input: np.asarray(batch, dtype=np.float32)})
+        return dict(zip(self.outputs, values))
+
+
 def load_predictor(path: Path, gated: bool = True) -> tuple[Predictor, int]:
     """A `Predictor` and the image size: a `SavedModelPredictor` or an `OnnxPredictor` (a model.onnx of
     `tumorclf export`; both also tell the operating point saved in them) or a `KerasPredictor` with the gate
@@ -166,8 +203,6 @@ def load_predictor(path: Path, gated: bool = True) -> tuple[Predictor, int]:
                 gate.check(model, path.parent)
             return KerasPredictor(model, gate), int(model.input_shape[1])
         if path.is_file() and path.suffix == ".onnx":  # its gate and operating point are inside the graph
-            from tumorclf.onnxmodel import OnnxPredictor
-
             predictor = OnnxPredictor(path, gated)
             return predictor, predictor.size
     except (ModelError, GateError):
