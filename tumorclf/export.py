@@ -18,7 +18,8 @@ Signatures (inputs):
   `decoder.GRAPH_FORMATS`. Other formats (TIFF, WebP, 16-bit PNG, CMYK JPEG, paletted or compressed BMP)
   make the call fail with an InvalidArgumentError naming the format; decode those with `tumorclf predict`.
 
-Both return the same dict (`OperatingPointHead`), with the run's operating point applied in the graph:
+Both return the same dict (`tumorclf.serving.OperatingPointHead`), with the run's operating point applied
+in the graph:
 
 - ``probabilities`` float32 [N, 2]: the model's softmax [P(Healthy), P(Tumor)], uncalibrated (as before);
 - ``prob_tumor`` float32 [N]: calibrated P(Tumor) = sigmoid(logit(P) / T) with P clipped to
