@@ -498,8 +498,9 @@ def write_medical_dataset(root: Path) -> Path:
 def test_load_dataset_and_header_facts_read_dicom_and_nifti(tmp_path: Path):
     root = write_medical_dataset(tmp_path / "data")
     Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(root / "healthy" / "photo.png")
+    Image.fromarray(np.zeros((12, 14, 3), np.uint8)).save(root / "healthy" / "png.dcm", format="PNG")  # lying name
     dataset = data.load_dataset(root, 16, cache_dir=tmp_path / "cache")
-    assert dataset.paths == ["healthy/photo.png", "healthy/scan0.dcm", "healthy/scan1.dcm", "healthy/volume0.nii",
+    assert dataset.paths == ["healthy/photo.png", "healthy/png.dcm", "healthy/scan0.dcm", "healthy/scan1.dcm", "healthy/volume0.nii",
                              "healthy/volume1.nii.gz", "tumor/IM0007", "tumor/scan0.dcm", "tumor/scan1.dcm",
                              "tumor/volume0.nii", "tumor/volume1.nii.gz"]
     assert dataset.skipped == [("healthy/report.dcm", "DICOM without pixel data (not an image: Basic Text SR Storage "
@@ -507,8 +508,8 @@ def test_load_dataset_and_header_facts_read_dicom_and_nifti(tmp_path: Path):
     for row, path in enumerate(dataset.paths):  # the middle slice of each volume, as decode_image gives it
         np.testing.assert_array_equal(dataset.images(np.array([row]))[0], decode_image(root / path, 16))
     sizes, formats = data.header_facts(root, dataset.paths)
-    assert formats == ["png"] + ["dicom"] * 2 + ["nifti"] * 2 + ["dicom"] * 3 + ["nifti"] * 2
-    assert sizes == [(30, 20)] + [(24, 24)] * 9
+    assert formats == ["png"] * 2 + ["dicom"] * 2 + ["nifti"] * 2 + ["dicom"] * 3 + ["nifti"] * 2
+    assert sizes == [(30, 20), (14, 12)] + [(24, 24)] * 9
 
 
 def test_cache_key_names_the_formats(blob_dataset: Path, tmp_path: Path, monkeypatch):

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tumorclf.decoder import DECODER_VERSION, DecodeError, decode_image, read_pixels
+from tumorclf.decoder import DECODER_VERSION, DecodeError, decode_image
 from tumorclf.errors import UserError
-from tumorclf.medical import sniff
+from tumorclf import medical
 from tumorclf.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -225,17 +225,20 @@ def hash_files(paths: list[Path]) -> list[tuple[str | None, str]]:
 
 def header_facts(root: Path, paths: list[str]) -> tuple[list[tuple[int, int]], list[str]]:
     """(width, height) and container format of each file below `root`, the files the decoder read: a Pillow
-    image's from its header only; a DICOM's or NIfTI's ("dicom", "nifti") from its decoded default slice
-    (`read_pixels`, the middle one), as the slice's size depends on the volume's orientation."""
+    image's from its header only (also under a lying ``.dcm`` name); a DICOM's or NIfTI's ("dicom", "nifti")
+    from its decoded middle slice, the one `read_pixels` gives, as its size depends on the volume's orientation."""
 
     def one(path: str) -> tuple[tuple[int, int], str]:
         from PIL import Image
 
         file = Path(root) / path
-        kind = sniff(file)
+        kind = medical.sniff(file)
         if kind is not None:
-            height, width = read_pixels(file).shape[:2]
-            return (width, height), kind
+            try:
+                height, width = medical.read_slices(file, kind, medical.Slices.parse("middle"))[0][1].shape[:2]
+                return (width, height), kind
+            except medical.NotDicom:  # only its .dcm name said DICOM: Pillow reads it, as the decoder does
+                pass
         with Image.open(file) as image:
             return image.size, (image.format or "unknown").lower()
 
