@@ -17,8 +17,9 @@ import pytest
 from conftest import blob_image, one_error_line
 from tumorclf.cli import main
 from tumorclf.gate import (BLANK, GATE_ARRAYS, GATE_JSON, NOT_GRAYSCALE, OK, OUT_OF_DISTRIBUTION, REASONS,
-                           TOO_SMALL, VALIDATION_REJECTION, Gate, GateError, fit_gate, gated_model, reasons,
-                           with_size)
+                           TOO_SMALL, VALIDATION_REJECTION, Gate, GateError, PixelStatistics, fit_gate, gated_model,
+                           reasons, with_size)
+from tumorclf.findings import pixel_statistics
 from tumorclf.models import load_model
 from tumorclf.rundir import RunDir
 
@@ -56,6 +57,20 @@ def fitted(trained_run: Path) -> tuple[keras.Model, Gate, int]:
 def outputs(model: keras.Model, gate: Gate, images: np.ndarray) -> dict[str, np.ndarray]:
     out = gated_model(model, gate).predict(images.astype("float32"), verbose=0)
     return {key: np.asarray(value) for key, value in out.items()}
+
+
+def test_pixel_statistics_layer_equals_the_audits_numpy_ones():
+    """The gate's blank and colour rules and the audit's findings read the same two statistics: the Keras
+    layer (inside exported models) and the audit's NumPy function must agree."""
+    rng = np.random.default_rng(3)
+    images = np.concatenate([rng.integers(0, 256, (6, SIZE, SIZE, 3)),  # colour
+                             np.repeat(rng.integers(0, 256, (6, SIZE, SIZE, 1)), 3, -1),  # gray
+                             blobs(6, seed=4)[0], np.stack(list(odd_images().values()))]).astype(np.uint8)
+    spread, chroma = pixel_statistics(images)
+    layer = keras.ops.convert_to_numpy(PixelStatistics()(images.astype(np.float32)))
+    np.testing.assert_allclose(layer[:, 0], spread, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(layer[:, 1], chroma, rtol=1e-5, atol=1e-3)
+    assert chroma[:6].min() > 50 and chroma[6:18].max() == 0 and spread.max() > 200
 
 
 def test_the_threshold_rejects_at_most_one_percent_of_validation(fitted):
