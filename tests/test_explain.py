@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import BLOB_CENTRE, BLOB_RADIUS, blob_image
+from conftest import BLOB_CENTRE, BLOB_RADIUS, blob_image, one_error_line
+from test_medical import nifti_bytes
 import tumorclf.explain as explain
 from tumorclf.calibration import OperatingPoint
 from tumorclf.cli import main
@@ -96,6 +97,7 @@ def test_explain_command_writes_overlays_and_comparison(trained_run: Path, tmp_p
     (["--layer", "nope"], "has no layer 'nope'"),
     (["--limit", "0"], "--limit"),
     (["--method", "lime"], "invalid choice"),
+    (["--slices", "foo"], "--slices: slices must be middle, all or a 0-based slice index K, got 'foo'"),
 ])
 def test_explain_bad_input_is_one_line(trained_run: Path, tmp_path: Path, capsys, args, message):
     image = sorted((trained_run.parents[1] / "data" / "tumor").iterdir())[0]
@@ -278,3 +280,105 @@ def test_images_the_gate_rejects_are_titled_cannot_assess(trained_run: Path, tmp
     titles.clear()
     explain.explain_images(run, [blank], tmp_path / "plain")
     assert titles[-1].startswith("predicted: ")
+
+
+def write_volume(path: Path, size: int = 48) -> Path:
+    """A NIfTI volume of six `size` px slices: 0 and 5 empty (--slices all drops them), 1-4 blob slices with the
+    tumour in 1 and 3."""
+    rng = np.random.default_rng(7)
+    volume = np.zeros((size, size, 6), np.int16)
+    for k in range(1, 5):
+        volume[:, :, k] = blob_image(rng, size, k % 2 == 1)[..., 0]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(nifti_bytes(volume, gz=True))
+    return path
+
+
+def recorded_heatmaps(monkeypatch) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(images, maps) of each heatmaps call, the real maps."""
+    real, calls = explain.heatmaps, []
+
+    def recording(model, images, *args, **kwargs):
+        calls.append((images, real(model, images, *args, **kwargs)))
+        return calls[-1][1]
+
+    monkeypatch.setattr(explain, "heatmaps", recording)
+    return calls
+
+
+def test_explain_slices_all_gives_one_image_per_brain_slice(trained_run: Path, tmp_path: Path, monkeypatch):
+    import matplotlib.axes
+
+    from tumorclf.decoder import decode_image, read_slices, resize
+
+    volume = write_volume(tmp_path / "incoming" / "scan.nii.gz")
+    photo = tmp_path / "incoming" / "b_slice.png"
+    Image.fromarray(blob_image(np.random.default_rng(8), 48, True)).save(photo)
+    calls = recorded_heatmaps(monkeypatch)
+    assert main(["explain", "--run", str(trained_run), "--images", str(volume.parent), "--slices", "all",
+                 "--out", str(tmp_path / "all")]) == 0
+    assert sorted(p.name for p in (tmp_path / "all").glob("*.png")) == [
+        "incoming_b_slice_gradcam.png", *(f"incoming_scan.nii_slice{k:03d}_gradcam.png" for k in range(1, 5))]
+    slices = [resize(pixels, 48) for _, pixels in read_slices(volume, "all")]
+    np.testing.assert_array_equal(np.concatenate([images for images, _ in calls]),
+                                  np.stack([decode_image(photo, 48), *slices]))
+    # side by side: one figure per slice, titled with it; the 2-D image once, under its own name
+    titles: list[str] = []
+    real_title = matplotlib.axes.Axes.set_title
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title",
+                        lambda ax, text, *a, **k: titles.append(text) or real_title(ax, text, *a, **k))
+    assert main(["explain", "--runs", str(trained_run), str(trained_run), "--images", str(photo), str(volume),
+                 "--slices", "all", "--out", str(tmp_path / "cmp")]) == 0
+    assert sorted(p.name for p in (tmp_path / "cmp").glob("*.png")) == [
+        "compare_incoming_b_slice_gradcam.png", *(f"compare_incoming_scan.nii_slice{k:03d}_gradcam.png"
+                                                  for k in range(1, 5))]
+    assert [t.split("\n")[0] for t in titles[::3]] == ["b_slice.png", *(f"scan.nii.gz, slice {k}" for k in range(1, 5))]
+
+
+def test_explain_slice_k_explains_that_slice(trained_run: Path, tmp_path: Path, monkeypatch):
+    from tumorclf.decoder import read_slices, resize
+
+    volume = write_volume(tmp_path / "incoming" / "scan.nii.gz")
+    calls = recorded_heatmaps(monkeypatch)
+    for k in (2, 3):
+        written = explain.explain_images(trained_run, [volume], tmp_path / str(k), slices=str(k))
+        assert [p.name for p in written] == [f"incoming_scan.nii_slice{k:03d}_gradcam.png"]
+        np.testing.assert_array_equal(calls[-1][0][0], resize(read_slices(volume, k)[0][1], 48))
+    (_, two), (_, three) = calls
+    assert np.abs(two - three).mean() > 0.05  # another slice, another map
+    assert (tmp_path / "2").joinpath(written[0].name.replace("003", "002")).read_bytes() != written[0].read_bytes()
+    # the default: the middle slice (6 // 2) under the file's own name, as before --slices
+    written = explain.explain_images(trained_run, [volume], tmp_path / "middle")
+    assert [p.name for p in written] == ["incoming_scan.nii_gradcam.png"]
+    np.testing.assert_array_equal(calls[-1][0][0], resize(read_slices(volume, 3)[0][1], 48))
+
+
+def test_explain_slice_out_of_range_is_a_one_line_skip(trained_run: Path, tmp_path: Path, capsys, caplog):
+    volume = write_volume(tmp_path / "incoming" / "scan.nii.gz")
+    photo = tmp_path / "incoming" / "b_slice.png"
+    Image.fromarray(blob_image(np.random.default_rng(8), 48, True)).save(photo)
+    out = tmp_path / "out"
+    assert main(["explain", "--run", str(trained_run), "--images", str(volume), str(photo), "--slices", "9",
+                 "--out", str(out)]) == 0
+    assert [p.name for p in out.iterdir()] == ["incoming_b_slice_gradcam.png"]  # nothing of the volume
+    skipped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipped")]
+    assert skipped == [f"skipped {volume}: slice 9 out of range: the file has 6 slices (0-5)"]
+    assert "Traceback" not in capsys.readouterr().err
+    assert main(["explain", "--runs", str(trained_run), "--images", str(volume), "--slices", "6",
+                 "--out", str(tmp_path / "cmp")]) == 0
+    assert not list(tmp_path.glob("cmp/*"))
+    capsys.readouterr()
+    assert main(["explain", "--run", str(trained_run), "--images", str(volume), "--slices", "-1",
+                 "--out", str(out)]) == 2
+    assert "--slices: slices must be middle, all or a 0-based slice index K, got '-1'" in one_error_line(capsys)
+
+
+def test_the_gate_sees_each_slices_own_size(trained_run: Path, tmp_path: Path, monkeypatch):
+    """too_small comes from each chosen slice's size before the resize, not the file's header."""
+    monkeypatch.setattr(explain, "heatmaps", lambda model, images, classes, *a, **k: np.zeros(images.shape[:3]))
+    small = write_volume(tmp_path / "incoming" / "small.nii.gz", size=16)  # under the gate's min side (24)
+    large = write_volume(tmp_path / "incoming" / "large.nii.gz")
+    kept, *_, quality = explain.explain_run(trained_run, [small, large], "gradcam", "predicted", slices="all")
+    assert [(item.path.name, item.slice) for item in kept] == [(path.name, k) for path in (small, large)
+                                                                for k in range(1, 5)]
+    assert quality[:4] == ["too_small"] * 4 and "too_small" not in quality[4:]

@@ -158,6 +158,13 @@ def decode_image(source: str | os.PathLike | bytes, size: int) -> np.ndarray:
     return resize(read_pixels(source), size)
 
 
+def decode_slices(source: str | os.PathLike | bytes, size: int,
+                  slices: str | int = "middle") -> list[tuple[int | None, np.ndarray, int]]:
+    """`read_slices` then `resize`: (slice index, uint8 RGB (size, size, 3), the slice's short side) of each
+    chosen slice; the quality gate's too_small needs the size before the resize. Raises `DecodeError`."""
+    return [(index, resize(pixels, size), min(pixels.shape[:2])) for index, pixels in read_slices(source, slices)]
+
+
 # --- TensorFlow: the shared resize and the serving graph ----------------------------------------------------
 
 def resize_graph(pixels, size):

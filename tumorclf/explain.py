@@ -2,8 +2,16 @@
 
 Usage:
   tumorclf explain --run RUN_DIR --images PATH... --out DIR [--method gradcam|gradcam++|scorecam] [--layer NAME]
-  tumorclf explain --runs RUN_DIR RUN_DIR... --images PATH... --out DIR
+                   [--slices middle|all|K]
+  tumorclf explain --runs RUN_DIR RUN_DIR... --images PATH... --out DIR [--slices middle|all|K]
 (``python -m tumorclf.explain`` is an alias.)
+
+``--slices`` picks the slices of a DICOM/NIfTI volume or multi-frame file as ``tumorclf predict --slices`` does.
+The default ``middle`` explains each file once, as training reads it, under the file's name. With ``all`` or
+``K`` each chosen slice is its own image, titled with its slice and named with it, e.g.
+``FOLDER_STEM_slice012_METHOD.png`` and ``compare_FOLDER_STEM_slice012_METHOD.png``. A 2-D image is explained
+once under its plain name whatever ``--slices`` says; a file that cannot be decoded, or has no slice K, is
+logged and skipped.
 
 The explained layer is the registry's Grad-CAM layer of the run's model (`--layer` overrides it); the
 predicted class, where it is the target, is taken at the run's operating threshold on P(Tumor). With the
@@ -15,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import NamedTuple
 
 import matplotlib
 
@@ -24,11 +33,12 @@ import numpy as np  # noqa: E402
 
 from tumorclf.artifacts import atomic_write_bytes, figure_png  # noqa: E402
 from tumorclf.calibration import apply_temperature  # noqa: E402
-from tumorclf.data import CLASS_NAMES, expand_inputs, header_facts, label_from_folder  # noqa: E402
-from tumorclf.decoder import DecodeError, decode_image  # noqa: E402
+from tumorclf.data import CLASS_NAMES, expand_inputs, label_from_folder  # noqa: E402
+from tumorclf.decoder import DecodeError, decode_slices  # noqa: E402
 from tumorclf.errors import UsageError, UserError  # noqa: E402
 from tumorclf.evaluation import decide  # noqa: E402
 from tumorclf.gate import REASONS, Gate, gated_model, reasons, with_size  # noqa: E402
+from tumorclf.medical import MIDDLE, Slices, slices_argument  # noqa: E402
 from tumorclf.progress import Progress, track  # noqa: E402
 from tumorclf.registry import MODELS  # noqa: E402
 from tumorclf.rundir import DEFAULT_THRESHOLD, RunDir  # noqa: E402
@@ -39,6 +49,26 @@ METHODS = ("gradcam", "gradcam++", "scorecam")
 TARGETS = ("predicted", "tumor", "healthy")
 CHUNK = 32  # images per heatmap call: bounds memory (Score-CAM) and paces the progress report
 OVERLAY_CMAP, OVERLAY_ALPHA = "jet", 0.45  # the heatmap's colours and opacity over the slice
+
+
+class Explained(NamedTuple):
+    """One explained image: a file, or the slice `slice` of a volume that --slices all or K chose. `slice` is
+    None for a 2-D image and for the default middle slice, which stands for its file as training reads it.
+    `stem` is the file's `output_stems` name among all the files given, readable or not."""
+
+    path: Path
+    stem: str
+    slice: int | None
+
+    @property
+    def name(self) -> str:
+        """Its output files' stem: ``FOLDER_STEM``, or ``FOLDER_STEM_slice012`` for a chosen slice."""
+        return self.stem if self.slice is None else f"{self.stem}_slice{self.slice:03d}"
+
+    @property
+    def label(self) -> str:
+        """How titles name it: the file name, with the slice when one was chosen."""
+        return self.path.name if self.slice is None else f"{self.path.name}, slice {self.slice}"
 
 
 class LayerError(UserError, ValueError):
@@ -167,22 +197,21 @@ def class_to_explain(target: str, prob_tumor: np.ndarray, threshold: float) -> n
     return np.full(len(prob_tumor), 1 if target == "tumor" else 0)
 
 
-def assess(model, gate: Gate | None, images: np.ndarray, files: list[Path]) -> tuple[np.ndarray, list[str]]:
-    """Raw P(Tumor) of each image and its quality (too_small from the file's header): one pass through the
-    gated model when the run has a gate, else every image is "ok"."""
+def assess(model, gate: Gate | None, images: np.ndarray, sides: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Raw P(Tumor) of each image and its quality (too_small from `sides`, each image's short side before the
+    resize): one pass through the gated model when the run has a gate, else every image is "ok"."""
     if gate is None:
         return model.predict(images.astype("float32"), verbose=0)[:, 1], [REASONS[0]] * len(images)
     out = gated_model(model, gate).predict(images.astype("float32"), verbose=0)
-    sizes, _ = header_facts(Path(), [str(path) for path in files])
-    return out["probabilities"][:, 1], reasons(with_size(out["quality_code"], np.array([min(s) for s in sizes]),
-                                                         gate.min_side))
+    return out["probabilities"][:, 1], reasons(with_size(out["quality_code"], sides, gate.min_side))
 
 
-def explain_run(run_dir: Path | RunDir, files: list[Path], method: str, target: str, layer: str | None = None):
-    """Decode `files` at the run's size, predict, and compute heatmaps: (kept files, decoded images, the images
-    as the model frames them (`as_seen`, what the maps lie over), P(tumor), maps, qualities (`assess`)).
-    P(tumor) is calibrated with the run's temperature and the predicted class taken at its operating
-    threshold, as `predict` does."""
+def explain_run(run_dir: Path | RunDir, files: list[Path], method: str, target: str, layer: str | None = None,
+                slices: str = MIDDLE):
+    """Decode the chosen `slices` of `files` at the run's size, predict, and compute heatmaps: (what was kept
+    (`Explained`), decoded images, the images as the model frames them (`as_seen`, what the maps lie over),
+    P(tumor), maps, qualities (`assess`)). P(tumor) is calibrated with the run's temperature and the predicted
+    class taken at its operating threshold, as `predict` does."""
     run = _run(run_dir)
     model = load_run_model(run)
     gate = Gate.load(run.path)
@@ -190,10 +219,10 @@ def explain_run(run_dir: Path | RunDir, files: list[Path], method: str, target: 
         gate.check(model, run.path)
     threshold = run.threshold()
     target_layer(model, layer)  # a bad --layer fails before any decoding
-    images, kept = _decode_all(files, int(model.input_shape[1]))
+    images, kept, sides = _decode_all(files, int(model.input_shape[1]), slices)
     if not kept:
         return [], images, images, np.empty(0), np.empty((0, *images.shape[1:3])), []
-    raw, quality = assess(model, gate, images, kept)
+    raw, quality = assess(model, gate, images, sides)
     prob_tumor = apply_temperature(raw, run.temperature())
     classes = class_to_explain(target, prob_tumor, threshold)
     with Progress(len(kept), f"{method} {run.name}", unit="images") as progress:
@@ -205,45 +234,47 @@ def explain_run(run_dir: Path | RunDir, files: list[Path], method: str, target: 
 
 
 def explain_images(run_dir: Path | RunDir, files: list[Path], out: Path, method: str = "gradcam",
-                   target: str = "predicted", layer: str | None = None) -> list[Path]:
-    """One overlay PNG per readable file in `out`, named ``FOLDER_STEM_METHOD.png`` (`output_stems`);
-    unreadable files are logged and skipped."""
+                   target: str = "predicted", layer: str | None = None, slices: str = MIDDLE) -> list[Path]:
+    """One overlay PNG per readable file, or per chosen slice of a volume (`slices`), in `out`, named
+    ``FOLDER_STEM[_sliceK]_METHOD.png`` (`Explained.name`); unreadable files are logged and skipped."""
     run = _run(run_dir)
-    kept, _, seen, prob_tumor, cams, quality = explain_run(run, files, method, target, layer)
+    kept, _, seen, prob_tumor, cams, quality = explain_run(run, files, method, target, layer, slices)
     threshold = run.threshold()
     written = []
     caption = f"{run_title(run)}, {method} on {target} class"
-    for path, stem, image, cam, p, q in zip(kept, _stems_of(kept, files), seen, cams, prob_tumor, quality):
-        target_path = out / f"{stem}_{method}.png"
-        atomic_write_bytes(target_path, explain_image_png(image, cam, float(p), label_from_folder(path), caption,
+    for item, image, cam, p, q in zip(kept, seen, cams, prob_tumor, quality):
+        target_path = out / f"{item.name}_{method}.png"
+        title = caption if item.slice is None else f"{item.label}: {caption}"
+        atomic_write_bytes(target_path, explain_image_png(image, cam, float(p), label_from_folder(item.path), title,
                                                           threshold, q))
         written.append(target_path)
     return written
 
 
 def compare_runs(run_dirs: list[Path | RunDir], files: list[Path], out: Path, method: str = "gradcam",
-                 target: str = "predicted", layer: str | None = None) -> list[Path]:
-    """For each file, one figure: the slice, then each run's overlay side by side (the paper's Figs. 5-8)."""
+                 target: str = "predicted", layer: str | None = None, slices: str = MIDDLE) -> list[Path]:
+    """For each file, or chosen slice of a volume (`slices`), one figure: the slice, then each run's overlay side
+    by side (the paper's Figs. 5-8), named ``compare_FOLDER_STEM[_sliceK]_METHOD.png``."""
     columns = []
     for run_dir in run_dirs:
-        kept, images, seen, prob_tumor, cams, quality = explain_run(run_dir, files, method, target, layer)
+        kept, images, seen, prob_tumor, cams, quality = explain_run(run_dir, files, method, target, layer, slices)
         columns.append((run_title(run_dir), dict(zip(kept, zip(images, seen, cams, prob_tumor, quality)))))
     written = []
-    for path, stem in zip(files, output_stems(files)):
-        if not all(path in entries for _, entries in columns):
+    for item in columns[0][1]:
+        if not all(item in entries for _, entries in columns):
             continue
         fig, axes = plt.subplots(1, len(columns) + 1, figsize=(3.2 * (len(columns) + 1), 3.6))
-        first_image = columns[0][1][path][0]  # the decoded slice, whatever the runs' framing
-        truth = label_from_folder(path)
+        first_image = columns[0][1][item][0]  # the decoded slice, whatever the runs' framing
+        truth = label_from_folder(item.path)
         axes[0].imshow(first_image)
-        axes[0].set_title(f"{path.name}\ntrue: {CLASS_NAMES[truth] if truth is not None else 'unknown'}", fontsize=8)
+        axes[0].set_title(f"{item.label}\ntrue: {CLASS_NAMES[truth] if truth is not None else 'unknown'}", fontsize=8)
         axes[0].axis("off")
         for ax, (title, entries) in zip(axes[1:], columns):
-            _, image, cam, p, quality = entries[path]
+            _, image, cam, p, quality = entries[item]
             overlay(ax, image, cam)
             verdict = f"P(tumor) = {p:.3f}" if quality == REASONS[0] else f"cannot assess: {quality}"
             ax.set_title(f"{title}\n{verdict}", fontsize=8)
-        target_path = out / f"compare_{stem}_{method}.png"
+        target_path = out / f"compare_{item.name}_{method}.png"
         atomic_write_bytes(target_path, figure_png(fig))
         written.append(target_path)
     return written
@@ -267,22 +298,24 @@ def output_stems(paths) -> list[str]:
     return stems
 
 
-def _stems_of(kept: list[Path], files: list[Path]) -> list[str]:
-    """The `output_stems` of `files` for `kept`, the files (in order) that could be decoded: a file's
-    name does not depend on which of the others were readable."""
-    remaining = iter(zip(files, output_stems(files)))
-    return [next(stem for path, stem in remaining if path == wanted) for wanted in kept]
-
-
-def _decode_all(files: list[Path], size: int) -> tuple[np.ndarray, list[Path]]:
-    images, kept = [], []
-    for path in track(files, len(files), "decoding images", unit="files"):
+def _decode_all(files: list[Path], size: int, slices: str) -> tuple[np.ndarray, list[Explained], np.ndarray]:
+    """The chosen `slices` of `files` at `size` (`decode_slices`), what each image is (`Explained`: names are
+    given over all of `files`, so one does not depend on which others were readable) and its short side
+    before the resize (the gate's too_small). A file that cannot be decoded, or has no slice K, is logged and
+    skipped, as predict gives it an error row."""
+    images, kept, sides = [], [], []
+    by_slice = Slices.parse(slices).which != MIDDLE
+    for path, stem in track(zip(files, output_stems(files)), len(files), "decoding images", unit="files"):
         try:
-            images.append(decode_image(path, size))
-            kept.append(path)
+            decoded = decode_slices(path, size, slices)
         except (DecodeError, OSError) as exc:
             log.warning("skipped %s: %s", path, exc)
-    return (np.stack(images) if images else np.empty((0, size, size, 3), np.uint8)), kept
+            continue
+        for index, pixels, side in decoded:
+            images.append(pixels)
+            kept.append(Explained(path, stem, index if by_slice else None))
+            sides.append(side)
+    return (np.stack(images) if images else np.empty((0, size, size, 3), np.uint8)), kept, np.array(sides)
 
 
 def save_outcome_overlays(model_path: Path, images: np.ndarray, labels: np.ndarray, prob_tumor: np.ndarray,
@@ -319,6 +352,11 @@ def add_arguments(p) -> None:
     p.add_argument("--target", choices=TARGETS, default="predicted",
                    help="class whose evidence is shown (predicted: at the run's operating threshold)")
     p.add_argument("--layer", help="explain this layer instead of the model's Grad-CAM layer from the registry")
+    p.add_argument("--slices", type=slices_argument, default=MIDDLE, metavar="middle|all|K",
+                   help="which slices of a DICOM/NIfTI volume or multi-frame file to explain, as predict --slices "
+                        "counts them: middle (default: one image per file, named as the file), all (every slice "
+                        "with enough brain) or K (0-based); each chosen slice is its own image, named "
+                        "FOLDER_STEM_sliceK (K in 3 digits); 2-D images are explained once")
     p.add_argument("--out", type=Path, required=True)
 
 
@@ -330,9 +368,11 @@ def run(args) -> int:
         raise UsageError(f"explain: images not found: {', '.join(missing)}")
     files = expand_inputs(args.images)[: args.limit]
     if args.run:
-        written = explain_images(RunDir(args.run), files, args.out, args.method, args.target, args.layer)
+        written = explain_images(RunDir(args.run), files, args.out, args.method, args.target, args.layer,
+                                 args.slices)
     else:
-        written = compare_runs([RunDir(r) for r in args.runs], files, args.out, args.method, args.target, args.layer)
+        written = compare_runs([RunDir(r) for r in args.runs], files, args.out, args.method, args.target, args.layer,
+                               args.slices)
     for path in written:
         print(path)
     return 0

@@ -41,6 +41,7 @@ Changing how this module windows or slices changes the pixels of the decoded-ima
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import logging
@@ -134,6 +135,15 @@ class Slices:
 
     def __str__(self) -> str:
         return str(self.which)
+
+
+def slices_argument(text: str) -> str:
+    """``--slices`` of `tumorclf predict` and `tumorclf explain` as `Slices.parse` reads it; anything else is
+    refused with the reason (argparse prints an ArgumentTypeError's message, not a ValueError's)."""
+    try:
+        return str(Slices.parse(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def has_brain(pixels: np.ndarray) -> bool:

@@ -4,10 +4,10 @@ an export's ``model.onnx`` (`OnnxPredictor`, onnxruntime).
 Usage: ``tumorclf predict --model PATH INPUT... [--out preds.csv|preds.json] [--threshold T] [--batch-size N]
 [--no-gate] [--slices middle|all|K]`` (``python -m tumorclf.predict`` is an alias.)
 
-Files are decoded as training decodes them (`tumorclf.decoder.read_slices`, whose default middle slice is
-`read_pixels`'s, then `resize`, i.e. `decode_image`, keeping the slice's own size for the gate) and scored
-in batches (a SavedModel through the ``probabilities`` output of its ``serve`` signature). A file that
-cannot be decoded gets an error in its row and the others are still scored.
+Files are decoded as training decodes them (`tumorclf.decoder.decode_slices`: `read_slices`, whose default
+middle slice is `read_pixels`'s, then `resize`, i.e. `decode_image`, keeping the slice's own size for the
+gate) and scored in batches (a SavedModel through the ``probabilities`` output of its ``serve`` signature).
+A file that cannot be decoded gets an error in its row and the others are still scored.
 
 DICOM (``.dcm``, or by content) and NIfTI (``.nii``, ``.nii.gz``) files are decoded by `tumorclf.medical`
 (windowed to 8 bits). ``--slices`` says which slices of a volume or multi-frame file are scored: ``middle``
@@ -46,7 +46,6 @@ outputs (its ``serve_bytes`` signature's; ``serve`` cannot say too_small).
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -62,10 +61,10 @@ import numpy as np
 from tumorclf.artifacts import atomic_write_json, atomic_write_text, csv_text
 from tumorclf.calibration import apply_temperature
 from tumorclf.data import CLASS_NAMES, expand_inputs
-from tumorclf.decoder import DECODER_VERSION, DecodeError, read_slices, resize
+from tumorclf.decoder import DECODER_VERSION, DecodeError, decode_slices
 from tumorclf.errors import UsageError, UserError, one_line
 from tumorclf.evaluation import decide
-from tumorclf.medical import Slices
+from tumorclf.medical import slices_argument
 from tumorclf.progress import Progress
 from tumorclf.rundir import DEFAULT_THRESHOLD, RunDir, RunError
 
@@ -272,10 +271,9 @@ def trained_decoder(model_path: Path) -> str | None:
 
 
 def _decode(path: Path, size: int, slices: str = "middle") -> tuple[list[tuple[int | None, np.ndarray, int]], str]:
-    """([(slice index, pixels as `decode_image` gives them, the slice's short side)], error) of the chosen
-    `slices` (`read_slices`): the gate's too_small needs the size before the resize."""
+    """(`decode_slices` of the chosen `slices`, error): an unreadable file is its row's error, not a stop."""
     try:
-        return [(index, resize(pixels, size), min(pixels.shape[:2])) for index, pixels in read_slices(path, slices)], ""
+        return decode_slices(path, size, slices), ""
     except (DecodeError, OSError) as exc:
         return [], str(exc)
 
@@ -444,20 +442,12 @@ def add_arguments(p) -> None:
                    help="no input quality gate: quality and ood_score stay empty and every readable image is "
                         "decided (default: the gate saved with the model, when it has one, leaves tiny, blank, "
                         "colour and out-of-distribution images undecided)")
-    p.add_argument("--slices", type=_slices_argument, default="middle", metavar="middle|all|K",
+    p.add_argument("--slices", type=slices_argument, default="middle", metavar="middle|all|K",
                    help="which slices of a DICOM/NIfTI volume or multi-frame file to score, one row each with its "
                         "index in the slice column: middle (default), all (every slice with enough brain) or K "
                         "(0-based: for NIfTI the axial slice counted inferior to superior after reorientation to "
                         "RAS, not the file's stored index; for multi-frame DICOM the frame in storage order, never "
                         "resliced); 2-D images are scored once")
-
-
-def _slices_argument(text: str) -> str:
-    """--slices as `Slices` parses it; anything else is refused with the reason."""
-    try:
-        return str(Slices.parse(text))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def run(args) -> int:
