@@ -41,6 +41,18 @@ def blob_image(rng: np.random.Generator, size: int, tumor: bool) -> np.ndarray:
     return np.repeat(image.clip(0, 255).astype(np.uint8)[..., None], 3, axis=-1)
 
 
+def nifti_bytes(volume: np.ndarray, affine: np.ndarray | None = None, gz: bool = False, image_class=None,
+                **header) -> bytes:
+    """`volume` as an encoded NIfTI file (RAS affine unless given; gzip-compressed with `gz`)."""
+    import gzip
+
+    import nibabel as nib
+
+    image_class = image_class or nib.Nifti1Image
+    encoded = image_class(volume, np.eye(4) if affine is None else affine, **header).to_bytes()
+    return gzip.compress(encoded) if gz else encoded
+
+
 def write_blob_dataset(root: Path, per_class: int, size: int = 48, seed: int = 0) -> Path:
     """Class folders `healthy/` and `tumor/` of synthetic blob images as PNG and JPEG."""
     rng = np.random.default_rng(seed)

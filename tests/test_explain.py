@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import BLOB_CENTRE, BLOB_RADIUS, blob_image, one_error_line
-from test_medical import nifti_bytes
+from conftest import BLOB_CENTRE, BLOB_RADIUS, blob_image, nifti_bytes, one_error_line
 import tumorclf.explain as explain
 from tumorclf.calibration import OperatingPoint
 from tumorclf.cli import main
@@ -345,6 +344,11 @@ def test_explain_slice_k_explains_that_slice(trained_run: Path, tmp_path: Path, 
         assert [p.name for p in written] == [f"incoming_scan.nii_slice{k:03d}_gradcam.png"]
         np.testing.assert_array_equal(calls[-1][0][0], resize(read_slices(volume, k)[0][1], 48))
     (_, two), (_, three) = calls
+    captions = []
+    real_png = explain.explain_image_png
+    monkeypatch.setattr(explain, "explain_image_png", lambda *a: captions.append(a[4]) or real_png(*a))
+    explain.explain_images(trained_run, [volume], tmp_path / "titled", slices="2")
+    assert captions == [f"scan.nii.gz, slice 2: {explain.run_title(trained_run)}, gradcam on predicted class"]
     assert np.abs(two - three).mean() > 0.05  # another slice, another map
     assert (tmp_path / "2").joinpath(written[0].name.replace("003", "002")).read_bytes() != written[0].read_bytes()
     # the default: the middle slice (6 // 2) under the file's own name, as before --slices
@@ -374,7 +378,7 @@ def test_explain_slice_out_of_range_is_a_one_line_skip(trained_run: Path, tmp_pa
 
 
 def test_the_gate_sees_each_slices_own_size(trained_run: Path, tmp_path: Path, monkeypatch):
-    """too_small comes from each chosen slice's size before the resize, not the file's header."""
+    """too_small comes from each chosen slice's size before the resize (a NIfTI volume's slices share one)."""
     monkeypatch.setattr(explain, "heatmaps", lambda model, images, classes, *a, **k: np.zeros(images.shape[:3]))
     small = write_volume(tmp_path / "incoming" / "small.nii.gz", size=16)  # under the gate's min side (24)
     large = write_volume(tmp_path / "incoming" / "large.nii.gz")
@@ -382,3 +386,14 @@ def test_the_gate_sees_each_slices_own_size(trained_run: Path, tmp_path: Path, m
     assert [(item.path.name, item.slice) for item in kept] == [(path.name, k) for path in (small, large)
                                                                 for k in range(1, 5)]
     assert quality[:4] == ["too_small"] * 4 and "too_small" not in quality[4:]
+
+
+def test_a_slice_name_that_meets_another_files_name_gets_a_suffix(trained_run: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(explain, "heatmaps", lambda model, images, classes, *a, **k: np.zeros(images.shape[:3]))
+    volume = write_volume(tmp_path / "incoming" / "scan.nii.gz")
+    namesake = tmp_path / "incoming" / "scan.nii_slice002.png"
+    Image.fromarray(blob_image(np.random.default_rng(9), 48, False)).save(namesake)
+    written = explain.explain_images(trained_run, [volume, namesake], tmp_path / "out", slices="2")
+    assert [p.name for p in written] == ["incoming_scan.nii_slice002-2_gradcam.png",
+                                         "incoming_scan.nii_slice002_gradcam.png"]
+    assert written[0].read_bytes() != written[1].read_bytes()

@@ -25,7 +25,7 @@ from tumorclf import data, decoder, medical, predict as predict_module
 from tumorclf.cli import main
 from tumorclf.decoder import DecodeError, decode_image, read_pixels, read_slices, resize
 from tumorclf.medical import BRAIN_FRACTION, BRAIN_LEVEL, WINDOW_PERCENTILES, Slices
-from conftest import blob_image, one_error_line, read_csv
+from conftest import blob_image, nifti_bytes, one_error_line, read_csv
 
 RAS, LAS = np.eye(4), np.diag([-1.0, 1.0, 1.0, 1.0])
 
@@ -53,12 +53,6 @@ def dicom_bytes(pixels: np.ndarray | None, preamble: bool = True, syntax=Explici
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=preamble)
     return buffer.getvalue()
-
-
-def nifti_bytes(volume: np.ndarray, affine: np.ndarray = RAS, gz: bool = False, image_class=nib.Nifti1Image,
-                **header) -> bytes:
-    encoded = image_class(volume, affine, **header).to_bytes()
-    return gzip.compress(encoded) if gz else encoded
 
 
 def by_hand(values: np.ndarray, low: float, high: float) -> np.ndarray:

@@ -70,7 +70,7 @@ def read_pixels(source: str | os.PathLike | bytes) -> np.ndarray:
     """Decode one image by its content into uint8 RGB (H, W, 3) at full resolution: the file's only slice,
     or the MIDDLE slice of a volume or multi-frame file (`read_slices`). Raises `DecodeError`.
 
-    One image per file is what training, evaluate, explain and audit read: a volume's class folder labels the
+    One image per file is what training, evaluate, audit and (by default) explain read: a volume's class folder labels the
     file, and not every slice of a tumour volume shows the tumour, so its middle slice stands for it.
     """
     return read_slices(source)[0][1]

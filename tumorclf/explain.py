@@ -54,16 +54,11 @@ OVERLAY_CMAP, OVERLAY_ALPHA = "jet", 0.45  # the heatmap's colours and opacity o
 class Explained(NamedTuple):
     """One explained image: a file, or the slice `slice` of a volume that --slices all or K chose. `slice` is
     None for a 2-D image and for the default middle slice, which stands for its file as training reads it.
-    `stem` is the file's `output_stems` name among all the files given, readable or not."""
+    `name` is its output files' stem (`_decode_all`): ``FOLDER_STEM``, or ``FOLDER_STEM_slice012``."""
 
     path: Path
-    stem: str
+    name: str
     slice: int | None
-
-    @property
-    def name(self) -> str:
-        """Its output files' stem: ``FOLDER_STEM``, or ``FOLDER_STEM_slice012`` for a chosen slice."""
-        return self.stem if self.slice is None else f"{self.stem}_slice{self.slice:03d}"
 
     @property
     def label(self) -> str:
@@ -199,11 +194,18 @@ def class_to_explain(target: str, prob_tumor: np.ndarray, threshold: float) -> n
 
 def assess(model, gate: Gate | None, images: np.ndarray, sides: np.ndarray) -> tuple[np.ndarray, list[str]]:
     """Raw P(Tumor) of each image and its quality (too_small from `sides`, each image's short side before the
-    resize): one pass through the gated model when the run has a gate, else every image is "ok"."""
+    resize): one pass through the gated model when the run has a gate, else every image is "ok". The float32
+    copy is made `CHUNK` images at a time: `--slices all` over a folder of volumes can give thousands."""
+    scorer = model if gate is None else gated_model(model, gate)
+    raw, codes = [], []
+    for start in range(0, len(images), CHUNK):
+        out = scorer.predict(images[start:start + CHUNK].astype("float32"), verbose=0)
+        raw.append(out[:, 1] if gate is None else out["probabilities"][:, 1])
+        codes.append(None if gate is None else out["quality_code"])
+    raw = np.concatenate(raw) if raw else np.empty(0)
     if gate is None:
-        return model.predict(images.astype("float32"), verbose=0)[:, 1], [REASONS[0]] * len(images)
-    out = gated_model(model, gate).predict(images.astype("float32"), verbose=0)
-    return out["probabilities"][:, 1], reasons(with_size(out["quality_code"], sides, gate.min_side))
+        return raw, [REASONS[0]] * len(images)
+    return raw, reasons(with_size(np.concatenate(codes), sides, gate.min_side))
 
 
 def explain_run(run_dir: Path | RunDir, files: list[Path], method: str, target: str, layer: str | None = None,
@@ -230,7 +232,8 @@ def explain_run(run_dir: Path | RunDir, files: list[Path], method: str, target: 
         for start in range(0, len(kept), CHUNK):
             cams.append(heatmaps(model, images[start:start + CHUNK], classes[start:start + CHUNK], method, layer))
             progress.update(len(cams[-1]))
-    return kept, images, as_seen(model, images), prob_tumor, np.concatenate(cams), quality
+    seen = np.concatenate([as_seen(model, images[start:start + CHUNK]) for start in range(0, len(kept), CHUNK)])
+    return kept, images, seen, prob_tumor, np.concatenate(cams), quality
 
 
 def explain_images(run_dir: Path | RunDir, files: list[Path], out: Path, method: str = "gradcam",
@@ -299,21 +302,32 @@ def output_stems(paths) -> list[str]:
 
 
 def _decode_all(files: list[Path], size: int, slices: str) -> tuple[np.ndarray, list[Explained], np.ndarray]:
-    """The chosen `slices` of `files` at `size` (`decode_slices`), what each image is (`Explained`: names are
-    given over all of `files`, so one does not depend on which others were readable) and its short side
-    before the resize (the gate's too_small). A file that cannot be decoded, or has no slice K, is logged and
-    skipped, as predict gives it an error row."""
+    """The chosen `slices` of `files` at `size` (`decode_slices`), what each image is (`Explained`) and its
+    short side before the resize (the gate's too_small). A file's stem comes from `output_stems` over all of
+    `files`, so it does not depend on which others were readable; a slice's name that meets another image's
+    (``scan.nii.gz`` slice 1 and a ``scan.nii_slice001.png`` beside it) gets ``-2``, as `output_stems` does.
+    A file that cannot be decoded, or has no slice K, is logged and skipped (predict gives it an error row)."""
     images, kept, sides = [], [], []
     by_slice = Slices.parse(slices).which != MIDDLE
-    for path, stem in track(zip(files, output_stems(files)), len(files), "decoding images", unit="files"):
+    stems = output_stems(files)
+    used = {stem.casefold() for stem in stems}
+    for path, stem in track(zip(files, stems), len(files), "decoding images", unit="files"):
         try:
             decoded = decode_slices(path, size, slices)
         except (DecodeError, OSError) as exc:
             log.warning("skipped %s: %s", path, exc)
             continue
         for index, pixels, side in decoded:
+            name = stem
+            if by_slice and index is not None:
+                base = name = f"{stem}_slice{index:03d}"
+                k = 1
+                while name.casefold() in used:
+                    k += 1
+                    name = f"{base}-{k}"
+                used.add(name.casefold())
             images.append(pixels)
-            kept.append(Explained(path, stem, index if by_slice else None))
+            kept.append(Explained(path, name, index if by_slice else None))
             sides.append(side)
     return (np.stack(images) if images else np.empty((0, size, size, 3), np.uint8)), kept, np.array(sides)
 
@@ -347,7 +361,7 @@ def add_arguments(p) -> None:
     which.add_argument("--run", type=Path, help="explain this run's best model")
     which.add_argument("--runs", type=Path, nargs="+", help="compare several runs side by side")
     p.add_argument("--images", type=Path, nargs="+", required=True, help="image files and/or folders")
-    p.add_argument("--limit", type=int, help="at most this many images")
+    p.add_argument("--limit", type=int, help="at most this many files (before --slices picks their slices)")
     p.add_argument("--method", choices=METHODS, default="gradcam")
     p.add_argument("--target", choices=TARGETS, default="predicted",
                    help="class whose evidence is shown (predicted: at the run's operating threshold)")
