@@ -197,15 +197,13 @@ def assess(model, gate: Gate | None, images: np.ndarray, sides: np.ndarray) -> t
     resize): one pass through the gated model when the run has a gate, else every image is "ok". The float32
     copy is made `CHUNK` images at a time: `--slices all` over a folder of volumes can give thousands."""
     scorer = model if gate is None else gated_model(model, gate)
-    raw, codes = [], []
-    for start in range(0, len(images), CHUNK):
-        out = scorer.predict(images[start:start + CHUNK].astype("float32"), verbose=0)
-        raw.append(out[:, 1] if gate is None else out["probabilities"][:, 1])
-        codes.append(None if gate is None else out["quality_code"])
-    raw = np.concatenate(raw) if raw else np.empty(0)
+    outs = [scorer.predict(images[start:start + CHUNK].astype("float32"), verbose=0)
+            for start in range(0, len(images), CHUNK)]
     if gate is None:
-        return raw, [REASONS[0]] * len(images)
-    return raw, reasons(with_size(np.concatenate(codes), sides, gate.min_side))
+        return np.concatenate([out[:, 1] for out in outs]), [REASONS[0]] * len(images)
+    codes = np.concatenate([out["quality_code"] for out in outs])
+    return (np.concatenate([out["probabilities"][:, 1] for out in outs]),
+            reasons(with_size(codes, sides, gate.min_side)))
 
 
 def explain_run(run_dir: Path | RunDir, files: list[Path], method: str, target: str, layer: str | None = None,
@@ -228,12 +226,12 @@ def explain_run(run_dir: Path | RunDir, files: list[Path], method: str, target: 
     prob_tumor = apply_temperature(raw, run.temperature())
     classes = class_to_explain(target, prob_tumor, threshold)
     with Progress(len(kept), f"{method} {run.name}", unit="images") as progress:
-        cams = []
+        cams, seen = [], []
         for start in range(0, len(kept), CHUNK):
             cams.append(heatmaps(model, images[start:start + CHUNK], classes[start:start + CHUNK], method, layer))
+            seen.append(as_seen(model, images[start:start + CHUNK]))
             progress.update(len(cams[-1]))
-    seen = np.concatenate([as_seen(model, images[start:start + CHUNK]) for start in range(0, len(kept), CHUNK)])
-    return kept, images, seen, prob_tumor, np.concatenate(cams), quality
+    return kept, images, np.concatenate(seen), prob_tumor, np.concatenate(cams), quality
 
 
 def explain_images(run_dir: Path | RunDir, files: list[Path], out: Path, method: str = "gradcam",
@@ -288,17 +286,19 @@ def output_stems(paths) -> list[str]:
     name keeps ``healthy/img001.png`` and ``tumor/img001.png`` apart), and where that still collides
     (same folder name elsewhere, or a file listed twice) ``-2``, ``-3``... in list order. Names are
     compared ignoring case, so they stay distinct on case-insensitive file systems."""
-    stems: list[str] = []
     used: set[str] = set()
-    for path in map(Path, paths):
-        base = f"{path.parent.name}_{path.stem}" if path.parent.name else path.stem
-        stem, k = base, 1
-        while stem.casefold() in used:
-            k += 1
-            stem = f"{base}-{k}"
-        used.add(stem.casefold())
-        stems.append(stem)
-    return stems
+    return [_distinct(f"{path.parent.name}_{path.stem}" if path.parent.name else path.stem, used)
+            for path in map(Path, paths)]
+
+
+def _distinct(base: str, used: set[str]) -> str:
+    """`base`, or `base-2`, `base-3`... the first not in `used` (compared ignoring case), added to it."""
+    name, k = base, 1
+    while name.casefold() in used:
+        k += 1
+        name = f"{base}-{k}"
+    used.add(name.casefold())
+    return name
 
 
 def _decode_all(files: list[Path], size: int, slices: str) -> tuple[np.ndarray, list[Explained], np.ndarray]:
@@ -318,14 +318,7 @@ def _decode_all(files: list[Path], size: int, slices: str) -> tuple[np.ndarray, 
             log.warning("skipped %s: %s", path, exc)
             continue
         for index, pixels, side in decoded:
-            name = stem
-            if by_slice and index is not None:
-                base = name = f"{stem}_slice{index:03d}"
-                k = 1
-                while name.casefold() in used:
-                    k += 1
-                    name = f"{base}-{k}"
-                used.add(name.casefold())
+            name = _distinct(f"{stem}_slice{index:03d}", used) if by_slice and index is not None else stem
             images.append(pixels)
             kept.append(Explained(path, name, index if by_slice else None))
             sides.append(side)
