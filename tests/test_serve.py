@@ -27,7 +27,7 @@ import tumorclf.artifacts
 from tumorclf.cli import main
 from tumorclf.gate import GATE_JSON
 from tumorclf.rundir import RunDir
-from tumorclf.serve import NOTICE, UPLOAD_TYPE, create_app, trusted_hosts
+from tumorclf.serve import NOTICE, UPLOAD_TYPE, create_app, host_name, trusted_hosts
 from conftest import blob_image, one_error_line
 
 SCORES = ("prob_tumor", "prob_tumor_raw", "predicted", "quality", "ood_score")
@@ -299,3 +299,13 @@ def test_an_unwritable_upload_folder_fails_at_start_up(trained_run: Path, tmp_pa
     assert main(["serve", "--model", str(trained_run / "best.keras"), "--port", "0", "--save-uploads", str(kept)]) == 2
     assert one_error_line(capsys).endswith(f"serve: cannot use --save-uploads {kept}: Permission denied")
     assert loaded == [] and list(kept.iterdir()) == []  # refused before the model was loaded
+
+
+@pytest.mark.parametrize("header, name", [
+    ("127.0.0.1", "127.0.0.1"), ("LocalHost:8000", "localhost"), ("[::1]:8000", "[::1]"), ("[::1]", "[::1]"),
+    ("[fd00::5]:80", "[fd00::5]"), ("evil.example:8000", "evil.example"),
+    ("", None), ("127.0.0.1:0", None), ("127.0.0.1:70000", None), ("::1", None), ("a b", None),
+    ("host:port", None), ("[::1]x", None)])
+def test_the_host_header_is_parsed_without_werkzeug(header, name):
+    """Werkzeug 3.1.9's own check cannot match a bracketed IPv6 name; ours must, whatever Werkzeug does."""
+    assert host_name(header) == name

@@ -21,7 +21,7 @@ Errors are JSON ``{"error": one line}``: 400 for a file that is not a readable i
 ``Host``, 413 over ``--max-upload-mb``, 415 for another content type, 500 when an upload cannot be kept.
 
 Other web sites: the page has no log-in, so it answers only requests addressed to this machine by name
-(Flask's ``TRUSTED_HOSTS``: 127.0.0.1, localhost, [::1] and the ``--host`` address, any port; for a
+(`host_name` checked before every request: 127.0.0.1, localhost, [::1] and the ``--host`` address, any port; for a
 wildcard ``--host`` such as 0.0.0.0 also this machine's name and its addresses). The 415 alone does not keep
 them out: a page from another site that rebinds its own name to 127.0.0.1 (DNS rebinding) is same-origin
 with itself, so its browser posts raw bytes and reads the answers without asking, but its requests carry
@@ -37,6 +37,7 @@ import io
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -246,7 +247,7 @@ def create_app(model_path: str | Path, threshold: float | None = None, gated: bo
     is the address the server listens on: requests whose ``Host`` names neither it nor loopback get a 400."""
     require_flask()
     from flask import Flask, jsonify, request, send_from_directory
-    from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, SecurityError
+    from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
     scorer = Scorer(Path(model_path), threshold, gated)
     card, card_source = page_card(scorer.model_path)
@@ -255,7 +256,9 @@ def create_app(model_path: str | Path, threshold: float | None = None, gated: bo
              "saves_uploads": save_uploads is not None}
     app = Flask(__name__, static_folder=str(WEB), static_url_path="/static")
     app.config["MAX_CONTENT_LENGTH"] = int(max_upload_mb * 1024 * 1024)
-    app.config["TRUSTED_HOSTS"] = trusted = trusted_hosts(host)
+    # Checked here, not with Flask's TRUSTED_HOSTS: Werkzeug 3.1.9 cuts a trusted name at its first colon,
+    # so "[::1]" there matches nothing and every IPv6 loopback request would be refused.
+    app.config["TUMORCLF_HOSTS"] = trusted = trusted_hosts(host)
 
     def error(status: int, message: str):
         return jsonify({"error": " ".join(message.split())}), status
@@ -294,8 +297,10 @@ def create_app(model_path: str | Path, threshold: float | None = None, gated: bo
                                   f"{exc.strerror or type(exc).__name__}")
         return jsonify({"file": name, "bytes": len(data), **result, "saved_as": saved.name if saved else None})
 
-    @app.errorhandler(SecurityError)
-    def untrusted_host(exc):
+    @app.before_request
+    def untrusted_host():
+        if host_name(request.headers.get("Host", "")) in trusted:
+            return None
         log.warning("refused a request for Host %r (not this machine's name: another site's page?)",
                     request.headers.get("Host", "")[:100])
         return error(400, f"untrusted Host header: the page answers only as {', '.join(trusted)} "
@@ -325,8 +330,20 @@ def create_app(model_path: str | Path, threshold: float | None = None, gated: bo
     return app
 
 
+def host_name(header: str) -> str | None:
+    """The name of a ``Host`` header without its port, lower-case (IPv6 in brackets), or None when the header
+    is not a host name, an IPv4 address or a bracketed IPv6 address with an optional port 1-65535."""
+    match = HOST_HEADER.fullmatch(header.strip().lower())
+    if match is None or (match.group(2) is not None and not 1 <= int(match.group(2)) <= 65535):
+        return None
+    return match.group(1)
+
+
+HOST_HEADER = re.compile(r"([a-z0-9.-]+|\[[0-9a-f:.]+\])(?::([0-9]{1,5}))?")
+
+
 def trusted_hosts(host: str) -> list[str]:
-    """The names a request's ``Host`` may give (Flask's ``TRUSTED_HOSTS``, the port ignored): loopback's,
+    """The names a request's ``Host`` may give (`host_name`, the port ignored): loopback's,
     the address listened on, and for a wildcard address this machine's name and addresses. IPv6 addresses
     in brackets, as in a Host header."""
     names = ["127.0.0.1", "localhost", "[::1]"]
@@ -423,7 +440,7 @@ def run(args) -> int:
                     "upload images and read the answers", args.host)
     log.info("serving %s on %s (Ctrl+C stops it)%s", args.model, url(args.host, server.port),
              f"; uploads kept in {args.save_uploads}" if args.save_uploads else "")
-    log.info("answering requests for the hosts %s", ", ".join(app.config["TRUSTED_HOSTS"]))
+    log.info("answering requests for the hosts %s", ", ".join(app.config["TUMORCLF_HOSTS"]))
     server.serve_forever()  # returns on Ctrl+C, the socket closed
     log.info("stopped")
     return 0
