@@ -2,7 +2,7 @@
 classifier should refuse to score, each kind in its own folder, generated deterministically.
 
     python experiments/gate_probes.py --data ../shared/data/brain_tumor_dataset --out /tmp/gate_probes
-    tumorclf predict --model RUN/best.keras /tmp/gate_probes --out probes.csv
+    tumorclf predict --model-file RUN/best.keras --inputs /tmp/gate_probes --out probes/   # probes/predictions.csv
 
 - blank/    98 slices of pixel values 0-2 (as the damaged copy of a public set in the issue)
 - constant/ 16 flat gray images, 0 to 240

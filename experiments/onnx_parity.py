@@ -5,9 +5,9 @@ and a float32 copy of it.
         --every 15 --out experiments/results/onnx/parity.json
 
 EXPORT is a folder written by `tumorclf export --format savedmodel onnx`. Every `--every`-th file of the
-dataset is decoded once (`tumorclf.decoder.decode_image`) and scored by the four paths; the record holds
+dataset is decoded once (`tumorclf.data.decoder.decode_image`) and scored by the four paths; the record holds
 max/mean |dP(Tumor)| (raw softmax) between them and the decisions that differ at the export's operating
-point. The ONNX graph computes in float32 (`tumorclf.onnxmodel.export_onnx`); a run trained under
+point. The ONNX graph computes in float32 (`tumorclf.serving.onnx_export.export_onnx`); a run trained under
 mixed_bfloat16 computes in bfloat16 in Keras and in the SavedModel, so those differ by bfloat16's rounding.
 """
 
@@ -21,12 +21,12 @@ import numpy as np
 import onnxruntime as ort
 import tensorflow as tf
 
-from tumorclf.artifacts import atomic_write_json
-from tumorclf.calibration import apply_temperature
-from tumorclf.data import files_below
-from tumorclf.decoder import DecodeError, decode_image
-from tumorclf.evaluation import decide
-from tumorclf.models import load_model, to_float32
+from tumorclf.utils.files import atomic_write_json
+from tumorclf.metrics.calibration import apply_temperature
+from tumorclf.data.dataset import files_below
+from tumorclf.data.decoder import DecodeError, decode_image
+from tumorclf.metrics.classification import decide
+from tumorclf.models.factory import load_model, to_float32
 
 BATCH = 32
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import tensorflow as tf
 from PIL import Image
 
-from tumorclf.artifacts import atomic_write_json
-from tumorclf.rundir import RunDir
+from tumorclf.utils.files import atomic_write_json
+from tumorclf.runs.folder import RunDir
 
 
 def main() -> None:
@@ -39,9 +39,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         export = Path(tmp) / "export"
         subprocess.run(["tumorclf", "export", "--run", str(run), "--out", str(export)], check=True)
-        preds = Path(tmp) / "preds.csv"
-        subprocess.run(["tumorclf", "predict", "--model", str(run.best_model), *map(str, files), "--out", str(preds)],
-                       check=True)
+        preds = Path(tmp) / "predictions.csv"
+        subprocess.run(["tumorclf", "predict", "--model-file", str(run.best_model), "--inputs", *map(str, files),
+                        "--out", tmp], check=True)
         with open(preds) as handle:
             predicted = {row["path"]: (float(row["prob_tumor"]), row["predicted"])
                          for row in csv.DictReader(handle) if not row["error"]}

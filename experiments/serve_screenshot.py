@@ -18,7 +18,7 @@ from pathlib import Path
 
 from werkzeug.serving import make_server
 
-from tumorclf.serve import create_app
+from tumorclf.serving.web import create_app
 
 
 def chromium(width: int, height: int):
@@ -66,7 +66,7 @@ def screenshot(url: str, image: Path, out: Path, width: int) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", type=Path, required=True, help="what tumorclf serve --model accepts")
+    p.add_argument("--model", type=Path, required=True, help="what tumorclf serve --model-file accepts")
     p.add_argument("--image", type=Path, required=True, help="the slice to upload")
     p.add_argument("--out", type=Path, required=True, help="the screenshot, .png")
     p.add_argument("--width", type=int, default=1280, help="browser width in px")

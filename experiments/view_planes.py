@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tumorclf.artifacts import atomic_write_json
-from tumorclf.bootstrap import point_metrics
-from tumorclf.data import load_dataset
-from tumorclf.framing import ForegroundCrop
+from tumorclf.utils.files import atomic_write_json
+from tumorclf.metrics.bootstrap import point_metrics
+from tumorclf.data.dataset import load_dataset
+from tumorclf.transforms.framing import ForegroundCrop
 
 
 def symmetry(images: np.ndarray, batch: int = 256) -> np.ndarray:

@@ -11,11 +11,11 @@ import pytest
 import yaml
 
 from conftest import read_csv
-from tumorclf.ablation import ABLATION_FILE, EVALUATIONS, TABLE_FILE, markdown, record
-from tumorclf.cli import main
-from tumorclf.config import Config
+from tumorclf.studies.ablation import ABLATION_FILE, EVALUATIONS, TABLE_FILE, markdown, record
+from tumorclf.cli.main import main
+from tumorclf.runs.config import Config
 from tumorclf.errors import UsageError
-from tumorclf.study import study_configs
+from tumorclf.studies.study import study_configs
 
 # the configuration of conftest's trained_run, as a study entry
 RUN = {"model": "simplecnn", "epochs": 3, "image_size": 48, "batch_size": 8, "learning_rate": 0.01,
@@ -102,3 +102,11 @@ def test_the_command_needs_a_results_folder(tmp_path: Path, capsys):
     path.write_text(yaml.safe_dump({"runs": [{"model": "simplecnn"}]}))
     assert main(["ablation", "--config", str(path)]) == 2
     assert "names no `results` folder" in capsys.readouterr().err
+
+
+def test_the_command_refuses_a_bootstrap_of_no_resamples(tmp_path: Path, capsys):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"results": str(tmp_path / "results"), "runs": [{"model": "simplecnn"}]}))
+    assert main(["ablation", "--config", str(path), "--bootstrap", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "tumorclf: error: ablation: --bootstrap must be >= 1, got 0"
+    assert not (tmp_path / "results").exists()

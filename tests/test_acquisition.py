@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tumorclf.acquisition import RandomAcquisition
-from tumorclf.callbacks import EpochSeeding, seed_states
-from tumorclf.pipeline import augmenter, make_train_dataset
+from tumorclf.transforms.acquisition import RandomAcquisition
+from tumorclf.training.callbacks import EpochSeeding, seed_states
+from tumorclf.transforms.pipeline import augmenter, make_train_dataset
 
 OFF = dict(bias=0.0, gamma=0.0, contrast=0.0, brightness=0.0, sharpness=0.0, resample=0.0, noise=0.0)
 

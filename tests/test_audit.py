@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import blob_image, write_blob_dataset
-from tumorclf.cli import main
+from tumorclf.cli.main import main
 
 WEIGHTS = Path(__file__).resolve().parents[1].parent / "shared" / "weights"
 needs_vgg16 = pytest.mark.skipif(not (WEIGHTS / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5").is_file(),
@@ -73,8 +73,8 @@ def audited(tmp_path_factory) -> tuple[Path, Path, dict[str, str], int]:
         for path in before:
             writer.writerow([path, "collection_a" if path.startswith("healthy/") else "collection_b"])
     out = base / "out"
-    code = main(["audit", str(root), "--out", str(out), "--image-size", "128", "--weights-dir", str(WEIGHTS),
-                 "--sources", str(sources), "--cache-dir", str(base / "cache")])
+    code = main(["audit", "--data", str(root), "--out", str(out), "--image-size", "128",
+                 "--weights-dir", str(WEIGHTS), "--sources", str(sources), "--cache-dir", str(base / "cache")])
     return root, out, before, code
 
 
@@ -143,7 +143,8 @@ def test_a_source_that_follows_the_label_is_a_shortcut(audited):
 def test_an_earlier_audit_is_kept_unless_overwrite(audited, capsys):
     root, out, _, _ = audited
     before = (out / "findings.csv").read_bytes()
-    assert main(["audit", str(root), "--out", str(out), "--image-size", "128", "--weights-dir", str(WEIGHTS)]) == 2
+    assert main(["audit", "--data", str(root), "--out", str(out), "--image-size", "128",
+                 "--weights-dir", str(WEIGHTS)]) == 2
     assert "already holds an audit" in capsys.readouterr().err
     assert (out / "findings.csv").read_bytes() == before
 
@@ -156,15 +157,31 @@ def test_an_earlier_audit_is_kept_unless_overwrite(audited, capsys):
 ])
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys, args, message):
     root = write_blob_dataset(tmp_path / "data", per_class=3)
-    assert main(["audit", str(root), "--out", str(tmp_path / "out"), *args]) == 2
+    assert main(["audit", "--data", str(root), "--out", str(tmp_path / "out"), *args]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()
 
 
 def test_missing_data_folder_is_a_one_line_error(tmp_path, capsys):
-    assert main(["audit", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]) == 2
+    assert main(["audit", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]) == 2
     assert "data folder not found" in capsys.readouterr().err
+
+
+def test_the_data_folder_without_its_flag_still_works_with_a_notice(tmp_path, capsys):
+    assert main(["audit", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "tumorclf: deprecated:" in err and f"use --data {tmp_path / 'nowhere'}" in err
+    assert "data folder not found" in err  # the path was taken as the data folder
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "required: --data"),
+    (["--data", "a", "b"], "one data folder at a time; got 2"),
+])
+def test_exactly_one_data_folder_is_required(tmp_path, capsys, args, message):
+    assert main(["audit", *args, "--out", str(tmp_path / "out")]) == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
 
 
 @needs_vgg16
@@ -177,7 +194,7 @@ def test_a_missing_backbone_weights_file_is_named(tmp_path, capsys, monkeypatch)
 
     monkeypatch.setattr(keras.utils, "get_file", offline)
     root = write_blob_dataset(tmp_path / "data", per_class=3)
-    assert main(["audit", str(root), "--out", str(tmp_path / "out"), "--model", "resnet50",
+    assert main(["audit", "--data", str(root), "--out", str(tmp_path / "out"), "--model", "resnet50",
                  "--weights-dir", str(tmp_path), "--image-size", "32"]) == 2
     assert "place resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in capsys.readouterr().err
 
@@ -187,6 +204,6 @@ def test_a_class_of_one_distinct_image_is_a_one_line_error(tmp_path, capsys):
     content = (root / "healthy" / "img001.png").read_bytes()
     for path in (root / "healthy").iterdir():  # every healthy file the same content
         path.write_bytes(content)
-    assert main(["audit", str(root), "--out", str(tmp_path / "out"), "--weights-dir", str(WEIGHTS)]) == 2
+    assert main(["audit", "--data", str(root), "--out", str(tmp_path / "out"), "--weights-dir", str(WEIGHTS)]) == 2
     err = capsys.readouterr().err.strip()
     assert "Healthy has 1 distinct image" in err and len(err.splitlines()) == 1

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tumorclf import audit_report
-from tumorclf.audit_report import AuditResult, contact_sheet, sheet_size, write_report
-from tumorclf.findings import FINDINGS, SHORTCUT_ACCURACY, Collection, Finding, sort_findings
+from tumorclf.audit import report as audit_report
+from tumorclf.audit.report import AuditResult, contact_sheet, sheet_size, write_report
+from tumorclf.audit.findings import FINDINGS, SHORTCUT_ACCURACY, Collection, Finding, sort_findings
 
 NASTY = 'yes/<b>&".png'  # a file name that breaks HTML unless escaped
 

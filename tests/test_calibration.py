@@ -7,10 +7,10 @@ import pytest
 from scipy.special import expit
 from sklearn import metrics as skm
 
-from tumorclf.calibration import (CLIP, CalibrationError, OperatingPoint, apply_temperature, expected_calibration_error,
+from tumorclf.metrics.calibration import (CLIP, CalibrationError, OperatingPoint, apply_temperature, expected_calibration_error,
                                   fit_operating_point, fit_temperature, logit, margin_below, reliability, sensitivity,
                                   threshold_for_sensitivity, youden_threshold)
-from tumorclf.evaluation import decide, roc_auc, specificity
+from tumorclf.metrics.classification import decide, roc_auc, specificity
 
 
 def tempered(seed: int, true_temperature: float, n: int = 20000, spread: float = 3.0):

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from tumorclf.cli import Parser, main, parser
-from tumorclf.config import Config, ConfigError, build_config
-from tumorclf.run import add_arguments, config_from_args
+from tumorclf.cli.main import Parser, main, parser
+from tumorclf.cli.train import add_arguments, config_from_args
+from tumorclf.runs.config import Config, ConfigError, build_config, flag_of
 
 
 def flags(*argv: str) -> Config:
-    return config_from_args(parser("train").parse_args(["train", *argv]))
+    """The Config of `tumorclf train ARGV` (the preset it applies is tested in test_presets.py)."""
+    return config_from_args(parser("train").parse_args(["train", *argv]))[1]
 
 
 def test_defaults_follow_the_paper():
@@ -39,10 +40,32 @@ def test_every_field_has_a_flag_with_its_help():
     add_arguments(train)
     flags = set(train._option_string_actions)
     for field in dataclasses.fields(Config):
-        flag = field.metadata["flag"] or "--" + field.name.replace("_", "-")
-        assert flag in flags, field.name
+        assert flag_of(field) in flags, field.name
         assert field.metadata["help"]
-    assert {"--no-augment", "--gradcam", "--imagenet", "--no-imagenet"} <= flags
+    assert {"--no-augment", "--gradcam", "--imagenet", "--no-imagenet", "--out"} <= flags
+
+
+def test_help_states_each_default_once_and_speaks_of_flags():
+    train = Parser(prog="tumorclf train")
+    add_arguments(train)
+    helps = {action.option_strings[0]: action.help for action in train._actions
+             if action.option_strings[0] not in ("-h", "--config") and action.help != "==SUPPRESS=="}
+    field_names = [field.name for field in dataclasses.fields(Config) if "_" in field.name]
+    for flag, text in helps.items():
+        assert text.count("default") == 1, (flag, text)
+        assert not [name for name in field_names if name in text], (flag, text)  # config keys, not flags
+    assert helps["--data"] == "folder with two class folders (default: $TUMORCLF_DATA)"
+    assert helps["--head-epochs"].startswith("with --fine-tune two_phase:")
+    assert helps["--out"] == "parent folder of run folders (default: runs)"
+    assert helps["--split-fractions"].endswith("(default: 0.7 0.15 0.15)")
+    assert "--output" not in train.format_help()  # the deprecated spelling is not offered
+
+
+def test_old_output_flag_still_works_with_a_notice(capsys):
+    assert flags("--out", "elsewhere").output == "elsewhere"
+    assert capsys.readouterr().err == ""
+    assert flags("--output", "elsewhere").output == "elsewhere"
+    assert capsys.readouterr().err.startswith("tumorclf: deprecated: --output will be removed; use --out")
 
 
 def test_yaml_values_are_coerced_to_the_field_types(tmp_path: Path):
@@ -125,10 +148,16 @@ def test_holdout_sources_are_one_sorted_spelling():
     assert Config(split="source", sources="s.csv", holdout_sources=" b,a,,b ").holdout_sources == "a,b"
     assert cfg.defining() == Config(split="source", sources="s.csv", holdout_sources="a,b").defining()
     assert Config.from_dict(cfg.to_dict()) == cfg
-    cfg = flags("--split", "source", "--sources", "s.csv", "--holdout-sources", "figshare, br35h", "--unlisted-source",
-                "misc", "--model", "vgg16", "--image-size", "64")
+    cfg = flags("--split", "source", "--sources", "s.csv", "--holdout-sources", "figshare", "br35h",
+                "--unlisted-source", "misc", "--model", "vgg16", "--image-size", "64")
     assert (cfg.holdout, cfg.unlisted_source) == (("br35h", "figshare"), "misc")
     assert cfg.run_name == "vgg16_scratch_lso-br35h+figshare_64px_seed42"
+
+
+def test_comma_separated_holdout_sources_still_work_with_a_notice(capsys):
+    cfg = flags("--split", "source", "--sources", "s.csv", "--holdout-sources", "figshare, br35h")
+    assert cfg.holdout == ("br35h", "figshare")
+    assert capsys.readouterr().err.startswith("tumorclf: deprecated: comma-separated lists will not be accepted")
     assert Config(holdout_sources=None).holdout == () and Config().run_name == "simplecnn_scratch_grouped_224px_seed42"
 
 
@@ -157,7 +186,7 @@ def test_bad_yaml(tmp_path: Path):
     (["train", "--split", "leave-one-out"], "invalid choice: 'leave-one-out'"),
     (["train", "--sources", "s.csv"], "--sources, --holdout-sources and --unlisted-source belong to --split source"),
     (["nonsense"], "invalid choice: 'nonsense'"),
-    (["predict"], "the following arguments are required"),
+    (["predict"], "required"),  # its model file
 ])
 def test_cli_errors_are_one_line_and_exit_2(argv, message, capsys, tmp_path: Path):
     assert main([*argv, *(["--data", str(tmp_path)] if argv[0] == "train" else [])]) == 2
@@ -179,11 +208,12 @@ def test_console_command_lists_the_subcommands():
         assert f"    {command} " in result.stdout
 
 
-@pytest.mark.parametrize("module, command", [("run", "train"), ("predict", "predict"), ("leakage", "leakage")])
-def test_python_m_aliases(module: str, command: str):
-    result = subprocess.run([sys.executable, "-m", f"tumorclf.{module}", "--help"], capture_output=True, text=True,
-                            timeout=120)
-    assert result.returncode == 0 and result.stdout.startswith(f"usage: tumorclf {command}")
+@pytest.mark.parametrize("argv, command", [*((["tumorclf", c], c) for c in ("train", "study", "ablation", "predict",
+                                                                              "leakage")), (["tumorclf.run"], "train")])
+def test_python_m_entry_points(argv: list[str], command: str):
+    """`python -m tumorclf COMMAND` for every command, and `python -m tumorclf.run` (the study's way to train)."""
+    result = subprocess.run([sys.executable, "-m", *argv, "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.startswith(f"usage: tumorclf {command}"), result.stderr
 
 
 def test_robust_recipe_presets_its_measures_and_an_explicit_value_wins():
@@ -217,7 +247,7 @@ def test_measure_flags_parse(tmp_path):
     """--intensity, --framing and --acquisition/--no-acquisition reach the config."""
     import argparse
 
-    from tumorclf.config import add_config_flags
+    from tumorclf.runs.config import add_config_flags
 
     parser = argparse.ArgumentParser()
     add_config_flags(parser)

@@ -11,8 +11,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image, PngImagePlugin
 
-from tumorclf import data, decoder
-from tumorclf.decoder import DecodeError, decode_bytes_graph, decode_image, read_pixels, resize
+from tumorclf.data import dataset as data
+
+from tumorclf.data import decoder
+from tumorclf.data.decoder import DecodeError, decode_bytes_graph, decode_image, read_pixels, resize
 
 
 def encoded(image: Image.Image, fmt: str, **kwargs) -> bytes:

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tumorclf.callbacks import EpochSeeding, seed_states
-from tumorclf.deformation import RandomElastic, _bilinear
-from tumorclf.pipeline import augmenter
+from tumorclf.training.callbacks import EpochSeeding, seed_states
+from tumorclf.transforms.elastic import RandomElastic, _bilinear
+from tumorclf.transforms.pipeline import augmenter
 
 
 def images(n=6, size=32, seed=0):

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from tumorclf.evaluation import (balanced_accuracy, brier_score, classification_metrics, confusion_matrix, decide,
+from tumorclf.metrics.classification import (balanced_accuracy, brier_score, classification_metrics, confusion_matrix, decide,
                                  roc_auc, roc_curve, specificity)
-from tumorclf.reports import write_reports
-from tumorclf.rundir import DEFAULT_THRESHOLD, RunDir
+from tumorclf.evaluation.reports import write_reports
+from tumorclf.runs.folder import DEFAULT_THRESHOLD, RunDir
 
 
 def predictions(seed: int, n: int = 300, rounding: int | None = None):

@@ -14,17 +14,18 @@ import tensorflow as tf
 from PIL import Image
 
 from conftest import blob_image, copy_with_operating_point
-from tumorclf import decoder, export
-from tumorclf.calibration import apply_temperature
-from tumorclf.cli import main
-from tumorclf.data import CLASS_NAMES
+from tumorclf.data import decoder
+from tumorclf.serving import export
+from tumorclf.metrics.calibration import apply_temperature
+from tumorclf.cli.main import main
+from tumorclf.data.dataset import CLASS_NAMES
 from tumorclf.errors import UsageError
-from tumorclf.evaluation import decide
-from tumorclf.gate import GATE_ARRAYS, GATE_JSON
-from tumorclf.export import (KNOWN_LIMITATIONS, LEAVE_SOURCE_OUT_LIMITATION, VALIDATION_REUSE_LIMITATION,
+from tumorclf.metrics.classification import decide
+from tumorclf.gate.quality_gate import GATE_ARRAYS, GATE_JSON
+from tumorclf.serving.export import (KNOWN_LIMITATIONS, LEAVE_SOURCE_OUT_LIMITATION, VALIDATION_REUSE_LIMITATION,
                              card_markdown, export_run, export_saved_model, model_card, replace_folder)
-from tumorclf.rundir import RunDir, RunExistsError
-from tumorclf.serving import OperatingPointHead
+from tumorclf.runs.folder import RunDir, RunExistsError
+from tumorclf.serving.graph import OperatingPointHead
 
 TEMPERATURE = 2.5  # clearly not 1: calibrated and raw P(Tumor) differ
 
@@ -175,7 +176,7 @@ def write_inputs(folder: Path) -> list[Path]:
 @pytest.fixture(scope="module")
 def untrained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A freshly initialised SimpleCNN (probabilities far from 0 and 1): its .keras file and SavedModel."""
-    from tumorclf.models import build_model
+    from tumorclf.models.factory import build_model
 
     keras.utils.set_random_seed(3)
     model = build_model("simplecnn", 48)
@@ -357,7 +358,7 @@ def test_calibrated_probabilities_come_out_of_both_signatures_as_from_predict(
         assert out["decision"].dtype == np.int64 and out["decision"].shape == (n,)
         np.testing.assert_allclose(out["probabilities"], expected_raw, atol=1e-5, err_msg=name)
         raw = out["probabilities"][:, 1]
-        # calibrated in the graph as tumorclf.calibration does it, decided at the run's threshold
+        # calibrated in the graph as tumorclf.metrics.calibration does it, decided at the run's threshold
         np.testing.assert_allclose(out["prob_tumor"], apply_temperature(raw, TEMPERATURE), atol=1e-7, rtol=0)
         np.testing.assert_array_equal(out["decision"], decide(apply_temperature(raw, TEMPERATURE), threshold))
         for model, predicted in rows.items():
@@ -386,12 +387,13 @@ def test_a_run_without_operating_point_exports_and_predicts_as_before(trained_ru
     assert card["threshold"] == RunDir(run).threshold() and card["threshold_source"] == "metrics.json"
     assert "the run has no operating_point.json" in (out / "MODEL_CARD.md").read_text()
 
+    predicted = [predict_rows(model, probe_files, tmp_path / f"p{i}.json")  # the same rows for both signatures
+                 for i, model in enumerate((out, run / "best.keras"))]
     for name, served in signature_outputs(out, probe_files).items():
         raw = served["probabilities"][:, 1]
         np.testing.assert_array_equal(served["prob_tumor"], raw, err_msg=name)
         np.testing.assert_array_equal(served["decision"], decide(raw, card["threshold"]), err_msg=name)
-        for i, model in enumerate((out, run / "best.keras")):
-            rows = predict_rows(model, probe_files, tmp_path / f"p{i}.json")
+        for rows in predicted:
             assert all(r["prob_tumor"] == r["prob_tumor_raw"] for r in rows)
             np.testing.assert_allclose(raw, [r["prob_tumor"] for r in rows], atol=1e-5, rtol=0)
             assert [CLASS_NAMES[d] for d in served["decision"]] == [r["predicted"] for r in rows]
@@ -567,7 +569,7 @@ def test_export_cli_adds_evaluations_written_elsewhere(calibrated_run: Path, tmp
 def test_framing_and_intensity_run_inside_the_saved_model(trained_run: Path, tmp_path: Path):
     """A model with the robust recipe's in-model framing and intensity exports with them: both signatures give
     the .keras model's output on plain images (an off-centre dim blob, as a source with other framing sends)."""
-    from tumorclf.models import build_model
+    from tumorclf.models.factory import build_model
 
     run = tmp_path / "framed"
     shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("evaluation*"))
@@ -582,8 +584,9 @@ def test_framing_and_intensity_run_inside_the_saved_model(trained_run: Path, tmp
         images[i, top:top + size, left:left + size] = level
     expected = framed.predict(images.astype("float32"), verbose=0)
     assert not np.allclose(expected, plain.predict(images.astype("float32"), verbose=0), atol=1e-3)
-    loaded = tf.saved_model.load(str(out))
-    served = loaded.signatures["serve"](images=tf.constant(images.astype("float32")))["probabilities"].numpy()
+    signatures = tf.saved_model.load(str(out)).signatures
+    served = signatures["serve"](images=tf.constant(images.astype("float32")))["probabilities"].numpy()
     np.testing.assert_allclose(served, expected, atol=1e-5)
-    np.testing.assert_allclose(serve_bytes(out, [encoded(Image.fromarray(i), "PNG") for i in images]), expected,
-                               atol=1e-5)
+    png = [encoded(Image.fromarray(i), "PNG") for i in images]
+    np.testing.assert_allclose(signatures["serve_bytes"](image_bytes=tf.constant(png))["probabilities"].numpy(),
+                               expected, atol=1e-5)

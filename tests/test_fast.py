@@ -11,11 +11,11 @@ import keras
 import numpy as np
 import pytest
 
-from tumorclf.cli import main
-from tumorclf.config import Config, ConfigError
-from tumorclf.fast import CachedFeatures, split_model
-from tumorclf.models import build_model
-from tumorclf.registry import MODELS
+from tumorclf.cli.main import main
+from tumorclf.runs.config import Config, ConfigError
+from tumorclf.training.feature_cache import CachedFeatures, split_model
+from tumorclf.models.factory import build_model
+from tumorclf.models.registry import MODELS
 
 VGG16_FILE = (Path(__file__).resolve().parents[1].parent / "shared" / "weights"
               / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5")
@@ -66,7 +66,7 @@ def test_fast_recipe_needs_a_pretrained_backbone():
 
 @pytest.mark.skipif(not VGG16_FILE.is_file(), reason="shared VGG16 ImageNet weights not found")
 def test_fast_run_trains_only_the_top_and_saves_the_whole_model(blob_dataset: Path, tmp_path: Path):
-    args = ["train", "--data", str(blob_dataset), "--output", str(tmp_path / "runs"), "--name", "fast",
+    args = ["train", "--data", str(blob_dataset), "--out", str(tmp_path / "runs"), "--name", "fast",
             "--model", "vgg16", "--imagenet", "--weights-dir", str(VGG16_FILE.parent), "--recipe", "fast",
             "--feature-views", "2", "--epochs", "3", "--image-size", "32", "--batch-size", "8",
             "--learning-rate", "0.001", "--track-test"]
@@ -95,8 +95,8 @@ def test_fast_run_trains_only_the_top_and_saves_the_whole_model(blob_dataset: Pa
 def test_fast_training_resumes_from_its_backup(tmp_path: Path, caplog):
     from conftest import blob_image
 
-    from tumorclf.rundir import RunDir
-    from tumorclf.training import select_strategy, train
+    from tumorclf.runs.folder import RunDir
+    from tumorclf.training.loop import select_strategy, train
 
     rng = np.random.default_rng(0)
     labels = {name: np.arange(n) % 2 for name, n in (("train", 24), ("val", 8), ("test", 8))}
@@ -132,8 +132,8 @@ def test_robust_training_resumed_equals_uninterrupted(tmp_path: Path):
     import tensorflow as tf
     from conftest import blob_image
 
-    from tumorclf.rundir import RunDir
-    from tumorclf.training import select_strategy, train
+    from tumorclf.runs.folder import RunDir
+    from tumorclf.training.loop import select_strategy, train
 
     tf.config.experimental.enable_op_determinism()  # as `train --deterministic` does
     rng = np.random.default_rng(3)

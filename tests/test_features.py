@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tumorclf import features
+from tumorclf.audit import embeddings as features
 
 WEIGHTS = Path(__file__).resolve().parents[1].parent / "shared" / "weights"
 pytestmark = pytest.mark.skipif(not (WEIGHTS / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5").is_file(),
@@ -38,4 +38,4 @@ def test_backbone_restores_the_global_policy():
     assert keras.mixed_precision.global_policy().name == before
     assert model.output.shape == (None, 512) and model.get_layer("block1_conv1").compute_dtype == "bfloat16"
     rows = features.backbone("vgg16", 32, str(WEIGHTS), "float32").predict(np.zeros((2, 32, 32, 3)), verbose=0)
-    assert rows.shape == (2, 512) and np.allclose(rows[0], rows[1])
+    assert rows.shape == (2, 512) and np.allclose(rows[0], rows[1], atol=1e-5)  # float32: a batch row may round apart

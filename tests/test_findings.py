@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tumorclf import findings
-from tumorclf.findings import Finding
+from tumorclf.audit import findings
+from tumorclf.audit.findings import Finding
+from tumorclf.data.pixel_statistics import pixel_statistics
 
 
 def by_finding(found: list[Finding], name: str) -> dict[str, float]:
@@ -63,7 +64,7 @@ def test_pixel_statistics_spread_and_chroma():
     colour = np.zeros((16, 16, 3), np.uint8)
     colour[..., 0], colour[..., 1] = 100, 50
     gradient = np.repeat(np.repeat(np.linspace(0, 255, 16).astype(np.uint8)[None, :, None], 16, 0), 3, 2)
-    spread, chroma = findings.pixel_statistics(np.stack([constant, colour, gradient]))
+    spread, chroma = pixel_statistics(np.stack([constant, colour, gradient]))
     assert spread[0] == 0 and chroma[0] == 0
     assert chroma[1] == pytest.approx(100) and spread[1] == 0
     assert spread[2] > 200 and chroma[2] == 0

@@ -4,8 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-from tumorclf.framing import ForegroundCrop
-from tumorclf.models import load_model
+from tumorclf.transforms.framing import ForegroundCrop
+from tumorclf.models.factory import load_model
 
 SIZE = 64
 

@@ -15,10 +15,11 @@ import tensorflow as tf
 from PIL import Image
 
 from conftest import blob_image, read_csv
-from tumorclf import decoder, export
-from tumorclf.cli import main
-from tumorclf.export import export_run
-from tumorclf.gate import GATE_ARRAYS, GATE_JSON, REASONS, Gate, fit_gate
+from tumorclf.data import decoder
+from tumorclf.serving import export
+from tumorclf.cli.main import main
+from tumorclf.serving.export import export_run
+from tumorclf.gate.quality_gate import GATE_ARRAYS, GATE_JSON, REASONS, Gate, fit_gate
 
 SIZE = 48  # the trained run's input
 MIN_SIDE = SIZE // 2  # as training fits it: too_small below half the input
@@ -66,8 +67,10 @@ def probes(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def predict_json(model: Path, inputs: Path, out: Path, *extra: str) -> dict[str, dict]:
-    assert main(["predict", "--model", str(model), str(inputs), "--out", str(out), *extra]) == 0
-    rows = json.loads(out.read_text())
+    """`tumorclf predict`'s rows of `inputs`, written as predictions.json into the folder `out`, by file name."""
+    assert main(["predict", "--model-file", str(model), "--inputs", str(inputs), "--out", str(out), "--format", "json",
+                 *extra]) == 0
+    rows = json.loads((out / "predictions.json").read_text())
     assert rows and not any(r["error"] for r in rows)
     return {Path(r["path"]).name: r for r in rows}
 
@@ -78,7 +81,7 @@ def expected_quality(name: str) -> str:
 
 @pytest.fixture(scope="module")
 def predicted(gated_run: Path, probes: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
-    return predict_json(gated_run / "best.keras", probes, tmp_path_factory.mktemp("predicted") / "p.json")
+    return predict_json(gated_run / "best.keras", probes, tmp_path_factory.mktemp("predicted"))
 
 
 @pytest.fixture(scope="module")
@@ -102,11 +105,10 @@ def test_predict_refuses_each_bad_image_for_its_reason(predicted: dict[str, dict
 
 def test_no_gate_decides_every_image(gated_run: Path, probes: Path, predicted: dict[str, dict], tmp_path: Path,
                                      caplog):
-    out = tmp_path / "p.csv"
     with caplog.at_level("INFO", logger="tumorclf"):
-        assert main(["predict", "--model", str(gated_run / "best.keras"), str(probes), "--out", str(out),
-                     "--no-gate"]) == 0
-    rows = {Path(r["path"]).name: r for r in read_csv(out)}
+        assert main(["predict", "--model-file", str(gated_run / "best.keras"), "--inputs", str(probes), "--out",
+                     str(tmp_path), "--no-gate"]) == 0
+    rows = {Path(r["path"]).name: r for r in read_csv(tmp_path / "predictions.csv")}
     assert rows.keys() == predicted.keys()
     assert all(r["quality"] == r["ood_score"] == "" and r["predicted"] in ("Healthy", "Tumor") for r in rows.values())
     assert {n: float(r["prob_tumor"]) for n, r in rows.items()} == {n: r["prob_tumor"] for n, r in predicted.items()}
@@ -145,7 +147,7 @@ def test_predict_with_the_export_agrees_with_the_run(exported: Path, probes: Pat
     assert (exported / GATE_ARRAYS).is_file() and (exported / GATE_JSON).is_file()  # beside model.keras
     assert int(tf.saved_model.load(str(exported)).quality_gate[0].numpy()) == MIN_SIDE
     for i, model in enumerate((exported, exported / "model.keras")):
-        rows = predict_json(model, probes, tmp_path / f"p{i}.json")
+        rows = predict_json(model, probes, tmp_path / f"p{i}")
         assert rows.keys() == predicted.keys()
         for name, row in rows.items():
             expected = predicted[name]
@@ -192,7 +194,7 @@ def test_a_run_without_a_gate_exports_and_predicts_ungated(gated_run: Path, prob
     for model, where in ((out, "in"), (run / "best.keras", "beside")):
         caplog.clear()
         with caplog.at_level("WARNING", logger="tumorclf"):
-            rows = predict_json(model, probes, tmp_path / "p.json")
+            rows = predict_json(model, probes, tmp_path / "p")
         assert f"no quality gate {where} {model} (fit one with `tumorclf gate --run RUN`" in caplog.text
         assert "predictions are not gated" in caplog.text
         assert all(r["quality"] is None and r["predicted"] in ("Healthy", "Tumor") for r in rows.values())
@@ -208,9 +210,9 @@ def test_a_broken_or_foreign_gate_is_one_line(gated_run: Path, probes: Path, tmp
     for text, says in (("{not json", "is unreadable"), (json.dumps({**facts, "layer": "avg_pool"}),
                                                          "does not fit the model beside it")):
         (folder / GATE_JSON).write_text(text)
-        assert main(["predict", "--model", str(folder / "best.keras"), image]) == 2
+        assert main(["predict", "--model-file", str(folder / "best.keras"), "--inputs", image]) == 2
         err = capsys.readouterr().err
         assert err.startswith("tumorclf: error:") and says in err and err.count("\n") == 1, err
         # --no-gate does not read the gate
-        assert main(["predict", "--model", str(folder / "best.keras"), image, "--no-gate"]) == 0
+        assert main(["predict", "--model-file", str(folder / "best.keras"), "--inputs", image, "--no-gate"]) == 0
         capsys.readouterr()

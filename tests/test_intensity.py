@@ -4,8 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-from tumorclf.intensity import PercentileScaling
-from tumorclf.models import load_model
+from tumorclf.transforms.intensity import PercentileScaling
+from tumorclf.models.factory import load_model
 
 
 def images(n=4, size=16, top=255.0, seed=0):

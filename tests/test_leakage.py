@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tumorclf.cli import main
-from tumorclf.leakage import leakage_rows
+from tumorclf.cli.main import main
+from tumorclf.evaluation.leakage import leakage_rows
 
 
 def one_error_line(capsys) -> str:
@@ -39,8 +39,28 @@ def test_kinds_and_accuracies(tmp_path: Path, capsys):
     rows = {row["kind"]: (row["correct"], row["images"]) for row in leakage_rows(run)}
     assert rows == {"byte-identical in train": (1, 1), "near-duplicate in train": (0, 1), "clean": (2, 2),
                     "leaked": (1, 2)}
-    assert main(["leakage", str(run), "--out", str(tmp_path / "leak.csv")]) == 0
-    assert "clean" in capsys.readouterr().out and (tmp_path / "leak.csv").read_text().count("\n") == 5
+    assert main(["leakage", "--run", str(run), "--out", str(tmp_path / "out")]) == 0
+    captured = capsys.readouterr()
+    assert "clean" in captured.out and not captured.err
+    assert (tmp_path / "out" / "leakage.csv").read_text().count("\n") == 5
+
+
+def test_earlier_spellings_still_work_with_a_notice(tmp_path: Path, capsys):
+    """Run folders without --run, and --out naming the CSV file itself."""
+    run = tmp_path / "run"
+    run.mkdir()
+    write_csv(run / "split.csv", ["path", "label", "split", "group", "sha256"], [
+        ["a.png", 1, "train", 0, "s1"], ["c.png", 1, "test", 2, "s4"], ["d.png", 0, "test", 3, "s5"]])
+    write_csv(run / "test_predictions.csv", ["path", "label", "prob_tumor"], [["c.png", 1, 0.6], ["d.png", 0, 0.1]])
+    assert main(["leakage", str(run)]) == 0
+    captured = capsys.readouterr()
+    assert "clean" in captured.out
+    assert captured.err.startswith("tumorclf: deprecated:") and f"use --run {run}" in captured.err
+
+    assert main(["leakage", "--run", str(run), "--out", str(tmp_path / "leak.csv")]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("tumorclf: deprecated:") and "--out names the output folder" in err
+    assert (tmp_path / "leak.csv").read_text().count("\n") == 5 and not (tmp_path / "leak.csv").is_dir()
 
 
 def test_recorded_decisions_are_used_not_the_rounded_probabilities(tmp_path: Path, capsys):
@@ -66,16 +86,16 @@ def test_recorded_decisions_are_used_not_the_rounded_probabilities(tmp_path: Pat
 
     write_csv(run / "test_predictions.csv", ["path", "label", "prob_tumor", "predicted"], [
         ["a_copy.png", 0, 0.1, "Tumor"], ["c.png", 1, 0.9, 1]])
-    assert main(["leakage", str(run)]) == 2
+    assert main(["leakage", "--run", str(run)]) == 2
     line = one_error_line(capsys)
     assert "test_predictions.csv is corrupt" in line and "'Tumor' of a_copy.png is not 0 or 1" in line
 
 
 def test_unfinished_run_is_refused(tmp_path: Path, capsys):
-    assert main(["leakage", str(tmp_path)]) == 2
+    assert main(["leakage", "--run", str(tmp_path)]) == 2
     line = one_error_line(capsys)
     assert str(tmp_path) in line and "split.csv" in line
-    assert main(["leakage", str(tmp_path / "missing")]) == 2
+    assert main(["leakage", "--run", str(tmp_path / "missing")]) == 2
     assert "run folder not found" in one_error_line(capsys)
 
 
@@ -84,18 +104,20 @@ def test_predictions_that_do_not_match_the_split_are_refused(tmp_path: Path, cap
     run.mkdir()
     write_csv(run / "split.csv", ["path", "label", "split", "group", "sha256"], [["a.png", 1, "test", 0, "s1"]])
     write_csv(run / "test_predictions.csv", ["path", "label", "prob_tumor"], [["other.png", 1, 0.9]])
-    assert main(["leakage", str(run)]) == 2
+    assert main(["leakage", "--run", str(run)]) == 2
     assert "1 test images of split.csv have no prediction, e.g. a.png" in one_error_line(capsys)
 
 
 def test_no_run_is_a_usage_error(capsys):
     assert main(["leakage"]) == 2
-    assert "leakage: the following arguments are required: runs" in one_error_line(capsys)
+    assert "leakage: the following arguments are required: --run" in one_error_line(capsys)
+    assert main(["leakage", "--run"]) == 2
+    assert "leakage: argument --run: expected at least one argument" in one_error_line(capsys)
 
 
 def test_a_run_records_the_decisions_of_its_metrics(trained_run: Path):
-    from tumorclf.evaluation import confusion_matrix
-    from tumorclf.rundir import RunDir
+    from tumorclf.metrics.classification import confusion_matrix
+    from tumorclf.runs.folder import RunDir
 
     run = RunDir(trained_run)
     metrics = run.metrics()

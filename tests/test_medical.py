@@ -21,10 +21,16 @@ from pydicom.pixels import get_decoder
 from pydicom.uid import (BasicTextSRStorage, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, JPEG2000Lossless,
                          JPEGLSLossless, MRImageStorage, SecondaryCaptureImageStorage, generate_uid)
 
-from tumorclf import data, decoder, medical, predict as predict_module
-from tumorclf.cli import main
-from tumorclf.decoder import DecodeError, decode_image, read_pixels, read_slices, resize
-from tumorclf.medical import BRAIN_FRACTION, BRAIN_LEVEL, WINDOW_PERCENTILES, Slices
+from tumorclf.data import dataset as data
+
+from tumorclf.data import decoder
+
+from tumorclf.data import medical
+
+from tumorclf.serving import predictors as predict_module
+from tumorclf.cli.main import main
+from tumorclf.data.decoder import DecodeError, decode_image, read_pixels, read_slices, resize
+from tumorclf.data.medical import BRAIN_FRACTION, BRAIN_LEVEL, WINDOW_PERCENTILES, Slices
 from conftest import blob_image, nifti_bytes, one_error_line, read_csv
 
 RAS, LAS = np.eye(4), np.diag([-1.0, 1.0, 1.0, 1.0])
@@ -194,7 +200,7 @@ def test_pydicom_warnings_are_one_log_line(caplog):
     assert escaped == []
     lines = [record.getMessage() for record in caplog.records]
     assert len(lines) == 1 and "\n" not in lines[0] and lines[0].startswith("DICOM bytes: pydicom: ")
-    assert "excess padding" in lines[0] and caplog.records[0].name == "tumorclf.medical"
+    assert "excess padding" in lines[0] and caplog.records[0].name == "tumorclf.data.medical"
 
 
 def test_multi_frame_dicom_expands_to_slices():
@@ -527,9 +533,10 @@ def test_predict_slices_all_gives_one_row_per_brain_slice(trained_run: Path, tmp
     model_path = trained_run / "best.keras"
 
     # the command line once (it loads the model each time); the other selections through predict_files
-    out = tmp_path / "preds_all.csv"
-    assert main(["predict", "--model", str(model_path), str(inputs), "--out", str(out), "--slices", "all"]) == 0
-    rows = read_csv(out)
+    out = tmp_path / "preds_all"
+    assert main(["predict", "--model-file", str(model_path), "--inputs", str(inputs), "--out", str(out),
+                 "--slices", "all"]) == 0
+    rows = read_csv(out / "predictions.csv")
     assert list(rows[0]) == ["path", "prob_tumor", "predicted", "error", "prob_tumor_raw", "quality", "ood_score",
                              "slice"]
     assert [(Path(r["path"]).name, r["slice"]) for r in rows] == [
@@ -543,7 +550,7 @@ def test_predict_slices_all_gives_one_row_per_brain_slice(trained_run: Path, tmp
                                model.predict(images.astype("float32"), verbose=0)[:, 1], atol=1e-5, rtol=0)
 
     opened = predict_module.open_model(model_path)
-    files = predict_module.expand_inputs([inputs])
+    files = data.expand_inputs([inputs])
 
     def predict(slices: str) -> list[dict]:
         return list(predict_module.predict_files(opened.predictor, opened.size, files, opened.threshold,
@@ -556,7 +563,7 @@ def test_predict_slices_all_gives_one_row_per_brain_slice(trained_run: Path, tmp
     assert middle[0]["slice"] == 3 and middle[0]["prob_tumor_raw"] == float(rows[2]["prob_tumor_raw"])
     assert predict("9")[0]["error"] == "slice 9 out of range: the file has 6 slices (0-5)"
     capsys.readouterr()
-    assert main(["predict", "--model", str(model_path), str(inputs), "--slices", "first"]) == 2
+    assert main(["predict", "--model-file", str(model_path), "--inputs", str(inputs), "--slices", "first"]) == 2
     assert "--slices: slices must be middle, all or a 0-based slice index K, got 'first'" in one_error_line(capsys)
 
 
@@ -570,7 +577,7 @@ def test_evaluate_and_explain_read_dicom_and_nifti(trained_run: Path, tmp_path: 
     rows = read_csv(out / "predictions.csv")
     assert len(rows) == 9 and all(row["quality"] for row in rows)  # the gate saw each file's slice size
     images = [root / "tumor" / "volume1.nii.gz", root / "tumor" / "IM0007", root / "healthy" / "report.dcm"]
-    assert main(["explain", "--run", str(trained_run), "--images", *map(str, images),
+    assert main(["explain", "--run", str(trained_run), "--inputs", *map(str, images),
                  "--out", str(tmp_path / "cam")]) == 0
     assert sorted(path.name for path in (tmp_path / "cam").glob("*.png")) == ["tumor_IM0007_gradcam.png",
                                                                                "tumor_volume1.nii_gradcam.png"]

@@ -7,15 +7,15 @@ import keras
 import numpy as np
 import pytest
 
-from tumorclf.models import (
+from tumorclf.models.factory import (
     ImageNetPreprocessing,
     WeightsError,
     build_model,
     resolve_weights,
     set_trainable,
 )
-from tumorclf.registry import MODELS
-from tumorclf.training import compile_model
+from tumorclf.models.registry import HEAD_LAYERS, MODELS
+from tumorclf.training.loop import compile_model
 
 BACKBONES = {name: entry for name, entry in MODELS.items() if entry.pretrainable}
 
@@ -24,50 +24,85 @@ VGG16_FILE = SHARED_WEIGHTS / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5
 CONFIGURATIONS = [("simplecnn", False)] + [(name, pretrained) for name in BACKBONES for pretrained in (False, True)]
 
 
-@pytest.fixture
-def fake_imagenet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """Weight files in Keras' names, made from random models, for backbones without real ones here."""
+# How each configuration runs its train step and its forward pass. SimpleCNN and VGG16 trace and run a compiled (graph)
+# train step, as `fit` does: between them the project's own layers (ImageNetPreprocessing, batch norm, the head)
+# train in a traced step. The other backbones (`build_model`'s one path for every `keras.applications` model) take
+# theirs eagerly: the same loss, gradients and optimizer update, without the 15-60 s Keras takes to trace a
+# 170-500 layer train step here. Every backbone's pretrained configuration runs a traced forward pass (predict)
+# where that is cheap, and ResNet101/152 (ResNet50's graph, deeper) call the model eagerly.
+GRAPH_STEP = {"simplecnn", "vgg16"}
+GRAPH_FORWARD = {"vgg16", "densenet121", "resnet50"}
 
-    def make(name: str, size: int = 32) -> Path:
-        path = tmp_path / BACKBONES[name].weights_file
-        model = getattr(keras.applications, BACKBONES[name].application)(include_top=False, weights=None, input_shape=(size, size, 3))
+
+@pytest.fixture(scope="session")
+def fake_imagenet(tmp_path_factory: pytest.TempPathFactory):
+    """Weight files in Keras' names and no-top layout, with random values, for backbones without real ones here:
+    one per backbone and session. `make(name, model)` writes it from the backbone layers of `model`, a fresh
+    scratch build of `name` (the scratch configuration's, so no model is built for the file alone), unless it is
+    written already; `make(name)` builds one."""
+    folder = tmp_path_factory.mktemp("fake_imagenet")
+
+    def make(name: str, model: keras.Model | None = None) -> Path:
+        path = folder / BACKBONES[name].weights_file
+        if path.is_file():
+            return path
+        model = model or build_model(name, 32)
+        # the keras.applications model inside: every layer but the input, the preprocessing and the head
+        backbone = [layer for layer in model.layers[1:] if layer.name not in ("preprocess", *HEAD_LAYERS)]
         with h5py.File(path, "w") as f:  # Keras' legacy no-top layout, as in the published files
-            f.attrs["layer_names"] = [layer.name.encode() for layer in model.layers]
-            for layer in model.layers:
+            f.attrs["layer_names"] = [layer.name.encode() for layer in backbone]
+            for layer in backbone:
                 group = f.create_group(layer.name)
                 group.attrs["weight_names"] = [f"{layer.name}/{w.name}".encode() for w in layer.weights]
                 for w in layer.weights:
                     group[f"{layer.name}/{w.name}"] = w.numpy()
         return path
 
-    monkeypatch.setenv("TUMORCLF_WEIGHTS_DIR", str(tmp_path))
     return make
+
+
+def imagenet_file(name: str, fake_imagenet, model: keras.Model | None = None) -> str:
+    """The ImageNet weights a pretrained configuration of `name` loads here: the shared VGG16 file, else a fake."""
+    return str(VGG16_FILE) if name == "vgg16" and VGG16_FILE.is_file() else str(fake_imagenet(name, model))
+
+
+def first_kernel_in_file(path: str) -> tuple[str, np.ndarray]:
+    """The name and the values of the first layer with weights in a Keras no-top weights file."""
+    with h5py.File(path, "r") as f:
+        for name in f.attrs["layer_names"]:
+            name = name.decode() if isinstance(name, bytes) else name
+            if len(f[name].attrs["weight_names"]):
+                return name, np.asarray(f[name][f[name].attrs["weight_names"][0]])
+    raise AssertionError(f"no weights in {path}")
 
 
 def test_eleven_configurations():
     assert len(CONFIGURATIONS) == 11
+    # every backbone runs in a traced graph below, by a train step or by predict
+    assert GRAPH_STEP | GRAPH_FORWARD | {"resnet101", "resnet152"} == {name for name, _ in CONFIGURATIONS}
 
 
 @pytest.mark.parametrize("name, pretrained", CONFIGURATIONS, ids=[f"{n}-{'imagenet' if p else 'scratch'}" for n, p in CONFIGURATIONS])
 def test_every_configuration_builds_and_trains_one_step(name, pretrained, fake_imagenet):
     """Every configuration builds as a flat graph with a float32 head; pretrained ones load their weights and
     predict, and every architecture (its scratch configuration) trains one step that changes its weights."""
-    if pretrained and name == "vgg16" and VGG16_FILE.is_file():
-        weights = str(VGG16_FILE)
-    elif pretrained:
-        weights = str(fake_imagenet(name))
-    else:
-        weights = None
+    weights = imagenet_file(name, fake_imagenet) if pretrained else None
     model = build_model(name, 32, weights)
+    if name in BACKBONES and not pretrained:  # this random model is the pretrained configuration's weight file
+        imagenet_file(name, fake_imagenet, model)
     assert model.output_shape == (None, 2)
     assert model.layers[-1].dtype_policy.compute_dtype == "float32"
     # flat graph: no nested Functional sub-model, so Grad-CAM tools can reach the last conv layer
     assert not any(isinstance(layer, keras.Model) for layer in model.layers)
     x = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
-    if pretrained:  # the same graph as the scratch configuration, which trains a step below: a forward pass
-        assert np.isfinite(model.predict(x, verbose=0)).all()  # (tracing a train step costs minutes here)
+    if pretrained:  # the same graph as the scratch configuration, which trains a step below: the file's values
+        layer, kernel = first_kernel_in_file(weights)  # are in the model, and a forward pass
+        np.testing.assert_array_equal(model.get_layer(layer).get_weights()[0], kernel)
+        out = model.predict(x, verbose=0) if name in GRAPH_FORWARD else np.asarray(model(x, training=False))
+        assert np.isfinite(out).all()
         return
     compile_model(model, 1e-3, 0.9)
+    model.run_eagerly = name not in GRAPH_STEP
     y = np.eye(2, dtype="float32")[[0, 1, 0, 1]]
     before = [w.numpy().copy() for w in model.trainable_weights[:2]]
     loss = model.train_on_batch(x, y)
@@ -132,7 +167,8 @@ def test_saved_model_round_trip_takes_raw_rgb(tmp_path):
     x = np.random.default_rng(2).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
     model.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras")
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+    # eager forward passes: the same outputs as predict's, without tracing ResNet50 twice
+    np.testing.assert_allclose(np.asarray(loaded(x, training=False)), np.asarray(model(x, training=False)), atol=1e-6)
 
 
 def test_fine_tuning_policies():
@@ -155,7 +191,7 @@ def test_unknown_model():
 def test_framing_and_intensity_are_layers_that_saved_models_keep(name, tmp_path):
     """`framing`/`intensity` put ForegroundCrop and PercentileScaling first in the model, in the stem the fast
     recipe caches, and in the saved file: the saved model takes plain images and standardises them itself."""
-    from tumorclf.fast import split_model
+    from tumorclf.training.feature_cache import split_model
 
     model = build_model(name, 32, intensity="percentile", framing="foreground")
     names = [layer.name for layer in model.layers]

@@ -1,6 +1,6 @@
 """`tumorclf export --format onnx`: model.onnx gives the SavedModel's and the Keras model's outputs (calibrated
 P(Tumor), decision at the operating point, the quality gate) on the same 0-255 RGB input, and `tumorclf
-predict --model model.onnx` gives the rows `predict --model EXPORT` gives."""
+predict --model-file model.onnx` gives the rows `predict --model-file EXPORT` gives."""
 
 from __future__ import annotations
 
@@ -17,15 +17,15 @@ import tensorflow as tf
 from PIL import Image
 
 from conftest import blob_image, copy_with_operating_point, one_error_line
-from tumorclf import decoder
-from tumorclf.calibration import apply_temperature
-from tumorclf.cli import main
-from tumorclf.evaluation import decide
-from tumorclf.export import export_run
-from tumorclf.gate import GATE_ARRAYS, GATE_JSON, REASONS, Gate, gated_model
-from tumorclf.onnxmodel import INSTALL, ONNX_FILE, OPSET
-from tumorclf.predict import OnnxPredictor
-from tumorclf.rundir import RunDir
+from tumorclf.data import decoder
+from tumorclf.metrics.calibration import apply_temperature
+from tumorclf.cli.main import main
+from tumorclf.metrics.classification import decide
+from tumorclf.serving.export import export_run
+from tumorclf.gate.quality_gate import GATE_ARRAYS, GATE_JSON, REASONS, Gate, gated_model
+from tumorclf.serving.onnx_export import INSTALL, ONNX_FILE, OPSET
+from tumorclf.serving.predictors import OnnxPredictor
+from tumorclf.runs.folder import RunDir
 
 SIZE = 48  # the trained run's input
 TEMPERATURE = 2.5  # clearly not 1: calibrated and raw P(Tumor) differ
@@ -160,21 +160,23 @@ def test_onnx_metadata_and_model_card(exported: Path, run: Path):
 
 
 def predict_rows(model: Path, inputs: Path, out: Path, *extra: str) -> dict[str, dict]:
-    assert main(["predict", "--model", str(model), str(inputs), "--out", str(out), *extra]) == 0
-    rows = json.loads(out.read_text())
+    """The rows `tumorclf predict` writes into the folder `out` as predictions.json, by file name."""
+    assert main(["predict", "--model-file", str(model), "--inputs", str(inputs), "--out", str(out),
+                 "--format", "json", *extra]) == 0
+    rows = json.loads((out / "predictions.json").read_text())
     assert rows and not any(r["error"] for r in rows)
     return {Path(r["path"]).name: r for r in rows}
 
 
 def test_predict_with_model_onnx_gives_the_saved_model_rows(exported: Path, probes: Path, tmp_path: Path, caplog):
-    saved = predict_rows(exported, probes, tmp_path / "saved.json")
+    saved = predict_rows(exported, probes, tmp_path / "saved")
     with caplog.at_level("INFO", logger="tumorclf"):
-        onnx = predict_rows(exported / ONNX_FILE, probes, tmp_path / "onnx.json")
+        onnx = predict_rows(exported / ONNX_FILE, probes, tmp_path / "onnx")
     card = json.loads((exported / "model_card.json").read_text())
     assert f"temperature 2.5 and threshold {card['threshold']:g} (from {exported / 'model_card.json'})" in caplog.text
     assert onnx.keys() == saved.keys()
     for column in ("prob_tumor", "prob_tumor_raw"):  # rounded to 6 decimals
-        close(f"predict {column} vs predict --model SavedModel", [r[column] for r in onnx.values()],
+        close(f"predict {column} vs predict --model-file SavedModel", [r[column] for r in onnx.values()],
               [saved[name][column] for name in onnx])
     np.testing.assert_allclose([r["ood_score"] for r in onnx.values()], [saved[n]["ood_score"] for n in onnx],
                                atol=1.01e-4, rtol=0)  # rounded to 4 decimals: one step apart at most
@@ -183,7 +185,7 @@ def test_predict_with_model_onnx_gives_the_saved_model_rows(exported: Path, prob
     assert onnx["tiny.png"]["quality"] == "too_small"  # predict knows the file's size; the graph does not
     assert {r["predicted"] for r in onnx.values()} == {None, "Healthy", "Tumor"}
 
-    ungated = predict_rows(exported / ONNX_FILE, probes, tmp_path / "ungated.json", "--no-gate")
+    ungated = predict_rows(exported / ONNX_FILE, probes, tmp_path / "ungated", "--no-gate")
     assert all(r["quality"] is None and r["predicted"] in ("Healthy", "Tumor") for r in ungated.values())
     assert all(ungated[n]["prob_tumor"] == r["prob_tumor"] for n, r in onnx.items())
 
@@ -212,7 +214,7 @@ def test_onnx_only_export_of_an_uncalibrated_ungated_run(trained_run: Path, prob
           keras.saving.load_model(run / "best.keras").predict(images, verbose=0))
     predictor = OnnxPredictor(out / ONNX_FILE)
     assert predictor.min_side is None and predictor.operating_point == (1.0, card["threshold"])
-    rows = predict_rows(out / ONNX_FILE, probes, tmp_path / "p.json")
+    rows = predict_rows(out / ONNX_FILE, probes, tmp_path / "p")
     assert [rows[f.name]["predicted"] for f in files] == [("Healthy", "Tumor")[d] for d in onnx["decision"]]
 
 
@@ -224,7 +226,7 @@ def test_bad_format_and_broken_onnx_file_are_one_line(trained_run: Path, probes:
     assert not out.exists()
     broken = tmp_path / "model.onnx"
     broken.write_bytes(b"not a model")
-    assert main(["predict", "--model", str(broken), str(probes / "blank.png")]) == 2
+    assert main(["predict", "--model-file", str(broken), "--inputs", str(probes / "blank.png")]) == 2
     assert f"cannot load model {broken}" in one_error_line(capsys)
 
 
@@ -241,15 +243,15 @@ def test_without_the_onnx_packages_export_is_one_line(missing: str, trained_run:
 
 def test_without_onnxruntime_predict_is_one_line(exported: Path, probes: Path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
-    assert main(["predict", "--model", str(exported / ONNX_FILE), str(probes / "blank.png")]) == 2
+    assert main(["predict", "--model-file", str(exported / ONNX_FILE), "--inputs", str(probes / "blank.png")]) == 2
     assert INSTALL in one_error_line(capsys)
 
 
 def test_framing_and_intensity_convert(trained_run: Path, tmp_path: Path):
     """The robust recipe's in-model framing (`ForegroundCrop`: ImageProjectiveTransformV3, as GridSample) and
     percentile intensity convert: model.onnx gives the .keras model's output on images it crops."""
-    from tumorclf.models import build_model
-    from tumorclf.onnxmodel import export_onnx
+    from tumorclf.models.factory import build_model
+    from tumorclf.serving.onnx_export import export_onnx
 
     plain = keras.saving.load_model(trained_run / "best.keras")
     framed = build_model("simplecnn", SIZE, intensity="percentile", framing="foreground")
@@ -274,8 +276,8 @@ def test_bfloat16_model_exports_in_float32(trained_run: Path, tmp_path: Path):
     """A model trained under mixed_bfloat16 (what `--precision auto` picks on this CPU) converts to a graph
     onnxruntime loads, computing in float32: the float32 copy's outputs, within bfloat16's distance of the
     model's own."""
-    from tumorclf.models import build_model, to_float32
-    from tumorclf.onnxmodel import export_onnx
+    from tumorclf.models.factory import build_model, to_float32
+    from tumorclf.serving.onnx_export import export_onnx
 
     plain = keras.saving.load_model(trained_run / "best.keras")
     keras.config.set_dtype_policy("mixed_bfloat16")

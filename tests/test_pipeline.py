@@ -3,8 +3,8 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from tumorclf.pipeline import RandomAffine, make_dataset, make_train_dataset
-from tumorclf.callbacks import EpochSeeding
+from tumorclf.transforms.pipeline import RandomAffine, make_dataset, make_train_dataset
+from tumorclf.training.callbacks import EpochSeeding
 
 
 def arrays(n=20, size=16):

@@ -11,15 +11,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import tumorclf.predict as predict
-from tumorclf.calibration import apply_temperature
-from tumorclf.cli import main
-from tumorclf.decoder import DECODER_VERSION, decode_image
-from tumorclf.evaluation import decide
-from tumorclf.export import export_run
-from tumorclf.gate import BLANK, GATE_ARRAYS, GATE_JSON, OK, OUT_OF_DISTRIBUTION
-from tumorclf.predict import recorded_operating_point
-from tumorclf.rundir import DEFAULT_THRESHOLD, RunDir
+import tumorclf.cli.predict as predict_command
+import tumorclf.serving.predictors as predict
+from tumorclf.metrics.calibration import apply_temperature
+from tumorclf.cli.main import main
+from tumorclf.data.decoder import DECODER_VERSION, decode_image
+from tumorclf.metrics.classification import decide
+from tumorclf.serving.export import export_run
+from tumorclf.gate.quality_gate import BLANK, GATE_ARRAYS, GATE_JSON, OK, OUT_OF_DISTRIBUTION
+from tumorclf.serving.predictors import recorded_operating_point
+from tumorclf.runs.folder import DEFAULT_THRESHOLD, RunDir
 from conftest import copy_with_operating_point
 
 
@@ -61,11 +62,11 @@ def read_csv(path: Path) -> list[dict]:
 
 
 def test_predict_folder_keeps_going_past_a_broken_file(folder: Path, calibrated_run: Path, tmp_path: Path, caplog):
-    out = tmp_path / "preds.csv"
+    out = tmp_path / "preds"
     with caplog.at_level("INFO", logger="tumorclf"):
-        assert main(["predict", "--model", str(calibrated_run / "best.keras"), str(folder), "--out", str(out),
-                     "--batch-size", "16"]) == 0
-    rows = read_csv(out)
+        assert main(["predict", "--model-file", str(calibrated_run / "best.keras"), "--inputs", str(folder),
+                     "--out", str(out), "--batch-size", "16"]) == 0
+    rows = read_csv(out / "predictions.csv")
     assert list(rows[0]) == ["path", "prob_tumor", "predicted", "error", "prob_tumor_raw", "quality", "ood_score",
                              "slice"]
     assert all(r["slice"] == "" for r in rows)  # 2-D images have no slice index
@@ -210,15 +211,15 @@ def test_cli_threshold_and_model_card_on_known_probabilities(tmp_path: Path, mon
     model.parent.mkdir()
     model.write_bytes(b"stub")  # only has to exist: load_predictor is the stub
     for threshold in (0.3, 0.6, 0.7):
-        out = tmp_path / f"t{threshold}.json"
-        assert main(["predict", "--model", str(model), *map(str, files), "--out", str(out),
-                     "--threshold", str(threshold)]) == 0
-        assert decisions(json.loads(out.read_text())) == KNOWN_DECISIONS[threshold]
+        out = tmp_path / f"t{threshold}"
+        assert main(["predict", "--model-file", str(model), "--inputs", *map(str, files), "--out", str(out),
+                     "--format", "json", "--threshold", str(threshold)]) == 0
+        assert decisions(json.loads((out / "predictions.json").read_text())) == KNOWN_DECISIONS[threshold]
     (model.parent / "model_card.json").write_text(json.dumps({"threshold": 0.7}))  # a card from before temperatures
-    out = tmp_path / "card.csv"
-    assert main(["predict", "--model", str(model), *map(str, files), "--out", str(out)]) == 0
-    assert decisions(read_csv(out)) == KNOWN_DECISIONS[0.7]
-    assert all(r["prob_tumor"] == r["prob_tumor_raw"] for r in read_csv(out))
+    out = tmp_path / "card"
+    assert main(["predict", "--model-file", str(model), "--inputs", *map(str, files), "--out", str(out)]) == 0
+    assert decisions(read_csv(out / "predictions.csv")) == KNOWN_DECISIONS[0.7]
+    assert all(r["prob_tumor"] == r["prob_tumor_raw"] for r in read_csv(out / "predictions.csv"))
 
 
 def test_cli_temperature_from_the_card_and_threshold_override(tmp_path: Path, monkeypatch, caplog, capsys):
@@ -232,11 +233,12 @@ def test_cli_temperature_from_the_card_and_threshold_override(tmp_path: Path, mo
     card.write_text(json.dumps({"temperature": 3.0, "threshold": 0.55}))
     calibrated = apply_temperature(KNOWN, 3.0)
     for extra, threshold in (([], 0.55), (["--threshold", "0.4"], 0.4)):
-        out = tmp_path / "out.json"
+        out = tmp_path / "out"
         caplog.clear()
         with caplog.at_level("INFO", logger="tumorclf"):
-            assert main(["predict", "--model", str(model), *map(str, files), "--out", str(out), *extra]) == 0
-        rows = [r for r in json.loads(out.read_text()) if not r["error"]]
+            assert main(["predict", "--model-file", str(model), "--inputs", *map(str, files), "--out", str(out),
+                         "--format", "json", *extra]) == 0
+        rows = [r for r in json.loads((out / "predictions.json").read_text()) if not r["error"]]
         assert [r["prob_tumor"] for r in rows] == [round(float(p), 6) for p in calibrated]
         assert decisions(rows) == "".join("HT"[d] for d in decide(calibrated, threshold))
         said = (f"temperature 3 and threshold 0.55 (from {card})" if not extra else
@@ -248,14 +250,14 @@ def test_cli_temperature_from_the_card_and_threshold_override(tmp_path: Path, mo
                       ({"temperature": "hot", "threshold": 0.5}, "no valid temperature"),
                       ({"temperature": 2.0}, "no valid threshold"), ([0.5], "unreadable")):
         card.write_text(json.dumps(bad))
-        assert main(["predict", "--model", str(model), str(files[0])]) == 2
+        assert main(["predict", "--model-file", str(model), "--inputs", str(files[0])]) == 2
         err = capsys.readouterr().err
         assert err.startswith("tumorclf: error:") and says in err and err.count("\n") == 1, err
     # with --threshold, a card without a valid threshold still gives its temperature
     card.write_text(json.dumps({"temperature": 2.0}))
-    assert main(["predict", "--model", str(model), *map(str, files), "--out", str(tmp_path / "t.json"),
-                 "--threshold", "0.5"]) == 0
-    rows = [r for r in json.loads((tmp_path / "t.json").read_text()) if not r["error"]]
+    assert main(["predict", "--model-file", str(model), "--inputs", *map(str, files), "--out", str(tmp_path / "t"),
+                 "--format", "json", "--threshold", "0.5"]) == 0
+    rows = [r for r in json.loads((tmp_path / "t" / "predictions.json").read_text()) if not r["error"]]
     assert [r["prob_tumor"] for r in rows] == [round(float(p), 6) for p in apply_temperature(KNOWN, 2.0)]
 
 
@@ -265,8 +267,8 @@ def unsaturated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     a SavedModel with model.keras beside it (no model card yet); and a folder of blob images."""
     from conftest import write_blob_dataset
 
-    from tumorclf.export import export_saved_model
-    from tumorclf.models import build_model
+    from tumorclf.serving.export import export_saved_model
+    from tumorclf.models.factory import build_model
 
     root = tmp_path_factory.mktemp("unsaturated")
     keras.utils.set_random_seed(0)
@@ -277,8 +279,10 @@ def unsaturated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def run_predict(model: Path, inputs: Path, out: Path, *extra: str) -> list[dict]:
-    assert main(["predict", "--model", str(model), str(inputs), "--out", str(out), *extra]) == 0
-    rows = json.loads(out.read_text())
+    """The rows `tumorclf predict` writes into the folder `out` as predictions.json."""
+    assert main(["predict", "--model-file", str(model), "--inputs", str(inputs), "--out", str(out),
+                 "--format", "json", *extra]) == 0
+    rows = json.loads((out / "predictions.json").read_text())
     assert rows and not any(r["error"] for r in rows)
     return rows
 
@@ -289,8 +293,8 @@ def expected_decisions(rows: list[dict], threshold: float) -> list[str]:
 
 def test_saved_model_and_keras_agree_and_threshold_applies(unsaturated, tmp_path: Path):
     folder, images = unsaturated
-    keras_rows = run_predict(folder / "model.keras", images, tmp_path / "k.json")
-    saved_rows = run_predict(folder, images, tmp_path / "sm.json")
+    keras_rows = run_predict(folder / "model.keras", images, tmp_path / "k-preds")
+    saved_rows = run_predict(folder, images, tmp_path / "sm-preds")
     probs = np.array([r["prob_tumor"] for r in keras_rows])
     np.testing.assert_allclose([r["prob_tumor"] for r in saved_rows], probs, atol=1e-5)
 
@@ -301,7 +305,7 @@ def test_saved_model_and_keras_agree_and_threshold_applies(unsaturated, tmp_path
     for threshold in (candidates[len(candidates) // 4], candidates[len(candidates) // 2],
                       candidates[3 * len(candidates) // 4]):
         for model in (folder / "model.keras", folder):
-            rows = run_predict(model, images, tmp_path / "t.json", "--threshold", repr(float(threshold)))
+            rows = run_predict(model, images, tmp_path / "t-preds", "--threshold", repr(float(threshold)))
             predicted = [r["predicted"] for r in rows]
             assert predicted == expected_decisions(rows, threshold)
             assert {"Healthy", "Tumor"} <= set(predicted)
@@ -322,7 +326,7 @@ def test_default_threshold_is_the_one_recorded_with_the_model(unsaturated, calib
     carded = tmp_path / "carded"
     shutil.copytree(folder, carded)
     assert recorded_operating_point(carded) is None
-    probs = np.unique([r["prob_tumor"] for r in run_predict(carded, images, tmp_path / "p.json")])
+    probs = np.unique([r["prob_tumor"] for r in run_predict(carded, images, tmp_path / "p-preds")])
     gaps = [(hi - lo, (lo + hi) / 2) for lo, hi in zip(probs, probs[1:])]
     middle = gaps[len(gaps) // 4 : 3 * len(gaps) // 4 + 1]  # the widest gap of the middle half: both classes
     width, threshold = max(middle)
@@ -331,7 +335,7 @@ def test_default_threshold_is_the_one_recorded_with_the_model(unsaturated, calib
     card.write_text(json.dumps({"threshold": float(threshold), "decoder": {"trained_with": DECODER_VERSION}}))
     for model in (carded, carded / "model.keras"):  # the SavedModel and the .keras file beside its card
         assert recorded_operating_point(model) == (1.0, threshold, str(card))  # a card without temperature: 1
-        rows = run_predict(model, images, tmp_path / "carded.json")
+        rows = run_predict(model, images, tmp_path / "carded-preds")
         predicted = [r["predicted"] for r in rows]
         assert predicted == expected_decisions(rows, threshold)
         assert {"Healthy", "Tumor"} <= set(predicted)
@@ -353,9 +357,9 @@ def test_predict_on_an_export_equals_its_own_outputs(exported: Path, calibrated_
 
     folder = trained_run.parents[1] / "data"
     files = sorted(folder.rglob("*.*"))[::6]
-    runs = [run_predict(exported, folder, tmp_path / "sm.json"), run_predict(exported / "model.keras", folder,
-                                                                             tmp_path / "k.json"),
-            run_predict(calibrated_run / "best.keras", folder, tmp_path / "run.json", "--threshold",
+    runs = [run_predict(exported, folder, tmp_path / "sm-preds"), run_predict(exported / "model.keras", folder,
+                                                                             tmp_path / "k-preds"),
+            run_predict(calibrated_run / "best.keras", folder, tmp_path / "run-preds", "--threshold",
                         str(EXPORT_THRESHOLD))]
     by_path = [{r["path"]: r for r in rows} for rows in runs]
     served = tf.saved_model.load(str(exported)).signatures["serve"](
@@ -377,9 +381,9 @@ def test_a_saved_model_without_its_card_uses_the_operating_point_inside_it(expor
     shutil.copytree(exported, bare)
     (bare / predict.MODEL_CARD_FILE).unlink()
     with caplog.at_level("INFO", logger="tumorclf"):
-        rows = run_predict(bare, folder, tmp_path / "bare.json")
+        rows = run_predict(bare, folder, tmp_path / "bare-preds")
     assert f"temperature 2.5 and threshold {EXPORT_THRESHOLD:g} (from the SavedModel {bare})" in caplog.text
-    assert rows == run_predict(exported, folder, tmp_path / "carded.json")
+    assert rows == run_predict(exported, folder, tmp_path / "carded-preds")
 
 
 def test_a_card_that_contradicts_its_saved_model_is_refused(exported: Path, trained_run: Path, tmp_path: Path,
@@ -390,13 +394,13 @@ def test_a_card_that_contradicts_its_saved_model_is_refused(exported: Path, trai
     card = edited / predict.MODEL_CARD_FILE
     values = json.loads(card.read_text())
     card.write_text(json.dumps({**values, "temperature": 1.0}))
-    assert main(["predict", "--model", str(edited), str(folder)]) == 2
+    assert main(["predict", "--model-file", str(edited), "--inputs", str(folder)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("tumorclf: error:") and "calibrates with 2.5" in err and err.count("\n") == 1, err
     # another threshold in the card is predict's to apply (with a warning that the graph's decision differs)
     card.write_text(json.dumps({**values, "threshold": 0.9}))
     with caplog.at_level("WARNING", logger="tumorclf"):
-        rows = run_predict(edited, folder, tmp_path / "t.json")
+        rows = run_predict(edited, folder, tmp_path / "t-preds")
     assert "decision output uses 0.37" in caplog.text
     assert [r["predicted"] for r in rows] == ["Tumor" if r["prob_tumor"] >= 0.9 else "Healthy" for r in rows]
 
@@ -412,15 +416,15 @@ def test_an_export_from_before_operating_points_still_predicts(unsaturated, tmp_
     archive.add_endpoint(name="serve", fn=lambda x: model(x, training=False),
                          input_signature=[tf.TensorSpec((None, 32, 32, 3), tf.float32, name="images")])
     archive.write_out(str(tmp_path / "old"), verbose=False)
-    rows = run_predict(tmp_path / "old", images, tmp_path / "old.json")
+    rows = run_predict(tmp_path / "old", images, tmp_path / "old-preds")
     assert all(r["prob_tumor"] == r["prob_tumor_raw"] for r in rows)
-    expected = run_predict(folder / "model.keras", images, tmp_path / "k.json")
+    expected = run_predict(folder / "model.keras", images, tmp_path / "k-preds")
     np.testing.assert_allclose([r["prob_tumor"] for r in rows], [r["prob_tumor"] for r in expected], atol=1e-5)
 
 
 def test_help_states_the_default_threshold():
     parser = argparse.ArgumentParser()
-    predict.add_arguments(parser)
+    predict_command.add_arguments(parser)
     text = " ".join(parser.format_help().split())
     assert f"else {DEFAULT_THRESHOLD:g})" in text
 
@@ -433,29 +437,87 @@ def test_bad_arguments_give_one_line(trained_run: Path, tmp_path: Path, capsys):
         return err
 
     (tmp_path / "junk.keras").write_bytes(b"not a zip")
-    assert "cannot load model" in error(["--model", str(tmp_path / "nope.keras"), str(tmp_path)])
-    assert "cannot load model" in error(["--model", str(tmp_path / "junk.keras"), str(tmp_path)])
-    assert "inputs not found" in error(["--model", str(trained_run / "best.keras"), str(tmp_path / "missing")])
-    assert "--out must end in .csv or .json" in error(["--model", str(trained_run / "best.keras"), str(tmp_path),
-                                                       "--out", "x.txt"])
-    assert "--threshold must be in [0, 1]" in error(["--model", str(trained_run / "best.keras"), str(tmp_path),
-                                                     "--threshold", "2"])
-    assert "--batch-size must be a positive integer" in error(["--model", str(trained_run / "best.keras"),
-                                                               str(tmp_path), "--batch-size", "0"])
+    (tmp_path / "x.txt").write_text("a file, not a folder")
+    model = ["--model-file", str(trained_run / "best.keras")]
+    assert "cannot load model" in error(["--model-file", str(tmp_path / "nope.keras"), "--inputs", str(tmp_path)])
+    assert "cannot load model" in error(["--model-file", str(tmp_path / "junk.keras"), "--inputs", str(tmp_path)])
+    assert "--model-file is required" in error(["--inputs", str(tmp_path)])
+    assert "nothing to score: give the images with --inputs" in error(model)
+    assert "inputs not found" in error([*model, "--inputs", str(tmp_path / "missing")])
+    assert "--out must be a folder" in error([*model, "--inputs", str(tmp_path), "--out", str(tmp_path / "x.txt")])
+    assert main(["predict", *model, "--inputs", str(tmp_path), "--out", str(tmp_path / "p.json"), "--format",
+                 "csv"]) == 2  # the earlier --out FILE: its notice, then the error
+    notice, line = capsys.readouterr().err.strip().splitlines()
+    assert notice.startswith("tumorclf: deprecated: --out names the output folder") and str(tmp_path) in notice
+    assert line.startswith("tumorclf: error: predict: --format csv but --out") and line.endswith("--format csv")
+    assert "invalid choice: 'xml'" in error([*model, "--inputs", str(tmp_path), "--format", "xml"])
+    assert "--threshold must be in [0, 1]" in error([*model, "--inputs", str(tmp_path), "--threshold", "2"])
+    assert "--batch-size must be a positive integer" in error([*model, "--inputs", str(tmp_path),
+                                                               "--batch-size", "0"])
+
+
+def test_without_out_the_rows_go_to_stdout(tmp_path: Path, monkeypatch, capsys):
+    """CSV on stdout as before --out took a folder, JSON with --format json; the log stays on stderr."""
+    files = known_images(tmp_path / "in")
+    monkeypatch.setattr(predict, "load_predictor", lambda path, gated: (known_predictor, 8))
+    model = tmp_path / "model" / "model.keras"
+    model.parent.mkdir()
+    model.write_bytes(b"stub")
+    assert main(["predict", "--model-file", str(model), "--inputs", *map(str, files)]) == 0
+    rows = list(csv.DictReader(capsys.readouterr().out.splitlines()))
+    assert [r["path"] for r in rows] == list(map(str, files)) and decisions(rows) == KNOWN_DECISIONS[0.5]
+    assert main(["predict", "--model-file", str(model), "--inputs", *map(str, files), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == list(predict.predict_files(known_predictor, 8, files))
+    assert not list(tmp_path.glob("**/predictions.*"))
+
+
+def test_earlier_spellings_still_work_with_a_notice(tmp_path: Path, monkeypatch, capsys):
+    """--model, paths without --inputs and --out FILE.csv|.json give what the new flags give, each with a
+    `tumorclf: deprecated:` line on stderr."""
+    files = known_images(tmp_path / "in")
+    monkeypatch.setattr(predict, "load_predictor", lambda path, gated: (known_predictor, 8))
+    model = tmp_path / "model" / "model.keras"
+    model.parent.mkdir()
+    model.write_bytes(b"stub")
+    inputs = ["--inputs", *map(str, files)]
+    assert main(["predict", "--model-file", str(model), *inputs, "--out", str(tmp_path / "new")]) == 0
+    expected = read_csv(tmp_path / "new" / "predictions.csv")
+    assert "deprecated" not in capsys.readouterr().err
+
+    def deprecated(args: list[str], says: str) -> str:
+        assert main(["predict", *args]) == 0
+        err = capsys.readouterr().err
+        assert f"tumorclf: deprecated: {says}" in err, err
+        return err
+
+    deprecated(["--model", str(model), *inputs, "--out", str(tmp_path / "old_model")],
+               "--model will be removed; use --model-file")
+    assert read_csv(tmp_path / "old_model" / "predictions.csv") == expected
+    deprecated(["--model-file", str(model), *map(str, files), "--out", str(tmp_path / "positional")],
+               "paths without a flag will not be accepted; use --inputs")
+    assert read_csv(tmp_path / "positional" / "predictions.csv") == expected
+    deprecated(["--model-file", str(model), *inputs, "--out", str(tmp_path / "preds.csv")],
+               f"--out names the output folder; {tmp_path / 'preds.csv'} is taken as the file itself")
+    assert read_csv(tmp_path / "preds.csv") == expected
+    deprecated(["--model-file", str(model), *inputs, "--out", str(tmp_path / "preds.json")],
+               f"--out names the output folder; {tmp_path / 'preds.json'} is taken as the file itself")
+    assert json.loads((tmp_path / "preds.json").read_text()) == list(predict.predict_files(known_predictor, 8, files))
 
 
 def test_a_backbone_model_loads_in_a_fresh_process(tmp_path: Path, trained_run: Path):
-    """Custom layers (ImageNetPreprocessing) must be registered wherever a model is loaded; the
-    `python -m tumorclf.predict` alias runs `tumorclf predict`."""
+    """Custom layers (ImageNetPreprocessing) must be registered wherever a model is loaded, also in a fresh
+    `python -m tumorclf predict`."""
     import subprocess
     import sys
 
-    from tumorclf.models import build_model
+    from tumorclf.models.factory import build_model
 
     build_model("resnet50", 48).save(tmp_path / "resnet.keras")
     image = sorted((trained_run.parents[1] / "data" / "tumor").iterdir())[0]
-    out = tmp_path / "p.csv"
-    result = subprocess.run([sys.executable, "-m", "tumorclf.predict", "--model", str(tmp_path / "resnet.keras"),
-                             str(image), "--out", str(out)], capture_output=True, text=True, timeout=300)
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-m", "tumorclf", "predict", "--model-file",
+                             str(tmp_path / "resnet.keras"), "--inputs", str(image), "--out", str(out)],
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-1500:]
-    assert read_csv(out)[0]["error"] == "" and float(read_csv(out)[0]["prob_tumor"]) >= 0
+    rows = read_csv(out / "predictions.csv")
+    assert rows[0]["error"] == "" and float(rows[0]["prob_tumor"]) >= 0

@@ -12,19 +12,17 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
-from conftest import write_blob_dataset
-from tumorclf.callbacks import HISTORY_COLUMNS
-from tumorclf.cli import main
+from conftest import one_error_line, write_blob_dataset
+from tumorclf.training.callbacks import HISTORY_COLUMNS
+from tumorclf.cli.main import main
 
 EPOCHS = 5
 
 
-def command(data: Path, out: Path, name: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "tumorclf.run", "--data", str(data), "--output", str(out), "--name", name,
-            "--epochs", str(EPOCHS), "--image-size", "64", "--batch-size", "16", "--learning-rate", "0.01",
-            "--deterministic", *extra]
+def train_args(data: Path, out: Path, name: str, *extra: str) -> list[str]:
+    return ["--data", str(data), "--out", str(out), "--name", name, "--epochs", str(EPOCHS), "--image-size", "32",
+            "--batch-size", "16", "--learning-rate", "0.01", "--deterministic", "--cache-dir", str(out.parent / "cache"),
+            *extra]
 
 
 def without_elapsed(path: Path) -> list[dict]:
@@ -33,13 +31,15 @@ def without_elapsed(path: Path) -> list[dict]:
         return [{k: v for k, v in row.items() if k != "elapsed_minutes"} for row in csv.DictReader(handle)]
 
 
-def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path: Path):
-    data = write_blob_dataset(tmp_path / "data", per_class=120, size=64, seed=5)
-    env = {**os.environ, "TUMORCLF_CACHE": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
+def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path: Path, capsys, caplog):
+    """The killed run is a process of its own (`python -m tumorclf.run`, killed with SIGKILL after its second
+    epoch); the uninterrupted run, the refusal and the resume run in this process through the same `main`."""
+    data = write_blob_dataset(tmp_path / "data", per_class=60, size=32, seed=5)
     out = tmp_path / "runs"
-    subprocess.run(command(data, out, "straight"), env=env, check=True, capture_output=True, timeout=600)
+    assert main(["train", *train_args(data, out, "straight")]) == 0
 
-    victim = subprocess.Popen(command(data, out, "killed"), env=env, stdout=subprocess.DEVNULL,
+    victim = subprocess.Popen([sys.executable, "-m", "tumorclf.run", *train_args(data, out, "killed")],
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     progress = out / "killed" / "progress.json"
     deadline = time.time() + 300
@@ -54,13 +54,16 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path: Path):
     assert 2 <= done < EPOCHS and not (out / "killed" / "metrics.json").exists()
 
     # without --resume the interrupted folder is not touched
-    refused = subprocess.run(command(data, out, "killed"), env=env, capture_output=True, text=True, timeout=600)
-    assert refused.returncode == 2 and "--resume" in refused.stderr
+    capsys.readouterr()
+    before = sorted((path.relative_to(out), path.stat().st_mtime_ns) for path in (out / "killed").rglob("*"))
+    assert main(["train", *train_args(data, out, "killed")]) == 2
+    assert "--resume" in one_error_line(capsys)
+    assert sorted((path.relative_to(out), path.stat().st_mtime_ns) for path in (out / "killed").rglob("*")) == before
 
-    resumed = subprocess.run(command(data, out, "killed", "--resume"), env=env, capture_output=True, text=True,
-                             timeout=600)
-    assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming after epoch {done}" in resumed.stderr
+    caplog.clear()
+    with caplog.at_level("INFO", logger="tumorclf"):
+        assert main(["train", *train_args(data, out, "killed", "--resume")]) == 0
+    assert f"resuming after epoch {done}" in caplog.text
 
     straight, killed = out / "straight", out / "killed"
     assert json.loads((killed / "metrics.json").read_text())["f1"] == json.loads(
@@ -73,7 +76,7 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path: Path):
 
 
 def test_resume_refuses_a_different_config_and_skips_finished_runs(blob_dataset: Path, tmp_path: Path, capsys):
-    args = ["train", "--data", str(blob_dataset), "--output", str(tmp_path), "--name", "r", "--epochs", "1",
+    args = ["train", "--data", str(blob_dataset), "--out", str(tmp_path), "--name", "r", "--epochs", "1",
             "--image-size", "32", "--batch-size", "8"]
     assert main(args) == 0
     finished = (tmp_path / "r" / "metrics.json").read_text()
@@ -84,7 +87,7 @@ def test_resume_refuses_a_different_config_and_skips_finished_runs(blob_dataset:
 
 
 def test_fewer_images_than_a_batch_stops_before_training(blob_dataset: Path, tmp_path: Path, capsys):
-    args = ["train", "--data", str(blob_dataset), "--output", str(tmp_path / "runs"), "--image-size", "32",
+    args = ["train", "--data", str(blob_dataset), "--out", str(tmp_path / "runs"), "--image-size", "32",
             "--batch-size", "64"]
     assert main(args) == 2
     assert "fewer images than one batch" in capsys.readouterr().err
@@ -99,30 +102,40 @@ def free_port() -> int:
 
 def test_multiworker_without_tf_config_stops_cleanly(blob_dataset: Path, tmp_path: Path, capsys, monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
-    assert main(["train", "--data", str(blob_dataset), "--output", str(tmp_path / "runs"),
+    assert main(["train", "--data", str(blob_dataset), "--out", str(tmp_path / "runs"),
                  "--strategy", "multiworker"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "TF_CONFIG" in err[0]
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("extra", [["--resume"], ["--model", "vgg16", "--imagenet", "--recipe", "fast"]])
-def test_multiworker_refuses_resume_and_the_fast_recipe(blob_dataset: Path, tmp_path: Path, extra: list[str]):
-    # its own process: a collective-ops strategy can be set up only once per process
+REFUSED_WITH_MULTIWORKER = (["--resume"], ["--model", "vgg16", "--imagenet", "--recipe", "fast"])
+
+
+def test_multiworker_refuses_resume_and_the_fast_recipe(blob_dataset: Path, tmp_path: Path):
+    # its own process: a collective-ops strategy would stay set up in this one. Both refusals run in it, one
+    # `tumorclf train` after the other (each sets up its strategy before it refuses).
     weights = tmp_path / "weights"
     weights.mkdir()
     (weights / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5").write_bytes(b"not read before the refusal")
     env = {**os.environ, "TUMORCLF_CACHE": str(tmp_path / "cache"),
            "TF_CONFIG": json.dumps({"cluster": {"worker": [f"127.0.0.1:{free_port()}"]},
                                     "task": {"type": "worker", "index": 0}})}
-    args = [sys.executable, "-m", "tumorclf.run", "--data", str(blob_dataset), "--output", str(tmp_path / "runs"),
-            "--strategy", "multiworker", "--image-size", "32", "--batch-size", "8", "--weights-dir", str(weights),
-            *extra]
-    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2, done.stderr[-3000:]
-    assert ("tumorclf: error: --strategy multiworker supports neither --resume nor the cached-feature recipes "
-            "(fast, robust)") in done.stderr
+    args = ["train", "--data", str(blob_dataset), "--out", str(tmp_path / "runs"), "--strategy", "multiworker",
+            "--image-size", "32", "--batch-size", "8", "--weights-dir", str(weights)]
+    code = ("import json, sys\nfrom tumorclf.cli.main import main\n"
+            "for extra in json.loads(sys.argv[1]):\n"
+            "    print(f'exit code {main(sys.argv[2:] + extra)}', file=sys.stderr, flush=True)\n")
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(REFUSED_WITH_MULTIWORKER), *args], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
     assert "Traceback" not in done.stderr and not (tmp_path / "runs").exists()
+    each = done.stderr.split("exit code ")
+    assert len(each) == len(REFUSED_WITH_MULTIWORKER) + 1, done.stderr[-3000:]
+    for extra, before, after in zip(REFUSED_WITH_MULTIWORKER, each, each[1:]):
+        assert after.startswith("2\n"), (extra, done.stderr[-3000:])
+        assert ("tumorclf: error: --strategy multiworker supports neither --resume nor the cached-feature recipes "
+                "(fast, robust)") in before, (extra, before[-3000:])
 
 
 def test_two_workers_on_localhost_train_together_and_only_the_chief_writes(tmp_path: Path):
@@ -133,7 +146,7 @@ def test_two_workers_on_localhost_train_together_and_only_the_chief_writes(tmp_p
     for index in range(2):
         env = {**os.environ, "TUMORCLF_CACHE": str(tmp_path / f"cache{index}"), "TMPDIR": str(tmp_path),
                "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
-        args = [sys.executable, "-m", "tumorclf.run", "--data", str(data), "--output", str(out), "--name", "mw",
+        args = [sys.executable, "-m", "tumorclf.run", "--data", str(data), "--out", str(out), "--name", "mw",
                 "--strategy", "multiworker", "--epochs", "3", "--image-size", "32", "--batch-size", "8",
                 "--learning-rate", "0.01", "--precision", "float32"]
         workers.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
@@ -152,6 +165,6 @@ def test_two_workers_on_localhost_train_together_and_only_the_chief_writes(tmp_p
     assert reader.fieldnames == list(HISTORY_COLUMNS)  # the same columns as Keras fit's paths
     assert len(rows) == 3 and all(0 <= float(row["val_f1"]) <= 1 and float(row["loss"]) > 0 for row in rows)
     assert all(row["val_loss"] and row["val_accuracy"] and not row["test_accuracy"] for row in rows)
-    assert main(["curves", str(run), "--out", str(tmp_path / "curves.png")]) == 0
+    assert main(["curves", "--run", str(run), "--out", str(tmp_path)]) == 0
     for index in range(2):  # both workers ran every epoch
         assert results[index][1].count("epoch 3/3") == 1

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import keras
 
-from tumorclf.cli import main
+from tumorclf.cli.main import main
 
 METRIC_KEYS = {"test_loss", "accuracy", "per_class_accuracy", "precision", "recall", "f1", "auc", "confusion_matrix"}
 RUN_FILES = {"config.json", "split.csv", "skipped.csv", "history.csv", "best.keras", "metrics.json", "roc.csv",
@@ -19,7 +19,7 @@ RUN_FILES = {"config.json", "split.csv", "skipped.csv", "history.csv", "best.ker
 
 
 def quick_args(data: Path, out: Path, *extra: str) -> list[str]:
-    return ["train", "--data", str(data), "--output", str(out), "--epochs", "2", "--image-size", "32", "--batch-size", "8",
+    return ["train", "--data", str(data), "--out", str(out), "--epochs", "2", "--image-size", "32", "--batch-size", "8",
             "--learning-rate", "0.01", *extra]
 
 
@@ -54,14 +54,18 @@ def test_run_writes_a_self_describing_folder(blob_dataset: Path, tmp_path: Path,
     assert keras.saving.load_model(run / "best.keras").input_shape == (None, 32, 32, 3)
 
 
-def test_existing_run_is_never_overwritten_unless_asked(blob_dataset: Path, tmp_path: Path, capsys):
+def test_existing_run_is_never_overwritten_unless_asked(blob_dataset: Path, tmp_path: Path, capsys, monkeypatch):
     run = tmp_path / "runs" / "kept"
     run.mkdir(parents=True)
     (run / "metrics.json").write_text("{}")
     assert main(quick_args(blob_dataset, tmp_path / "runs", "--name", "kept")) == 2
     assert "already exists" in capsys.readouterr().err
     assert (run / "metrics.json").read_text() == "{}"
-    assert main(quick_args(blob_dataset, tmp_path / "runs", "--name", "kept", "--overwrite", "--epochs", "1")) == 0
+    # the data folder from the environment (test_data_folder_from_environment, merged here: one training fewer)
+    monkeypatch.setenv("TUMORCLF_DATA", str(blob_dataset))
+    args = ["train", *quick_args(blob_dataset, tmp_path / "runs", "--name", "kept", "--overwrite", "--epochs", "1")[3:]]
+    assert "--data" not in args
+    assert main(args) == 0
     assert (run / "metrics.json").read_text() != "{}"
 
 
@@ -72,11 +76,11 @@ def one_error_line(capsys) -> str:
 
 
 def test_bad_input_stops_with_one_clear_line(tmp_path: Path, blob_dataset: Path, capsys, monkeypatch):
-    assert main(["train", "--data", str(tmp_path / "missing"), "--output", str(tmp_path)]) == 2
+    assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path)]) == 2
     assert "data folder not found" in one_error_line(capsys)
 
     monkeypatch.delenv("TUMORCLF_DATA", raising=False)
-    assert main(["train", "--output", str(tmp_path)]) == 2
+    assert main(["train", "--out", str(tmp_path)]) == 2
     assert "TUMORCLF_DATA" in one_error_line(capsys)
 
     def no_network(*args, **kwargs):
@@ -98,12 +102,6 @@ def test_bad_input_stops_with_one_clear_line(tmp_path: Path, blob_dataset: Path,
     (tmp_path / "model.yaml").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe binary")
     assert main(["train", "--config", str(tmp_path / "model.yaml")]) == 2
     assert "cannot be read as text" in one_error_line(capsys)
-
-
-def test_data_folder_from_environment(blob_dataset: Path, tmp_path: Path, monkeypatch):
-    monkeypatch.setenv("TUMORCLF_DATA", str(blob_dataset))
-    args = ["train", *quick_args(blob_dataset, tmp_path, "--epochs", "1", "--name", "env")[3:]]
-    assert main(args) == 0 and (tmp_path / "env" / "metrics.json").is_file()
 
 
 def test_module_entry_point_and_unknown_model():

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tumorclf.cli import main
-from tumorclf.config import Config
+from tumorclf.cli.main import main
+from tumorclf.runs.config import Config
 from tumorclf.errors import UserError
-from tumorclf.rundir import DEFAULT_THRESHOLD, SCHEMA_VERSION, RunDir, RunError, RunExistsError
+from tumorclf.runs.folder import DEFAULT_THRESHOLD, SCHEMA_VERSION, RunDir, RunError, RunExistsError
 
 
 def one_line(exc: pytest.ExceptionInfo) -> str:
@@ -135,7 +135,7 @@ def test_threshold_default_recorded_and_corrupt(tmp_path: Path):
 
 
 def test_operating_point_round_trip_defaults_and_corruption(tmp_path: Path):
-    from tumorclf.calibration import OperatingPoint
+    from tumorclf.metrics.calibration import OperatingPoint
 
     run = RunDir(tmp_path)
     run.metrics_file.write_text(json.dumps({"threshold": 0.3}))

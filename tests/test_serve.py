@@ -23,11 +23,11 @@ import werkzeug.formparser
 import werkzeug.serving
 from PIL import Image
 
-import tumorclf.artifacts
-from tumorclf.cli import main
-from tumorclf.gate import GATE_JSON
-from tumorclf.rundir import RunDir
-from tumorclf.serve import NOTICE, UPLOAD_TYPE, create_app, host_name, trusted_hosts
+import tumorclf.utils.files
+from tumorclf.cli.main import main
+from tumorclf.gate.quality_gate import GATE_JSON
+from tumorclf.runs.folder import RunDir
+from tumorclf.serving.web import NOTICE, UPLOAD_TYPE, create_app, host_name, trusted_hosts
 from conftest import blob_image, one_error_line
 
 SCORES = ("prob_tumor", "prob_tumor_raw", "predicted", "quality", "ood_score")
@@ -61,10 +61,10 @@ def test_the_answer_equals_tumorclf_predict_on_the_same_file(app, trained_run: P
              "tiny.png": slice_bytes(3, size=16), "blank.png": encoded(np.full((64, 64, 3), 2, np.uint8))}
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
-    out = tmp_path / "preds.json"
-    assert main(["predict", "--model", str(trained_run / "best.keras"), *(str(tmp_path / n) for n in files),
-                 "--out", str(out)]) == 0
-    expected = {Path(row["path"]).name: row for row in json.loads(out.read_text())}
+    out = tmp_path / "preds"
+    assert main(["predict", "--model-file", str(trained_run / "best.keras"), "--inputs",
+                 *(str(tmp_path / n) for n in files), "--out", str(out), "--format", "json"]) == 0
+    expected = {Path(row["path"]).name: row for row in json.loads((out / "predictions.json").read_text())}
     qualities = set()
     for name, data in files.items():
         response = post(app, data, name)
@@ -112,7 +112,7 @@ def test_an_upload_over_the_limit_is_413_and_only_images_are_kept_when_asked(kee
 
 def test_an_upload_that_cannot_be_kept_is_a_500_logged_in_one_line(keeping, caplog):
     small, kept = keeping
-    with caplog.at_level(logging.INFO, logger="tumorclf.serve"):
+    with caplog.at_level(logging.INFO, logger="tumorclf.serving.web"):
         os.rename(kept, kept.with_name("moved"))
         kept.write_text("")  # a file where the folder was: the save fails
         try:
@@ -255,8 +255,8 @@ def test_the_command_serves_on_a_free_port_and_warns_off_loopback(trained_run: P
 
     monkeypatch.setattr(werkzeug.serving.BaseWSGIServer, "serve_forever", some_requests)
     kept = tmp_path / "kept"
-    with caplog.at_level(logging.INFO, logger="tumorclf.serve"):
-        assert main(["serve", "--model", str(trained_run / "best.keras"), "--host", "127.0.0.2", "--port", "0",
+    with caplog.at_level(logging.INFO, logger="tumorclf"):
+        assert main(["serve", "--model-file", str(trained_run / "best.keras"), "--host", "127.0.0.2", "--port", "0",
                      "--save-uploads", str(kept)]) == 0
     assert set(answers) == set(hosts), answers
     for host in hosts[:3]:
@@ -271,20 +271,34 @@ def test_the_command_serves_on_a_free_port_and_warns_off_loopback(trained_run: P
 
 def test_bad_command_lines_end_in_one_line(trained_run: Path, tmp_path: Path, capsys):
     model = str(trained_run / "best.keras")
-    assert main(["serve", "--model", str(tmp_path / "missing.keras"), "--port", "0"]) == 2
+    assert main(["serve", "--model-file", str(tmp_path / "missing.keras"), "--port", "0"]) == 2
     assert "not found" in one_error_line(capsys)
-    assert main(["serve", "--model", model, "--threshold", "1.5"]) == 2
+    assert main(["serve", "--port", "0"]) == 2
+    assert "--model-file is required" in one_error_line(capsys)
+    assert main(["serve", "--model-file", model, "--threshold", "1.5"]) == 2
     assert "--threshold must be in [0, 1]" in one_error_line(capsys)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        assert main(["serve", "--model", model, "--port", str(port)]) == 2
+        assert main(["serve", "--model-file", model, "--port", str(port)]) == 2
     assert f"cannot listen on 127.0.0.1:{port}" in one_error_line(capsys)
     (tmp_path / "file").write_text("")
-    assert main(["serve", "--model", model, "--save-uploads", str(tmp_path / "file" / "uploads")]) == 2
+    assert main(["serve", "--model-file", model, "--save-uploads", str(tmp_path / "file" / "uploads")]) == 2
     assert "cannot use --save-uploads" in one_error_line(capsys)
     assert not os.path.exists(tmp_path / "file" / "uploads")
+
+
+def test_the_earlier_model_flag_still_serves_with_a_notice(trained_run: Path, monkeypatch, capsys):
+    """`serve --model PATH` (before --model-file) serves that model, with a `tumorclf: deprecated:` line."""
+    loaded, served = [], []
+    monkeypatch.setattr("tumorclf.serving.web.create_app", lambda model, *args: loaded.append(model)
+                        or create_app(model, *args))
+    monkeypatch.setattr(werkzeug.serving.BaseWSGIServer, "serve_forever",
+                        lambda server, poll_interval=0.5: served.append(server.port) or server.server_close())
+    assert main(["serve", "--model", str(trained_run / "best.keras"), "--port", "0"]) == 0
+    assert loaded == [trained_run / "best.keras"] and len(served) == 1 and served[0] > 0
+    assert "tumorclf: deprecated: --model will be removed; use --model-file" in capsys.readouterr().err
 
 
 def test_an_unwritable_upload_folder_fails_at_start_up(trained_run: Path, tmp_path: Path, monkeypatch, capsys):
@@ -292,11 +306,12 @@ def test_an_unwritable_upload_folder_fails_at_start_up(trained_run: Path, tmp_pa
     def refuse(path, data):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(tumorclf.artifacts, "atomic_write_bytes", refuse)
+    monkeypatch.setattr(tumorclf.utils.files, "atomic_write_bytes", refuse)
     loaded = []
-    monkeypatch.setattr("tumorclf.serve.create_app", lambda *args: loaded.append(args))
+    monkeypatch.setattr("tumorclf.serving.web.create_app", lambda *args: loaded.append(args))
     kept = tmp_path / "kept"
-    assert main(["serve", "--model", str(trained_run / "best.keras"), "--port", "0", "--save-uploads", str(kept)]) == 2
+    assert main(["serve", "--model-file", str(trained_run / "best.keras"), "--port", "0", "--save-uploads",
+                 str(kept)]) == 2
     assert one_error_line(capsys).endswith(f"serve: cannot use --save-uploads {kept}: Permission denied")
     assert loaded == [] and list(kept.iterdir()) == []  # refused before the model was loaded
 

@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 from werkzeug.serving import make_server
 
-from tumorclf.cli import main
-from tumorclf.serve import create_app
+from tumorclf.cli.main import main
+from tumorclf.serving.web import create_app
 from conftest import blob_image, read_csv
 
 BROWSER, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -105,9 +105,10 @@ def test_the_page_shows_the_probability_tumorclf_predict_gives(browser, page: st
     Image.fromarray(blob_image(np.random.default_rng(11), 64, True)).save(path)
     assert upload(browser, page, path) == "done"
     shown = browser.find_element(By.ID, "prob")
-    out = tmp_path / "preds.csv"
-    assert main(["predict", "--model", str(trained_run / "best.keras"), str(path), "--out", str(out)]) == 0
-    (row,) = read_csv(out)
+    out = tmp_path / "preds"
+    assert main(["predict", "--model-file", str(trained_run / "best.keras"), "--inputs", str(path),
+                 "--out", str(out)]) == 0
+    (row,) = read_csv(out / "predictions.csv")
     assert float(shown.get_attribute("data-prob")) == float(row["prob_tumor"])
     assert shown.text == f"{float(row['prob_tumor']):.3f}"
     decision = browser.find_element(By.ID, "decision").text

@@ -12,9 +12,9 @@ import numpy as np
 from PIL import Image
 
 from conftest import one_error_line, read_csv, write_blob_dataset
-from tumorclf.cli import main
-from tumorclf.data import load_dataset
-from tumorclf.splits import perceptual_hash
+from tumorclf.cli.main import main
+from tumorclf.data.dataset import load_dataset
+from tumorclf.data.splits import perceptual_hash
 
 FAST = ["--image-size", "48", "--batch-size", "8", "--learning-rate", "0.01", "--deterministic", "--precision",
         "float32", "--strategy", "default"]
@@ -48,8 +48,8 @@ def test_leave_source_out_run_never_trains_on_a_held_out_file_or_a_copy_of_one(t
         csv.writer(handle).writerow(["healthy/near_img003.jpg", "s0", "mr-2"])
     assert "tumor/img001.png" in held and "healthy/img003.png" in held
 
-    args = ["train", "--data", str(data), "--output", str(tmp_path / "runs"), "--epochs", "2", *FAST,
-            "--split", "source", "--sources", str(tmp_path / "sources.csv"), "--holdout-sources", "s3, s1"]
+    args = ["train", "--data", str(data), "--out", str(tmp_path / "runs"), "--epochs", "2", *FAST,
+            "--split", "source", "--sources", str(tmp_path / "sources.csv"), "--holdout-sources", "s3", "s1"]
     assert main(args) == 2  # the copy is not in the CSV
     assert "1 of 102 files are not in" in one_error_line(capsys)
     assert not (tmp_path / "runs").exists()
@@ -106,7 +106,7 @@ def test_leave_source_out_run_never_trains_on_a_held_out_file_or_a_copy_of_one(t
 def test_source_split_refusals_are_one_line(tmp_path: Path, capsys):
     data = write_blob_dataset(tmp_path / "data", per_class=12, size=32, seed=4)
     table = tmp_path / "sources.csv"
-    base = ["train", "--data", str(data), "--output", str(tmp_path / "runs"), *FAST]
+    base = ["train", "--data", str(data), "--out", str(tmp_path / "runs"), *FAST]
 
     def refused(*argv: str) -> str:
         assert main([*base, *argv]) == 2
@@ -120,7 +120,7 @@ def test_source_split_refusals_are_one_line(tmp_path: Path, capsys):
     assert "unknown held-out source(s) nope; the files' sources are other, s0, s1, s2" in \
         refused(*source, "--holdout-sources", "nope", "--unlisted-source", "other")
     assert "holding out every source (other, s0, s1, s2)" in \
-        refused(*source, "--holdout-sources", "s0,s1,s2,other", "--unlisted-source", "other")
+        refused(*source, "--holdout-sources", "s0", "s1", "s2", "other", "--unlisted-source", "other")
     write_sources(table, data, lambda folder, i: "s0" if folder == "healthy" else f"s{i % 2}")
     assert "the test split has no healthy images (held out: s1)" in refused(*source, "--holdout-sources", "s1")
     assert "belong to --split source" in refused("--holdout-sources", "s1")

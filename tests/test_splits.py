@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tumorclf.data import DataError, load_dataset
-from tumorclf.splits import (
+from tumorclf.data.dataset import DataError, load_dataset
+from tumorclf.data.splits import (
     EXCLUDED,
     SPLIT_NAMES,
     check_holdout,

@@ -8,11 +8,11 @@ import keras
 import numpy as np
 import pytest
 
-from tumorclf.bootstrap import bootstrap_intervals, format_interval, point_metrics
-from tumorclf.cli import main
-from tumorclf.config import ConfigError, load_yaml
-from tumorclf.rundir import RunDir, RunError
-from tumorclf.study import INTERVAL_METRICS, _roc_points, kept_row, protocol, run_study, study_configs
+from tumorclf.metrics.bootstrap import bootstrap_intervals, format_interval, point_metrics
+from tumorclf.cli.main import main
+from tumorclf.runs.config import ConfigError, load_yaml
+from tumorclf.runs.folder import RunDir, RunError
+from tumorclf.studies.study import INTERVAL_METRICS, _roc_points, kept_row, protocol, run_study, study_configs
 
 LSO_PROTOCOL = "leave-source-out:figshare+sartaj"
 
@@ -37,7 +37,7 @@ runs:
     assert main([*args, "--status"]) == 0  # reports every row, trains nothing
     with open(tmp_path / "results" / "results.csv") as handle:
         assert [r["status"][:11] for r in csv.DictReader(handle)] == ["pending"] * 2 + ["unavailable"] * 2
-    assert main([*args, "--only", "resnet50"]) == 0  # nothing of resnet50 can run; the other rows are kept
+    assert main([*args, "--model", "resnet50"]) == 0  # nothing of resnet50 can run; the other rows are kept
     with open(tmp_path / "results" / "results.csv") as handle:
         assert len(list(csv.DictReader(handle))) == 4
     assert main(args) == 0
@@ -105,12 +105,21 @@ def test_bad_study_value_is_one_line_naming_the_key(tmp_path: Path, capsys, defa
     assert not (tmp_path / "runs").exists()
 
 
-def test_study_only_takes_known_models(tmp_path: Path, capsys):
+def test_study_model_takes_known_architectures(tmp_path: Path, capsys):
     study = tmp_path / "study.yaml"
     study.write_text("runs:\n  - {model: simplecnn}\n")
-    assert main(["study", "--config", str(study), "--only", "vgg"]) == 2
+    assert main(["study", "--config", str(study), "--model", "vgg"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "invalid choice: 'vgg'" in lines[0], lines
+
+
+def test_study_only_still_works_with_a_notice(tmp_path: Path, capsys):
+    study = tmp_path / "study.yaml"
+    study.write_text(f"output: {tmp_path / 'runs'}\nresults: {tmp_path / 'results'}\nruns:\n  - {{model: simplecnn}}\n")
+    assert main(["study", "--config", str(study), "--only", "simplecnn", "--status"]) == 0
+    assert "tumorclf: deprecated: --only will be removed; use --model" in capsys.readouterr().err
+    assert main(["study", "--config", str(study), "--only", "vgg"]) == 2  # the same choices as --model
+    assert "invalid choice: 'vgg'" in capsys.readouterr().err
 
 
 def test_roc_points_come_from_the_run_folder_reader(tmp_path: Path):
@@ -279,9 +288,9 @@ runs:
     def no_training(cfg):
         raise AssertionError(f"{cfg.run_name} should not be trained")
 
-    import tumorclf.run
+    import tumorclf.training.experiment
 
-    monkeypatch.setattr(tumorclf.run, "run_experiment", no_training)
+    monkeypatch.setattr(tumorclf.training.experiment, "run_experiment", no_training)
     (results / "roc_paper.png").write_bytes(b"a committed figure of runs whose folders are gone")
     for _ in range(2):  # the second pass reads the file the first wrote (matched on run_name then)
         assert main(["study", "--config", str(study), "--status"]) == 0

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tumorclf.callbacks import HISTORY_COLUMNS, Clock, HeldOutCurve, HistoryWriter, Validation, keep_history
-from tumorclf.config import Config
-from tumorclf.evaluation import classification_metrics
-from tumorclf.models import build_model
-from tumorclf.rundir import RunDir
-from tumorclf.training import Phase, phases, select_precision, select_strategy, train
+from tumorclf.training.callbacks import HISTORY_COLUMNS, Clock, HeldOutCurve, HistoryWriter, Validation, keep_history
+from tumorclf.runs.config import Config
+from tumorclf.metrics.classification import classification_metrics
+from tumorclf.models.factory import build_model
+from tumorclf.runs.folder import RunDir
+from tumorclf.training.loop import Phase, phases, select_precision, select_strategy, train
 
 
 def tiny_classifier() -> keras.Model:

@@ -1,5 +1,5 @@
 """`python -m tumorclf COMMAND ...`: the same as the `tumorclf` console command."""
 
-from tumorclf.cli import main
+from tumorclf.cli.main import main
 
 raise SystemExit(main())

@@ -5,6 +5,10 @@ class UserError(Exception):
     """Bad input: a value, a file or a folder the command cannot use. The message says which and why."""
 
 
+class ConfigError(UserError, ValueError):
+    """A configuration value is missing or invalid; the message says which and why."""
+
+
 class UsageError(UserError):
     """The command line itself is wrong (unknown flag, missing argument, bad choice)."""
 

@@ -1,0 +1,7 @@
+"""What `tumorclf.explain.gradcam` can explain with, in a module that loads neither TensorFlow nor
+tf-keras-vis: ``tumorclf explain --help`` lists these choices at once."""
+
+from __future__ import annotations
+
+METHODS = ("gradcam", "gradcam++", "scorecam")  # tf-keras-vis's Gradcam, GradcamPlusPlus and Scorecam
+TARGETS = ("predicted", "tumor", "healthy")  # the class whose evidence is shown: the run's decision, or a fixed one

@@ -1,0 +1,188 @@
+"""Benchmark this machine: matmul limit, per-model training/inference speed, input pipeline, fit on real data.
+
+The numbers behind the project's defaults (precision, XLA off, the input pipeline): `benchmark` runs every
+measurement and returns one JSON-ready dict that also records the machine and the library versions.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import os
+import platform
+import resource
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from tumorclf.utils.files import versions
+
+
+def machine() -> dict:
+    """CPU model, core count, memory and bf16 support, for reading the numbers later."""
+    info = {"platform": platform.platform(), "cpus": os.cpu_count()}
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        info["cpu"] = next(line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name"))
+        info["avx512_bf16"] = "avx512_bf16" in cpuinfo
+        info["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (OSError, StopIteration, ValueError):
+        pass
+    return info
+
+
+def matmul_gflops(dtype: str, n: int = 4096, repeats: int = 5) -> float:
+    """Achieved GFLOP/s of an n x n matmul: the machine's practical limit for dense math."""
+    import tensorflow as tf
+
+    a = tf.cast(tf.random.normal((n, n)), dtype)
+    run = tf.function(lambda: tf.matmul(a, a))
+    run().numpy()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        result = run()
+    result.numpy()
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def forward_flops(model) -> int:
+    """Multiply-adds x 2 of the conv and dense layers for one image (other layers are negligible)."""
+    import keras
+
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            _, height, width, out_channels = layer.output.shape
+            kh, kw = layer.kernel_size
+            in_channels = layer.input.shape[-1] // layer.groups
+            total += 2 * height * width * kh * kw * in_channels * out_channels
+        elif isinstance(layer, keras.layers.Dense):
+            total += 2 * layer.input.shape[-1] * layer.units
+    return int(total)
+
+
+def peak_memory_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench_model(name: str, image_size: int, batch_size: int, steps: int, precision: str, limits: dict,
+                jit_compile: bool = False) -> dict:
+    """Training and inference images/s on synthetic data, FLOPs per image and efficiency vs the matmul limit."""
+    import keras
+
+    from tumorclf.models.factory import build_model
+    from tumorclf.training.loop import compile_model, select_precision
+
+    policy = select_precision(precision)
+    keras.mixed_precision.set_global_policy(policy)
+    model = build_model(name, image_size)
+    compile_model(model, 1e-4, 0.9, jit_compile)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (batch_size, image_size, image_size, 3)).astype("float32")
+    y = np.eye(2, dtype="float32")[rng.integers(0, 2, batch_size)]
+    model.train_on_batch(x, y)  # compile and warm up
+    start = time.perf_counter()
+    for _ in range(steps):
+        model.train_on_batch(x, y)
+    train_rate = steps * batch_size / (time.perf_counter() - start)
+    model.predict_on_batch(x)
+    start = time.perf_counter()
+    for _ in range(steps):
+        model.predict_on_batch(x)
+    infer_rate = steps * batch_size / (time.perf_counter() - start)
+    flops = forward_flops(model)
+    limit = limits["bfloat16" if policy == "mixed_bfloat16" else "float32"] * 1e9
+    keras.mixed_precision.set_global_policy("float32")
+    return {
+        "model": name, "precision": policy, "jit_compile": jit_compile, "image_size": image_size,
+        "batch_size": batch_size,
+        "train_img_per_s": round(train_rate, 2), "infer_img_per_s": round(infer_rate, 2),
+        "forward_gflops_per_img": round(flops / 1e9, 3),
+        # training ~ 3x the forward FLOPs (forward, input gradients, weight gradients)
+        "train_gflop_per_s": round(3 * flops * train_rate / 1e9, 1),
+        "efficiency": round(3 * flops * train_rate / limit, 3),
+        "infer_efficiency": round(flops * infer_rate / limit, 3),
+        "peak_rss_mib": round(peak_memory_mib(), 0),
+    }
+
+
+def bench_pipeline(data_dir: Path, image_size: int, batch_size: int) -> dict:
+    """The input pipeline alone over the real dataset: cached decode, augmentation, batching."""
+    from tumorclf.data.dataset import load_dataset
+    from tumorclf.transforms.pipeline import make_train_dataset
+
+    start = time.perf_counter()
+    data = load_dataset(data_dir, image_size)
+    load_s = time.perf_counter() - start
+    train = make_train_dataset(data.images(), data.labels, batch_size, seed=0, augment=True)
+    for _ in train.dataset.take(2):
+        pass
+    start = time.perf_counter()
+    count = sum(int(x.shape[0]) for x, _ in train.dataset)
+    rate = count / (time.perf_counter() - start)
+    return {"images": count, "load_seconds_with_cache": round(load_s, 2), "pipeline_img_per_s": round(rate, 1)}
+
+
+def bench_fit_real_vs_synthetic(name: str, data_dir: Path, image_size: int, batch_size: int, steps: int,
+                                precision: str) -> dict:
+    """fit() throughput on the real augmented pipeline against the same number of synthetic steps."""
+    import keras
+    import tensorflow as tf
+
+    from tumorclf.data.dataset import load_dataset
+    from tumorclf.models.factory import build_model
+    from tumorclf.transforms.pipeline import make_train_dataset, untuned
+    from tumorclf.training.loop import compile_model, select_precision
+
+    keras.mixed_precision.set_global_policy(select_precision(precision))
+    data = load_dataset(data_dir, image_size)
+    n = (steps + 1) * batch_size
+    real = make_train_dataset(data.images(np.arange(n)), data.labels[:n], batch_size, seed=0).dataset
+    rng = np.random.default_rng(0)
+    synthetic = untuned(tf.data.Dataset.from_tensors((
+        rng.uniform(0, 255, (batch_size, image_size, image_size, 3)).astype("float32"),
+        np.eye(2, dtype="float32")[rng.integers(0, 2, batch_size)],
+    )).repeat(steps + 1))
+    rates = {}
+    for label, dataset in (("synthetic", synthetic), ("real", real)):
+        model = build_model(name, image_size)
+        compile_model(model, 1e-4, 0.9)
+        model.fit(dataset.take(1), shuffle=False, verbose=0)
+        start = time.perf_counter()
+        model.fit(dataset.skip(1).take(steps), shuffle=False, verbose=0)
+        rates[label] = steps * batch_size / (time.perf_counter() - start)
+    keras.mixed_precision.set_global_policy("float32")
+    return {"model": name, "fit_real_img_per_s": round(rates["real"], 2),
+            "fit_synthetic_img_per_s": round(rates["synthetic"], 2),
+            "real_over_synthetic": round(rates["real"] / rates["synthetic"], 3)}
+
+
+def benchmark(models: list[str], image_size: int = 224, batch_size: int = 32, steps: int = 5,
+              precision: str = "auto", data_dir: Path | None = None, jit_compile: bool = False,
+              echo: Callable[[str], None] = functools.partial(print, flush=True)) -> dict:
+    """The matmul limit, each of `models` on synthetic data and, with `data_dir`, the input pipeline and fit()
+    on real vs synthetic data. `echo` gets each result as a line as soon as it is measured: a benchmark of
+    several models takes minutes."""
+    limits = {dtype: round(matmul_gflops(dtype), 1) for dtype in ("float32", "bfloat16")}
+    echo(f"matmul limit: float32 {limits['float32']} GFLOP/s, bfloat16 {limits['bfloat16']} GFLOP/s")
+    results = {"date": datetime.date.today().isoformat(), "machine": machine(), "versions": versions(),
+               "matmul_gflop_per_s": limits, "models": []}
+    echo(f"{'model':<12} {'precision':<15} {'train img/s':>11} {'infer img/s':>11} {'GFLOP/img':>9} "
+         f"{'efficiency':>10} {'peak MiB':>9}")
+    for name in models:
+        row = bench_model(name, image_size, batch_size, steps, precision, limits, jit_compile)
+        results["models"].append(row)
+        echo(f"{name:<12} {row['precision']:<15} {row['train_img_per_s']:>11} {row['infer_img_per_s']:>11} "
+             f"{row['forward_gflops_per_img']:>9} {row['efficiency']:>10} {row['peak_rss_mib']:>9}")
+    if data_dir is not None:
+        results["pipeline"] = bench_pipeline(Path(data_dir), image_size, batch_size)
+        echo(f"input pipeline: {results['pipeline']}")
+        results["fit"] = []
+        for name in models:
+            row = bench_fit_real_vs_synthetic(name, Path(data_dir), image_size, batch_size, steps, precision)
+            results["fit"].append(row)
+            echo(f"fit on real data vs synthetic: {row}")
+    results["peak_rss_mib"] = round(peak_memory_mib(), 0)
+    return results

@@ -1,0 +1,167 @@
+"""One run end to end: data, split, training, operating point and quality gate (both fitted on validation), test
+evaluation and the run folder. `run_experiment` serves `tumorclf train` and every run of a study.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from tumorclf.utils.files import atomic_write_text, csv_text, versions
+from tumorclf.metrics.calibration import fit_operating_point
+from tumorclf.runs.config import Config, ConfigError
+from tumorclf.data.dataset import CLASS_NAMES, DataError, file_sha256, load_dataset
+from tumorclf.data.decoder import DECODER_VERSION
+from tumorclf.metrics.classification import classification_metrics, decide
+from tumorclf.gate.quality_gate import fit_gate
+from tumorclf.gate.refit import describe
+from tumorclf.models.factory import build_model, load_model, resolve_weights, set_trainable
+from tumorclf.transforms.pipeline import predict_images
+from tumorclf.evaluation.reports import write_reports
+from tumorclf.runs.folder import DEFAULT_THRESHOLD, RunDir
+from tumorclf.data.splits import check_holdout, make_split, manifest_csv, read_sources
+from tumorclf.training.loop import is_chief, is_multiworker, select_precision, select_strategy, train
+
+log = logging.getLogger(__name__)
+
+
+def run_experiment(cfg: Config) -> Path:
+    """Train and evaluate one configuration; returns the run folder.
+
+    Everything that can fail on bad input (data folder, classes, weights, split sizes, an
+    existing run folder) is checked before the first training step.
+    """
+    started = time.time()
+    precision = select_precision(cfg.precision)
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        strategy = select_strategy(cfg.strategy)  # the first TensorFlow op, as tf.distribute expects
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    weights, weights_origin = resolve_weights(cfg.model, cfg.imagenet, cfg.weights_dir)
+    if cfg.fine_tune == "from_layer":  # layer names are known only from a built model: check before writing
+        set_trainable(build_model(cfg.model, cfg.image_size), "from_layer", cfg.unfreeze_from)
+    data = load_dataset(cfg.resolved_data(), cfg.image_size, cfg.classes, cfg.cache_dir, cfg.max_files)
+    sources = read_sources(Path(cfg.sources), data.paths, cfg.unlisted_source) if cfg.split == "source" else None
+    if sources is not None:
+        check_holdout(sources, cfg.holdout)
+    split = make_split(cfg.split, data.labels, data.image_index, data.unique_images,
+                       cfg.split_fractions, cfg.seed, cfg.near_duplicate_bits, sources, cfg.holdout)
+    subsets = {name: split.indices(name) for name in ("train", "val", "test")}
+    small = {name: len(rows) for name, rows in subsets.items() if len(rows) < cfg.batch_size}
+    if small:
+        raise DataError(f"fewer images than one batch ({cfg.batch_size}) in split(s) {small}; "
+                        "use more data or a smaller --batch-size")
+    if is_multiworker(strategy) and (cfg.resume or cfg.cached_features):
+        raise ConfigError("--strategy multiworker supports neither --resume nor the cached-feature recipes "
+                          "(fast, robust)")
+    if is_chief(strategy):
+        run = RunDir(cfg.run_dir)
+        resuming = run.create(cfg.overwrite, cfg.resume)
+    else:  # a non-chief worker trains in step with the chief but writes only to a folder it then removes
+        run, resuming = RunDir(tempfile.mkdtemp(prefix="tumorclf_worker_")), False
+        log.info("non-chief worker: the chief writes %s", cfg.run_dir)
+    if resuming:
+        check_same_config(run, cfg)
+        recorded = run.record().resolved.get("sources_sha256") if run.config_file.is_file() else None
+        if sources is not None and recorded not in (None, file_sha256(Path(cfg.sources))):
+            raise ConfigError(f"{run} was started with another --sources file (its SHA-256 differs); resume with "
+                              "the same file or choose another --name")
+        if run.metrics_file.is_file():
+            log.info("%s is already finished; nothing to resume", run)
+            return run.path
+    run_dir = run.path
+    handler = run.attach_log()
+    try:
+        log.info("split %s", split.report)
+        for path, reason in data.skipped:
+            log.warning("skipped %s: %s", path, reason)
+        keras.utils.set_random_seed(cfg.seed)
+        if cfg.deterministic:
+            tf.config.experimental.enable_op_determinism()
+        run.write_record(cfg, resolved={
+            "data": str(data.root.resolve()),
+            "classes": data.folders.how,
+            "class_names": list(CLASS_NAMES),
+            "weights_origin": weights_origin,
+            "precision": precision,
+            "strategy": type(strategy).__name__,
+            "replicas": strategy.num_replicas_in_sync,
+            "decoder": DECODER_VERSION,
+            **({"sources": str(Path(cfg.sources).resolve()), "sources_sha256": file_sha256(Path(cfg.sources))}
+               if sources is not None else {}),
+        }, split=split.report, skipped_files=len(data.skipped), versions=versions())
+        atomic_write_text(run.split_file, manifest_csv(data.paths, data.labels, data.sha256, split))
+        atomic_write_text(run.skipped_file, csv_text(["path", "reason"], data.skipped))
+        build = lambda: build_model(cfg.model, cfg.image_size, weights, cfg.dropout, cfg.intensity,
+                                     cfg.framing)  # noqa: E731
+        images = {name: data.images(rows) for name, rows in subsets.items()}
+        labels = {name: data.labels[rows] for name, rows in subsets.items()}
+        result = train(cfg, run, build, strategy, images, labels, resume=resuming)  # every recipe and backend
+
+        best = load_model(result.best_checkpoint)
+        point = save_operating_point(run, cfg, best, [data.paths[i] for i in subsets["val"]], images["val"],
+                                     labels["val"])
+        if is_chief(strategy):  # the gate is fitted on the un-augmented train images, its threshold on validation
+            gate = fit_gate(best, images["train"], labels["train"], images["val"], cfg.batch_size,
+                            cfg.image_size // 2)
+            gate.save(run_dir)
+            log.info("%s", describe(gate))
+        test_labels = labels["test"]
+        probs = predict_images(best, images["test"], test_labels, cfg.batch_size, "predicting the test split")
+        metrics = classification_metrics(test_labels, probs, DEFAULT_THRESHOLD)
+        metrics.update(best_epoch=result.best_epoch, best_val_f1=result.best_val_f1, epochs_run=result.epochs_run,
+                       train_minutes=round(result.train_seconds / 60, 2),
+                       wall_minutes=round((time.time() - started) / 60, 2), model=cfg.model, imagenet=cfg.imagenet,
+                       split=cfg.split, image_size=cfg.image_size)
+        test_paths = [data.paths[i] for i in subsets["test"]]
+        atomic_write_text(run.predictions_file, csv_text(
+            ["path", "label", "prob_tumor", "predicted"],
+            zip(test_paths, test_labels.tolist(), probs[:, 1].round(6).tolist(),
+                decide(probs[:, 1], metrics["threshold"]).tolist())))
+        write_reports(run, metrics, test_labels, probs, cfg.run_name)
+        if cfg.gradcam_per_outcome:
+            from tumorclf.explain.gradcam import save_outcome_overlays
+
+            saved = save_outcome_overlays(result.best_checkpoint, images["test"], test_labels, probs[:, 1], test_paths,
+                                          cfg.gradcam_per_outcome, run.gradcam_dir, metrics["threshold"])
+            log.info("saved %d Grad-CAM overlays in %s", saved, run.gradcam_dir)
+        shutil.rmtree(run.backup_dir, ignore_errors=True)  # finished: the resume state is no longer needed
+        log.info("test: accuracy %.4f, f1 %.4f, auc %.4f at threshold %g (best epoch %s) -> %s; operating point "
+                 "(validation): temperature %.3f, threshold %.4f for sensitivity >= %g", metrics["accuracy"],
+                 metrics["f1"], metrics["auc"], metrics["threshold"], result.best_epoch, run_dir, point.temperature,
+                 point.threshold, point.target_sensitivity)
+    finally:
+        run.detach_log(handler)
+        if run_dir != cfg.run_dir:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    print(f"test accuracy {metrics['accuracy']:.4f}, F1 {metrics['f1']:.4f}, AUC {metrics['auc']:.4f} "
+          f"(best epoch {result.best_epoch} of {result.epochs_run}, {metrics['train_minutes']} min of training)")
+    return cfg.run_dir
+
+
+def save_operating_point(run: RunDir, cfg: Config, model: keras.Model, paths: list[str], images, labels):
+    """Predict the validation split with the best model, keep it (val_predictions.csv), and fit and save the
+    run's operating point on it (operating_point.json): validation only, never the test split."""
+    probs = predict_images(model, images, labels, cfg.batch_size, "predicting the validation split")
+    point = fit_operating_point(labels, run.write_val_predictions(paths, labels, probs[:, 1]), cfg.target_sensitivity)
+    run.write_operating_point(point)
+    return point
+
+
+def check_same_config(run: RunDir, cfg: Config) -> None:
+    """Refuse to resume a run folder that was started with different defining values."""
+    if not run.config_file.is_file():
+        return  # interrupted before its config was written: nothing trained yet
+    saved = run.config().defining()
+    changed = sorted(k for k, v in cfg.defining().items() if saved.get(k) != v)
+    if changed:
+        raise ConfigError(f"{run} was started with other values of {', '.join(changed)}; "
+                          "resume with the same options or choose another --name")
+

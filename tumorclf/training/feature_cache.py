@@ -1,0 +1,91 @@
+"""The fast fine-tuning recipe's feature cache (`--recipe fast`) for ImageNet-pretrained backbones.
+
+The backbone is cut after its second-to-last stage (`registry.ModelSpec.fast_cut`). That frozen part runs
+once per image, for the validation images (and the test images with `--track-test`) and for
+`feature_views` views of each training image (the first as is, the others through the training
+augmentation); its outputs are kept in memory. `training.train` then trains only the last stage and the
+head on one cached view per epoch, through the same loop and callbacks as every recipe, so an epoch costs
+the last stage's forward and backward pass instead of the whole network's. The best epoch by validation
+F1 is saved as the whole model, so evaluation, Grad-CAM and export see a normal model.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tumorclf.runs.config import Config
+from tumorclf.transforms.pipeline import PARALLEL_CALLS, PREFETCH_BATCHES, augmenter, make_dataset
+from tumorclf.utils.progress import keras_progress
+
+log = logging.getLogger(__name__)
+
+
+def split_model(model: keras.Model, cut: str) -> tuple[keras.Model, keras.Model]:
+    """(stem, top): the model up to layer `cut`, and from its output to the model's output.
+    Both share the model's layers, so training `top` trains `model`."""
+    tensor = model.get_layer(cut).output
+    return keras.Model(model.input, tensor, name="stem"), keras.Model(tensor, model.output, name="top")
+
+
+def extract_features(stem: keras.Model, images: np.ndarray, batch_size: int, desc: str,
+                     augmentation: keras.Sequential | None = None, deterministic: bool = False) -> np.ndarray:
+    """The stem's outputs for uint8 images, optionally through the (seeded) augmentation first,
+    in parallel unless `deterministic` (then its seeds are drawn in a fixed order). Progress is
+    reported as `desc`: on real data one view takes minutes."""
+    ds = make_dataset(images, np.zeros(len(images), np.int64), batch_size).map(lambda x, y: x)
+    if augmentation is not None:
+        ds = ds.map(lambda x: augmentation(x, training=True),
+                    num_parallel_calls=None if deterministic else PARALLEL_CALLS).prefetch(PREFETCH_BATCHES)
+    batches = -(-len(images) // batch_size)
+    return stem.predict(ds, verbose=0, callbacks=[keras_progress(batches, desc)])
+
+
+def cache_features(cfg: Config, stem: keras.Model, images: dict[str, np.ndarray],
+                   held_out: tuple[str, ...]) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+    """(training views, {subset: features}) for the `held_out` subsets, one log line per view."""
+    started = time.time()
+    views = []
+    n_views = cfg.feature_views if cfg.augment else 1  # without augmentation every view would be the same
+    for view in range(n_views):
+        log.info("fast recipe: caching view %d/%d of %d training images (%s)", view + 1, n_views,
+                 len(images["train"]), "augmented" if view else "as is")
+        augmentation = augmenter(cfg.seed + 10 * view, cfg.image_size, cfg.acquisition, cfg.elastic) if view else None
+        views.append(extract_features(stem, images["train"], cfg.batch_size, f"features, train view {view + 1}",
+                                      augmentation, cfg.deterministic))
+    held = {}
+    for name in held_out:
+        log.info("fast recipe: caching features of %d %s images", len(images[name]), name)
+        held[name] = extract_features(stem, images[name], cfg.batch_size, f"features, {name}")
+    log.info("fast recipe: %d train views and %s features %s (%s) cached in %.1f s", len(views),
+             "/".join(held_out), views[0].shape[1:], views[0].dtype, time.time() - started)
+    return views, held
+
+
+class CachedFeatures(keras.utils.PyDataset):
+    """Training batches of cached features: view `epoch % views`, shuffled by (seed, epoch).
+
+    `epoch` is set at each epoch start by `callbacks.EpochSeeding`, as for the image pipeline."""
+
+    augmentation = None  # the views were augmented when they were cached
+
+    def __init__(self, views: list[np.ndarray], labels: np.ndarray, batch_size: int, seed: int):
+        super().__init__()
+        self.views = views
+        self.one_hot = np.eye(2, dtype="float32")[np.asarray(labels, np.int64)]
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="feature_epoch")
+
+    def __len__(self) -> int:
+        return -(-len(self.one_hot) // self.batch_size)
+
+    def __getitem__(self, index: int):
+        epoch = int(self.epoch.numpy())
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.one_hot))
+        rows = np.sort(order[index * self.batch_size:(index + 1) * self.batch_size])
+        return self.views[epoch % len(self.views)][rows], self.one_hot[rows]
