@@ -72,8 +72,13 @@ def blob_dataset(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def real_data_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One decoded-image cache for every test of the real dataset: decoding its 4,600 files takes 10-15 s, and the
-    tests that read it only read it (cache hits and misses are tested on blob datasets with their own caches)."""
-    return tmp_path_factory.mktemp("real_data_cache")
+    tests that read it only read it (cache hits and misses are tested on blob datasets with their own caches).
+    Under pytest-xdist the workers share it, in the run's temporary folder: an entry of the cache appears whole,
+    by a rename, so a worker finds it complete or decodes the files itself."""
+    base = tmp_path_factory.getbasetemp()
+    path = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "real_data_cache"
+    path.mkdir(exist_ok=True)
+    return path
 
 
 @pytest.fixture
