@@ -79,6 +79,8 @@ def test_the_first_log_line_says_what_it_trains_and_how_long(tmp_path: Path, cap
     assert first.startswith("preset robust: vgg16 (ImageNet weights), robust recipe, grouped split, at most 12 epochs")
     assert "early stopping after 4 epochs" in first and "minutes on 2 CPU cores" in first
     assert "--preset paper" in first
+    _, short = train_config("--data", "d", "--weights-dir", str(tmp_path / "weights"), "--epochs", "1")
+    assert "minutes" not in describe("robust", short)  # the measured time is of the preset's own run only
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

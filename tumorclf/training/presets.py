@@ -66,7 +66,8 @@ def describe(name: str, cfg) -> str:
     line = (f"preset {name}: {cfg.model} ({weights}), {cfg.recipe} recipe, {cfg.split} split, at most {cfg.epochs} "
             f"epochs, {stopping}")
     known = PRESETS.get(name)
-    if known and known.minutes_on_2_cores and known.values.get("model", cfg.model) == cfg.model:
+    as_measured = known and all(getattr(cfg, key) == value for key, value in known.values.items())
+    if as_measured and known.minutes_on_2_cores and cfg.max_files is None:  # a shorter run: no estimate
         low, high = known.minutes_on_2_cores
         line += f"; about {low:g}-{high:g} minutes on 2 CPU cores (less with more cores or a GPU)"
     if name != "paper":
