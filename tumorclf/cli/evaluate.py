@@ -73,8 +73,7 @@ def check_values(args: argparse.Namespace) -> None:
         raise UsageError(f"evaluate: --target-sensitivity must be in (0, 1], got {args.target_sensitivity}")
     if args.bootstrap < 0:
         raise UsageError(f"evaluate: --bootstrap must be >= 0, got {args.bootstrap}")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise UsageError(f"evaluate: --batch-size must be a positive integer, got {args.batch_size}")
+    flags.check_batch_size(args, "evaluate")
     if args.classes and not args.data:
         raise UsageError("evaluate: --classes names the class folders of --data folders; give --data too")
 

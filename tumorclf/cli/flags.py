@@ -92,6 +92,12 @@ def add_batch_size(parser: argparse.ArgumentParser, default: str = "the run's") 
     parser.add_argument("--batch-size", type=int, metavar="N", help=f"prediction batch size (default: {default})")
 
 
+def check_batch_size(args: argparse.Namespace, command: str) -> None:
+    """The one-line refusal of a `--batch-size` below 1 (unset means the command's default)."""
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UsageError(f"{command}: --batch-size must be a positive integer, got {args.batch_size}")
+
+
 def out_file(out: Path | None, name: str, suffixes: tuple[str, ...]) -> Path | None:
     """The file a command writes into the folder `--out`; an earlier version's `--out FILE` (a path with one of
     `suffixes`) still names the file itself, with a notice."""

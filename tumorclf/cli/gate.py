@@ -14,7 +14,6 @@ import argparse
 from pathlib import Path
 
 from tumorclf.cli import flags
-from tumorclf.errors import UsageError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,8 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.batch_size is not None and args.batch_size < 1:
-        raise UsageError(f"gate: --batch-size must be a positive integer, got {args.batch_size}")
+    flags.check_batch_size(args, "gate")
     from tumorclf.gate.quality_gate import GATE_JSON
     from tumorclf.gate.refit import describe, fit_run_gate
     from tumorclf.runs.folder import RunDir

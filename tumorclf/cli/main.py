@@ -17,22 +17,27 @@ import sys
 
 from tumorclf.errors import UsageError, UserError
 
-# command -> (module, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("tumorclf.cli.train", "train one configuration, keep the best epoch by validation F1, test it"),
-    "evaluate": ("tumorclf.cli.evaluate", "score a finished run on its test split or on other class folders"),
-    "predict": ("tumorclf.cli.predict", "P(tumour) of images, folders and volumes: a .keras model, a SavedModel or a model.onnx"),
-    "explain": ("tumorclf.cli.explain", "Grad-CAM overlays of images, for one run or several side by side"),
-    "gate": ("tumorclf.cli.gate", "fit the input quality gate of a finished run trained before it existed"),
-    "export": ("tumorclf.cli.export", "SavedModel (serve, serve_bytes) and/or ONNX, with a model card"),
-    "serve": ("tumorclf.cli.serve", "a local web page: drop a slice, see P(tumour), the decision and Grad-CAM"),
-    "study": ("tumorclf.cli.study", "a resumable study of several configurations from a YAML file"),
-    "ablation": ("tumorclf.cli.ablation", "evaluate a study's finished runs at their operating points, append-only"),
-    "bench": ("tumorclf.cli.bench", "machine limit and per-model training/inference speed"),
-    "leakage": ("tumorclf.cli.leakage", "test accuracy of runs on leaked vs clean test images"),
-    "curves": ("tumorclf.cli.curves", "time-to-accuracy curves of runs"),
-    "audit": ("tumorclf.cli.audit", "find duplicates, label errors, outliers and shortcuts in a dataset folder"),
+# command -> its one-line help; the command's module is tumorclf.cli.<command> (`module`)
+COMMANDS: dict[str, str] = {
+    "train": "train one configuration, keep the best epoch by validation F1, test it",
+    "evaluate": "score a finished run on its test split or on other class folders",
+    "predict": "P(tumour) of images, folders and volumes: a .keras model, a SavedModel or a model.onnx",
+    "explain": "Grad-CAM overlays of images, for one run or several side by side",
+    "gate": "fit the input quality gate of a finished run trained before it existed",
+    "export": "SavedModel (serve, serve_bytes) and/or ONNX, with a model card",
+    "serve": "a local web page: drop a slice, see P(tumour), the decision and Grad-CAM",
+    "study": "a resumable study of several configurations from a YAML file",
+    "ablation": "evaluate a study's finished runs at their operating points, append-only",
+    "bench": "machine limit and per-model training/inference speed",
+    "leakage": "test accuracy of runs on leaked vs clean test images",
+    "curves": "time-to-accuracy curves of runs",
+    "audit": "find duplicates, label errors, outliers and shortcuts in a dataset folder",
 }
+
+
+def module(command: str) -> str:
+    """Where `command` lives: one module a command, named as the command."""
+    return f"tumorclf.cli.{command}"
 
 
 class Parser(argparse.ArgumentParser):
@@ -48,10 +53,10 @@ def parser(command: str | None = None) -> Parser:
     top = Parser(prog="tumorclf", description="Brain-MRI Healthy/Tumor classification with Keras 3: train, "
                  "evaluate, predict, explain, export, study, benchmark. `tumorclf COMMAND --help` for a command.")
     commands = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    for name, (module, help_text) in COMMANDS.items():
+    for name, help_text in COMMANDS.items():
         sub = commands.add_parser(name, help=help_text, description=help_text)
         if name == command:
-            importlib.import_module(module).add_arguments(sub)
+            importlib.import_module(module(name)).add_arguments(sub)
     return top
 
 
@@ -70,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser().print_help()
             return 2
-        return int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)
+        return int(importlib.import_module(module(args.command)).run(args) or 0)
     except UserError as exc:
         print(f"tumorclf: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2

@@ -91,9 +91,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("predict: nothing to score: give the images with --inputs PATH [PATH ...]")
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         raise UsageError(f"predict: --threshold must be in [0, 1], got {args.threshold}")
+    flags.check_batch_size(args, "predict")
     batch_size = BATCH_SIZE if args.batch_size is None else args.batch_size
-    if batch_size < 1:
-        raise UsageError(f"predict: --batch-size must be a positive integer, got {batch_size}")
     target, form = destination(args.out, args.format)
     missing = [str(path) for path in args.inputs if not path.exists()]
     if missing:
