@@ -6,7 +6,14 @@ from scipy.special import expit
 from scipy.stats import norm
 from sklearn import metrics as skm
 
-from tumorclf.metrics.bootstrap import METRICS, bootstrap_intervals, format_interval, group_resamples, point_metrics
+from tumorclf.metrics.bootstrap import (
+    METRICS,
+    bootstrap_intervals,
+    format_interval,
+    group_multiplicities,
+    point_metrics,
+    weighted_metrics,
+)
 
 # --- coverage on a synthetic population of duplicate groups ----------------------------------------------
 # Each group is one "scan": a label (Tumor with PRIOR), a latent logit drawn from N(MU[label], 1) and 1-5
@@ -52,25 +59,11 @@ def hits_and_widths(datasets: list[tuple[int, np.ndarray, np.ndarray, np.ndarray
 @pytest.fixture(scope="module")
 def coverage():
     """Share of datasets whose 95% interval contains the true value, and mean interval width, for the
-    group (cluster) bootstrap and for a file-level bootstrap of the same datasets. The datasets are drawn here
-    in order; their 60,000 resamples are computed in two processes (NumPy on small arrays uses one core; not
-    under pytest-xdist, whose workers use the cores already), whose counts add up to what one loop gives."""
-    import multiprocessing
-    import os
-    from concurrent.futures import ProcessPoolExecutor
-
+    group (cluster) bootstrap and for a file-level bootstrap of the same datasets."""
     rng = np.random.default_rng(20240611)
-    datasets = [(i, *duplicate_group_dataset(rng, N_GROUPS)) for i in range(N_DATASETS)]
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        parts = [hits_and_widths(datasets)]
-    else:
-        with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
-            parts = list(pool.map(hits_and_widths, (datasets[0::2], datasets[1::2])))
-    rates = {kind: {name: sum(h[kind][name] for h, _ in parts) / N_DATASETS for name in TRUTH}
-             for kind in ("group", "file")}
-    widths = {kind: {name: sum(w[kind][name] for _, w in parts) / N_DATASETS for name in TRUTH}
-              for kind in ("group", "file")}
-    return rates, widths
+    hits, widths = hits_and_widths([(i, *duplicate_group_dataset(rng, N_GROUPS)) for i in range(N_DATASETS)])
+    return ({kind: {name: hits[kind][name] / N_DATASETS for name in TRUTH} for kind in hits},
+            {kind: {name: widths[kind][name] / N_DATASETS for name in TRUTH} for kind in widths})
 
 
 def test_group_bootstrap_intervals_cover_the_truth_at_about_the_nominal_rate(coverage):
@@ -92,7 +85,7 @@ def test_file_level_bootstrap_of_correlated_files_under_covers(coverage):
         assert widths["group"][name] > 1.5 * widths["file"][name], (name, widths)
 
 
-# --- group_resamples --------------------------------------------------------------------------------------
+# --- group_multiplicities --------------------------------------------------------------------------------------
 
 
 def scattered_groups():
@@ -100,46 +93,70 @@ def scattered_groups():
     return np.array(["c", "a", "b", "a", "d", "c", "a", "e", "b", "c", "a"])
 
 
-def test_group_resamples_draw_whole_groups():
+def reference_resamples(groups, n_resamples: int, seed: int):
+    """The file indices of each group resample, drawn as the library draws (one `integers(0, G, G)` call per
+    resample) but built as index lists: the reference the weighted computation must equal."""
+    _, group_of = np.unique(np.asarray(groups), return_inverse=True)
+    n_groups = group_of.max() + 1
+    rng = np.random.default_rng(seed)
+    for _ in range(n_resamples):
+        drawn = rng.integers(0, n_groups, n_groups)
+        yield np.concatenate([np.flatnonzero(group_of == g) for g in drawn])
+
+
+def all_multiplicities(groups, n_resamples: int, seed: int, chunk: int = 250) -> np.ndarray:
+    return np.concatenate(list(group_multiplicities(groups, n_resamples, seed, chunk)))
+
+
+def test_group_multiplicities_draw_whole_groups():
     groups = scattered_groups()
     names, group_of = np.unique(groups, return_inverse=True)
-    resamples = list(group_resamples(groups, 300, seed=5))
-    assert len(resamples) == 300
+    weights = all_multiplicities(groups, 300, seed=5, chunk=70)  # chunks of unequal size
+    assert weights.shape == (300, len(groups))
     saw_repeat = saw_missing = False
-    for rows in resamples:
-        assert rows.dtype.kind == "i" and rows.min() >= 0 and rows.max() < len(groups)
-        per_file = np.bincount(rows, minlength=len(groups))
-        multiplicity = np.zeros(len(names), dtype=np.int64)
+    for row in weights:
+        multiplicity = np.zeros(len(names))
         for g in range(len(names)):
-            counts = np.unique(per_file[group_of == g])
+            counts = np.unique(row[group_of == g])
             assert len(counts) == 1, "a group was drawn only in part"
             multiplicity[g] = counts[0]
         assert multiplicity.sum() == len(names)  # as many group draws as there are groups
-        assert len(rows) == np.sum(multiplicity * np.bincount(group_of))
         saw_repeat |= multiplicity.max() > 1
         saw_missing |= multiplicity.min() == 0
     assert saw_repeat and saw_missing  # with replacement
+    for row, rows in zip(weights, reference_resamples(groups, 300, seed=5), strict=True):
+        np.testing.assert_array_equal(row, np.bincount(rows, minlength=len(groups)))
 
 
-def test_group_resamples_draw_groups_uniformly_not_by_size():
+def test_group_multiplicities_draw_groups_uniformly_not_by_size():
     groups = np.repeat(np.arange(6), [1, 1, 1, 2, 10, 30])  # sizes differ a lot
-    sizes = np.bincount(groups)
-    draws = np.array([np.bincount(groups[rows], minlength=6) / sizes for rows in group_resamples(groups, 3000, 1)])
+    first_of_group = np.r_[0, np.cumsum(np.bincount(groups))[:-1]]
+    draws = all_multiplicities(groups, 3000, 1)[:, first_of_group]
     np.testing.assert_allclose(draws.mean(axis=0), 1.0, atol=0.07)  # each group drawn once per resample on average
 
 
-def test_group_resamples_are_deterministic_per_seed():
+def test_group_multiplicities_are_deterministic_per_seed_whatever_the_chunk():
     groups = scattered_groups()
-    first = list(group_resamples(groups, 20, seed=3))
-    again = list(group_resamples(groups, 20, seed=3))
-    other = list(group_resamples(groups, 20, seed=4))
-    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
-    assert not all(len(a) == len(b) and np.array_equal(a, b) for a, b in zip(first, other, strict=True))
+    first = all_multiplicities(groups, 20, seed=3)
+    np.testing.assert_array_equal(first, all_multiplicities(groups, 20, seed=3, chunk=3))
+    assert not np.array_equal(first, all_multiplicities(groups, 20, seed=4))
 
 
 def test_one_file_per_group_resamples_files():
-    rows = next(group_resamples(np.arange(50), 1, seed=0))
-    assert len(rows) == 50 and len(np.unique(rows)) < 50
+    weights = all_multiplicities(np.arange(50), 1, seed=0)
+    assert weights.sum() == 50 and np.count_nonzero(weights) < 50
+
+
+def test_weighted_metrics_equal_point_metrics_of_the_resampled_files():
+    rng = np.random.default_rng(8)
+    groups = rng.integers(0, 40, 150)
+    y = rng.integers(0, 2, 150)
+    p = np.round(rng.random(150), 1)  # many ties: the AUC's half-counted ties matter
+    weights = all_multiplicities(groups, 50, seed=2)
+    got = weighted_metrics(y, p, 0.5, weights)
+    want = [[point_metrics(y[rows], p[rows], 0.5)[name] for name in METRICS]
+            for rows in reference_resamples(groups, 50, seed=2)]
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
 # --- point_metrics ----------------------------------------------------------------------------------------
@@ -211,7 +228,7 @@ def test_intervals_are_percentiles_of_the_group_resamples_and_skip_nan():
     y = (groups == 7).astype(int)  # one tumor group: ~36% of resamples have no tumor image
     p = np.clip(0.5 * y + 0.5 * rng.random(len(y)), 0, 1)
     out = bootstrap_intervals(y, p, groups, 0.4, n_resamples=400, seed=11)
-    samples = [point_metrics(y[rows], p[rows], 0.4) for rows in group_resamples(groups, 400, seed=11)]
+    samples = [point_metrics(y[rows], p[rows], 0.4) for rows in reference_resamples(groups, 400, seed=11)]
     sens = np.array([m["sensitivity"] for m in samples])
     assert 0.2 < np.isnan(sens).mean() < 0.5
     finite = sens[np.isfinite(sens)]

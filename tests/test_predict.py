@@ -512,11 +512,11 @@ def test_a_backbone_model_loads_in_a_fresh_process(tmp_path: Path, trained_run: 
 
     from tumorclf.models.factory import build_model
 
-    build_model("resnet50", 48).save(tmp_path / "resnet.keras")
+    build_model("vgg16", 48).save(tmp_path / "backbone.keras")
     image = sorted((trained_run.parents[1] / "data" / "tumor").iterdir())[0]
     out = tmp_path / "out"
     result = subprocess.run([sys.executable, "-m", "tumorclf", "predict", "--model-file",
-                             str(tmp_path / "resnet.keras"), "--inputs", str(image), "--out", str(out)],
+                             str(tmp_path / "backbone.keras"), "--inputs", str(image), "--out", str(out)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-1500:]
     rows = read_csv(out / "predictions.csv")

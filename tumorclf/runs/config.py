@@ -196,6 +196,9 @@ class Config:
             raise ConfigError(f"patience must be a positive number of epochs, got {self.patience}")
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other; choose one")
+        if self.strategy == "multiworker" and (self.resume or self.cached_features):
+            raise ConfigError("--strategy multiworker supports neither --resume nor the cached-feature recipes "
+                              "(fast, robust)")
         if self.gradcam_per_outcome < 0:
             raise ConfigError(f"gradcam_per_outcome must be >= 0, got {self.gradcam_per_outcome}")
         if self.max_files is not None and self.max_files < 4:

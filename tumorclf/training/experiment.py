@@ -26,7 +26,7 @@ from tumorclf.transforms.pipeline import predict_images
 from tumorclf.evaluation.reports import write_reports
 from tumorclf.runs.folder import DEFAULT_THRESHOLD, RunDir
 from tumorclf.data.splits import check_holdout, make_split, manifest_csv, read_sources
-from tumorclf.training.loop import is_chief, is_multiworker, select_precision, select_strategy, train
+from tumorclf.training.loop import is_chief, select_precision, select_strategy, train
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +58,6 @@ def run_experiment(cfg: Config) -> Path:
     if small:
         raise DataError(f"fewer images than one batch ({cfg.batch_size}) in split(s) {small}; "
                         "use more data or a smaller --batch-size")
-    if is_multiworker(strategy) and (cfg.resume or cfg.cached_features):
-        raise ConfigError("--strategy multiworker supports neither --resume nor the cached-feature recipes "
-                          "(fast, robust)")
     if is_chief(strategy):
         run = RunDir(cfg.run_dir)
         resuming = run.create(cfg.overwrite, cfg.resume)
