@@ -1,4 +1,4 @@
-"""Write the quality gate's probe images (issue 18; README, "Input quality gate"): inputs a brain-MRI
+"""Write the quality gate's probe images (docs/quality-gate.md): inputs a brain-MRI
 classifier should refuse to score, each kind in its own folder, generated deterministically.
 
     python experiments/gate_probes.py --data ../shared/data/brain_tumor_dataset --out /tmp/gate_probes

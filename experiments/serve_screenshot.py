@@ -1,4 +1,4 @@
-"""A screenshot of `tumorclf serve`'s page after one upload, for the README.
+"""A screenshot of `tumorclf serve`'s page after one upload, for docs/serving.md.
 
     python experiments/serve_screenshot.py --model MODEL --image SLICE --out docs/serve_page.png
 

@@ -1,5 +1,5 @@
 """How much of each source looks like an axial/coronal slice (left-right symmetric) or a sagittal one (not), and
-how the leave-source-out model does on each kind. Evidence for issue 15: the training sources' slices are axial.
+how the leave-source-out model does on each kind. docs/robustness.md shows the result.
 
     python experiments/view_planes.py --data ../shared/data/brain_tumor_dataset \
         --sources ../shared/data/provenance.csv \

@@ -11,7 +11,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "tumorclf"
 # lowest first: a module may import its own layer and the layers before it, never a later one
 LAYERS = ["errors", "utils", "data", "transforms", "models", "metrics", "runs", "gate", "evaluation", "explain",
-          "training", "audit", "serving", "studies", "cli"]
+          "training", "audit", "serving", "studies", "documentation", "cli"]
 ENTRY_POINTS = {"tumorclf", "tumorclf.__main__", "tumorclf.run"}  # they only hand over to the command layer
 
 

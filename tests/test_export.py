@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -11,20 +12,28 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import blob_image, copy_with_operating_point
 from PIL import Image
 
-from conftest import blob_image, copy_with_operating_point
-from tumorclf.data import decoder
-from tumorclf.serving import export
-from tumorclf.metrics.calibration import apply_temperature
 from tumorclf.cli.main import main
+from tumorclf.data import decoder
 from tumorclf.data.dataset import CLASS_NAMES
 from tumorclf.errors import UsageError
-from tumorclf.metrics.classification import decide
 from tumorclf.gate.quality_gate import GATE_ARRAYS, GATE_JSON
-from tumorclf.serving.export import (KNOWN_LIMITATIONS, LEAVE_SOURCE_OUT_LIMITATION, VALIDATION_REUSE_LIMITATION,
-                             card_markdown, export_run, export_saved_model, model_card, replace_folder)
+from tumorclf.metrics.calibration import apply_temperature
+from tumorclf.metrics.classification import decide
 from tumorclf.runs.folder import RunDir, RunExistsError
+from tumorclf.serving import export
+from tumorclf.serving.export import (
+    KNOWN_LIMITATIONS,
+    LEAVE_SOURCE_OUT_LIMITATION,
+    VALIDATION_REUSE_LIMITATION,
+    card_markdown,
+    export_run,
+    export_saved_model,
+    model_card,
+    replace_folder,
+)
 from tumorclf.serving.graph import OperatingPointHead
 
 TEMPERATURE = 2.5  # clearly not 1: calibrated and raw P(Tumor) differ
@@ -438,14 +447,37 @@ def test_model_card_states_use_operating_point_evaluations_and_limitations(expor
     assert card["known_limitations"] == list(KNOWN_LIMITATIONS)
     assert LEAVE_SOURCE_OUT_LIMITATION in card["known_limitations"]
     assert all(f in LEAVE_SOURCE_OUT_LIMITATION for f in ("0.648", "0.674", "sartaj", "figshare", "not calibrated"))
-    # the numbers are attributed to the recipe measured, with a section of the README that exists
-    section = "Leave-source-out and the operating point (issue 14)"
+    # the numbers are attributed to the recipe measured, with pages and a section that exist
+    docs = Path(__file__).parents[1] / "docs"
     assert LEAVE_SOURCE_OUT_LIMITATION.startswith(
-        f"This project's leave-source-out measurement of the fast VGG16 recipe (README, '{section}')")
-    assert f"### {section}\n" in (Path(__file__).parents[1] / "README.md").read_text()
-    assert "(README, 'Source-robust training (issue 15)')" in LEAVE_SOURCE_OUT_LIMITATION and all(
-        f in LEAVE_SOURCE_OUT_LIMITATION for f in ("0.716", "0.810", "sagittal"))
-    assert "### Source-robust training (issue 15)\n" in (Path(__file__).parents[1] / "README.md").read_text()
+        "This project's leave-source-out measurement of the fast VGG16 recipe (docs/evaluation.md, 'Leave-source-out')")
+    assert "\n### Leave-source-out\n" in (docs / "evaluation.md").read_text()
+    assert "The robust recipe (docs/robustness.md)" in LEAVE_SOURCE_OUT_LIMITATION and (docs / "robustness.md").is_file()
+    assert "sagittal" in LEAVE_SOURCE_OUT_LIMITATION
+    # and its numbers are those of the committed ablation (each run's first evaluation), as rounded there
+    first: dict[str, dict] = {}
+    with open(Path(__file__).parents[1] / "experiments" / "results" / "robust" / "ablation.csv") as f:
+        for row in csv.DictReader(f):
+            first.setdefault(row["run_name"], row)
+
+    def quoted(run: str, metric: str, with_interval: bool = True, digits: int = 3) -> bool:
+        split, recipe = run.split()
+        row = first[f"vgg16_imagenet_{split}_224px_seed42_{recipe}"]
+
+        def number(key: str) -> str:
+            return f"{float(row[key]):.{digits}f}"
+
+        return number(metric) in LEAVE_SOURCE_OUT_LIMITATION and (
+            not with_interval or f"{number(metric + '_lo')}, {number(metric + '_hi')}]" in LEAVE_SOURCE_OUT_LIMITATION)
+
+    for metric in ("balanced_accuracy", "sensitivity", "specificity", "auc"):
+        assert quoted("lso-figshare+sartaj fast", metric), ("fast", metric)
+    assert quoted("lso-figshare+sartaj fast", "ece", with_interval=False, digits=2)
+    for metric in ("balanced_accuracy", "specificity", "auc"):
+        assert quoted("lso-figshare+sartaj robust", metric), ("robust", metric)
+    assert quoted("lso-figshare+sartaj robust", "sensitivity", with_interval=False)
+    assert quoted("grouped fast", "balanced_accuracy") and quoted("grouped fast", "auc", with_interval=False)
+    assert quoted("grouped robust", "balanced_accuracy", with_interval=False)
     assert "other models were not measured this way and should be assumed to degrade similarly" in \
         LEAVE_SOURCE_OUT_LIMITATION
     assert VALIDATION_REUSE_LIMITATION in card["known_limitations"]

@@ -222,7 +222,7 @@ def test_gate_refuses_a_missing_run_in_one_line(capsys):
 
 def test_a_backbone_is_gated_on_its_pooled_frozen_stage():
     """A registry backbone is compared at the fast recipe's cut (VGG16: block4_pool), pooled: its fine-tuned
-    last stage put noise and blanks among the training slices (README, "Input quality gate")."""
+    last stage put noise and blanks among the training slices (docs/quality-gate.md)."""
     from tumorclf.gate.quality_gate import feature_layer
     from tumorclf.models.factory import build_model
 

@@ -107,7 +107,7 @@ def test_random_affine_round_trips_through_its_config():
 
 
 def test_pipelines_run_without_the_tf_data_autotuner():
-    # its optimisation thread stalls every iterator release for seconds (README, Benchmarks)
+    # its optimisation thread stalls every iterator release for seconds
     images, labels = arrays()
     for dataset in (make_dataset(images, labels, 8), make_train_dataset(images, labels, 8, seed=0).dataset):
         assert dataset.options().autotune.enabled is False

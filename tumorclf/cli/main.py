@@ -2,8 +2,9 @@
 
 Each command is a module of this package with `add_arguments(parser)` and `run(args) -> int`, a thin layer
 over the library: it imports the library (and TensorFlow) only inside `run`, so every `--help` answers at
-once. Only the chosen command's module is imported. Bad input of any command ends in one
-`tumorclf: error: ...` line and exit code 2. `python -m tumorclf COMMAND` and, for training, the study's
+once; TensorFlow is imported after the flags parse (a mistyped flag answers at once), except for a command
+whose module sets `NEEDS_TENSORFLOW = False`. Only the chosen command's module is imported. Bad input of any
+command ends in one `tumorclf: error: ...` line and exit code 2. `python -m tumorclf COMMAND` and, for training, the study's
 `python -m tumorclf.run` are aliases.
 """
 
@@ -32,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "leakage": "test accuracy of runs on leaked vs clean test images",
     "curves": "time-to-accuracy curves of runs",
     "audit": "find duplicates, label errors, outliers and shortcuts in a dataset folder",
+    "docs": "rewrite the result tables of README.md and docs/ from experiments/results/ (or --check them)",
 }
 
 
@@ -68,14 +70,15 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("tumorclf").setLevel(logging.INFO)
     command = argv[0] if argv and argv[0] in COMMANDS else None
-    if command and not {"-h", "--help"} & set(argv):
-        import_tensorflow_quietly()
     try:
         args = parser(command).parse_args(argv)
         if args.command is None:
             parser().print_help()
             return 2
-        return int(importlib.import_module(module(args.command)).run(args) or 0)
+        chosen = importlib.import_module(module(args.command))
+        if getattr(chosen, "NEEDS_TENSORFLOW", True):
+            import_tensorflow_quietly()  # after parsing: a mistyped flag answers at once
+        return int(chosen.run(args) or 0)
     except UserError as exc:
         print(f"tumorclf: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2

@@ -52,7 +52,7 @@ def feature_layer(model: keras.Model) -> str:
     the backbone (VGG16's block4_pool), else SimpleCNN's first dense layer. Not the fine-tuned last stage:
     on the robust VGG16 its pooled features put uniform noise, blank and colour images within the training
     distribution (0 of 20 noise images above the 1%-of-validation threshold), block4's put all of them out
-    (README, "Input quality gate")."""
+    (docs/quality-gate.md)."""
     names = {layer.name for layer in model.layers}
     try:
         cut = spec(model.name).fast_cut

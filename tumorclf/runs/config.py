@@ -28,7 +28,7 @@ RECIPES = ("paper", "fast", "robust")
 CACHED_RECIPES = ("fast", "robust")  # recipes that train the top of the model on cached stem features
 INTENSITIES = ("raw", "percentile")
 FRAMINGS = ("full", "foreground")
-# The measures of issue 15 (README, "Source-robust training"): the values their fields take when left
+# The source-robust measures (docs/robustness.md): the values their fields take when left
 # unset, for every recipe (PLAIN) and what `robust` turns on. An explicit value (flag, YAML, study entry)
 # wins, so the ablation can switch one measure on or off.
 PLAIN = {"intensity": "raw", "framing": "full", "acquisition": False, "elastic": False}

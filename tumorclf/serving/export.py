@@ -113,19 +113,20 @@ GATED_SCOPE = ("Out-of-distribution detection is limited to the quality gate: it
                "or collection) can pass it and still gets a probability; passing the gate is no evidence that the "
                "probability is right.")
 # The leave-source-out sentence, on its own so tests can find it: the numbers are those of one recipe's
-# measurement (README), stated as such, not the exported model's.
+# measurement (experiments/results/robust/ablation.csv, which a test checks them against), stated as such, not
+# the exported model's.
 LEAVE_SOURCE_OUT_LIMITATION = (
-    "This project's leave-source-out measurement of the fast VGG16 recipe (README, 'Leave-source-out and the "
-    "operating point (issue 14)'), trained on {br35h, unattributed} and tested on the 1,092 files of {sartaj, "
+    "This project's leave-source-out measurement of the fast VGG16 recipe (docs/evaluation.md, 'Leave-source-out'), "
+    "trained on {br35h, unattributed} and tested on the 1,092 files of {sartaj, "
     "figshare} (2026-11-26), gave balanced accuracy 0.648 [95% interval 0.601, 0.694], sensitivity 0.760 "
     "[0.726, 0.794] and specificity 0.537 [0.450, 0.621] at its validation operating point (chosen for "
     "sensitivity 0.95), AUC 0.674 [0.615, 0.731], and ECE 0.22, against balanced accuracy 0.950 [0.916, 0.976] "
     "and AUC 0.991 on the grouped split's in-source test: on collections not seen in training that model was "
     "far less accurate, missed the sensitivity it was tuned for, and its probabilities were not calibrated. "
-    "The robust recipe (README, 'Source-robust training (issue 15)'), measured the same way, reached balanced "
+    "The robust recipe (docs/robustness.md), measured the same way, reached balanced "
     "accuracy 0.716 [0.671, 0.759], sensitivity 0.875, specificity 0.557 [0.473, 0.639] and AUC 0.810 [0.771, "
     "0.848]: better, still far below its in-source 0.969; most held-out healthy sagittal slices were called "
-    "tumour (every training slice is axial). "
+    "tumour (the training collections hold axial slices). "
     "These are those recipes' numbers, not necessarily this model's: other models were not measured this way "
     "and should be assumed to degrade similarly until they are."
 )

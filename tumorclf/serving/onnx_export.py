@@ -10,7 +10,7 @@ The graph (ONNX opset `OPSET`):
 
 - input ``images`` float32 [N, S, S, 3], 0-255 RGB already decoded and resized (`tumorclf.data.decoder.decode_image`);
   there is no encoded-bytes input (``serve_bytes``): ONNX has no image decoders, decoding stays in
-  `tumorclf.data.decoder` (`tumorclf predict --model model.onnx` does it);
+  `tumorclf.data.decoder` (`tumorclf predict --model-file model.onnx` does it);
 - outputs as ``serve``'s: ``probabilities`` float32 [N, 2] (raw softmax), ``prob_tumor`` float32 [N]
   (calibrated), ``decision`` int64 [N] (the run's operating point; -1 where the gate refused the image),
   and with a gate ``quality_code`` int32 [N], ``quality`` string [N] and ``ood_score`` float32 [N]. As in

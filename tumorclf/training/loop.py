@@ -44,8 +44,7 @@ def select_precision(requested: str, gpus: int | None = None, bf16_cpu: bool | N
     """The Keras dtype policy to use.
 
     `auto`: mixed_float16 on a GPU; mixed_bfloat16 on a CPU with native bf16, where
-    `python -m tumorclf.studies.bench` measured every model faster (VGG16 training 1.9x, SimpleCNN 1.24x;
-    README, "Precision"); float32 otherwise.
+    `tumorclf bench` measured every model faster (docs/performance.md, "Precision"); float32 otherwise.
     """
     if requested != "auto":
         return requested
@@ -64,7 +63,7 @@ def select_strategy(requested: str) -> tf.distribute.Strategy:
     if requested == "multiworker":
         if not os.environ.get("TF_CONFIG"):
             raise ValueError("--strategy multiworker needs TF_CONFIG, the JSON description of the cluster "
-                             "and of this worker's task (see README, Robustness)")
+                             "and of this worker's task (see docs/training.md)")
         return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     if requested == "auto":

@@ -2,8 +2,7 @@
 
 In the training sources every healthy slice is an axial one, nearly mirror-symmetric, while a tumour
 breaks the symmetry; the held-out sources' healthy slices include sagittal ones, which are not
-symmetric at all (README, "Source-robust training": 41% of sartaj's healthy slices against 3% of
-br35h's). A classifier that reads asymmetry as tumour fails there. A smooth random deformation of
+symmetric at all (docs/robustness.md, the view-plane table). A classifier that reads asymmetry as tumour fails there. A smooth random deformation of
 every training image makes asymmetry common to both classes, so that only the lesion itself tells
 them apart.
 """

@@ -84,8 +84,8 @@ def augmenter(seed: int, image_size: int, acquisition: bool = False, elastic: bo
 
 
 # Fixed parallelism instead of tf.data's autotuner: its optimisation thread makes destroying an
-# iterator wait for it, a stall of 3-10 s at the end of every fit, predict and epoch (measured in
-# the README's Benchmarks section), which on a 2-core CPU costs more than tuning gains. Datasets
+# iterator wait for it, a stall of seconds at the end of every fit, predict and epoch, which on a
+# 2-core CPU costs more than tuning gains. Datasets
 # derived from these inherit the option.
 PARALLEL_CALLS = os.cpu_count() or 1
 PREFETCH_BATCHES = 2

@@ -1,0 +1,51 @@
+"""docs/training.md: the presets of `tumorclf train --preset`, each with the training time its measured runs took on
+2 CPU cores, so a reader knows what a bare `tumorclf train` costs before starting it."""
+
+from __future__ import annotations
+
+from tumorclf.documentation.tables.cells import Results, Table, number
+from tumorclf.training.presets import EARLY_STOPPING, PRESETS
+
+# preset -> (results file, the columns its runs match, whether those runs used the preset's epochs and patience)
+MEASURED: dict[str, tuple[str, dict[str, str], bool]] = {
+    "robust": ("robust/results.csv", {"recipe": "robust", "measures": "percentile+foreground+acquisition"}, True),
+    "fast": ("cpu_budget/results.csv", {"recipe": "fast"}, True),
+    "scratch": ("cpu_budget/results.csv", {"model": "simplecnn", "recipe": "paper"}, False),
+}
+COMMAND = ("tumorclf study --config experiments/robust.yaml --data ../shared/data/brain_tumor_dataset; "
+           "tumorclf study --config experiments/cpu_budget.yaml --data ../shared/data/brain_tumor_dataset")
+
+
+def span(values: list[float]) -> str:
+    """`25.5-45.6`, or one value when all are equal."""
+    low, high = number(min(values), 1), number(max(values), 1)
+    return low if low == high else f"{low}-{high}"
+
+
+def presets(results: Results) -> Table:
+    """The presets with what their measured runs took, so the cost of a bare `tumorclf train` is known."""
+    auto = (f"`robust` when the VGG16 ImageNet file is at hand, else `scratch`; with `--model`, `--imagenet` or "
+            f"`--recipe` given, early stopping only (at most {EARLY_STOPPING['epochs']} epochs, patience "
+            f"{EARLY_STOPPING['patience']})")
+    body = [["`auto` (default)", auto, "-", "-"]]
+    sources: list[str] = []
+    for name, preset in PRESETS.items():
+        if name not in MEASURED:
+            body.append([f"`{name}`", preset.about, "-", "-"])
+            continue
+        file, match, same_settings = MEASURED[name]
+        runs = [row for row in results.csv(file) if all(row[key] == value for key, value in match.items())
+                and row["status"].startswith("finished")]
+        minutes = [float(row["train_minutes"]) for row in runs]
+        took = (f"{span(minutes)} min per run" if same_settings else
+                f"{span([m / int(row['epochs_run']) for m, row in zip(minutes, runs, strict=True)])} min per epoch")
+        body.append([f"`{name}`", preset.about, str(len(runs)), took])
+        sources.append(results.source(file))
+    return Table(["preset", "what it trains", "runs measured", "training time on 2 CPU cores"], body,
+                 list(dict.fromkeys(sources)), COMMAND,
+                 "Training wall time (feature caching included), lowest-highest over the measured runs of every "
+                 "split; the SimpleCNN runs behind `scratch` stopped sooner than the preset does, so only their "
+                 "time per epoch carries over.")
+
+
+TABLES = {"training-presets": presets}
