@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import fcntl
 import os
 import shutil
 from pathlib import Path
@@ -75,8 +76,13 @@ def real_data_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tests that read it only read it (cache hits and misses are tested on blob datasets with their own caches).
     Under pytest-xdist the workers share it, in the run's temporary folder: an entry of the cache appears whole,
     by a rename, so a worker finds it complete or decodes the files itself."""
+    return shared_folder(tmp_path_factory, "real_data_cache")
+
+
+def shared_folder(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """A folder of this test session that every pytest-xdist worker sees (their common temporary folder)."""
     base = tmp_path_factory.getbasetemp()
-    path = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "real_data_cache"
+    path = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / name
     path.mkdir(exist_ok=True)
     return path
 
@@ -114,16 +120,22 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     and explain tests. Trained with --deterministic in float32 with the default strategy, so reruns give the same
     model (`auto` would pick bfloat16 on CPUs that have it); another machine's libraries (a JPEG encoder, oneDNN)
     may give a slightly different one, so tests assert what a model that found the blob does, not exact values.
-    3 epochs were not enough to find the blob on every machine."""
+    3 epochs were not enough to find the blob on every machine. Under pytest-xdist the workers share it: the
+    first to arrive trains it under a lock, the others wait and read it (no test changes it)."""
     from tumorclf.cli.main import main
 
-    root = tmp_path_factory.mktemp("trained")
-    data = write_blob_dataset(root / "data", per_class=60, size=48, seed=1)
-    args = ["train", "--data", str(data), "--out", str(root / "runs"), "--name", "run", "--preset", "paper", "--epochs", "5",
-            "--image-size", "48", "--batch-size", "8", "--learning-rate", "0.01", "--cache-dir", str(root / "cache"),
-            "--deterministic", "--precision", "float32", "--strategy", "default"]
-    assert main(args) == 0
-    return root / "runs" / "run"
+    root = shared_folder(tmp_path_factory, "trained")
+    run = root / "runs" / "run"
+    with open(root / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (run / "metrics.json").is_file():
+            data = write_blob_dataset(root / "data", per_class=60, size=48, seed=1)
+            args = ["train", "--data", str(data), "--out", str(root / "runs"), "--name", "run", "--preset", "paper",
+                    "--epochs", "5", "--image-size", "48", "--batch-size", "8", "--learning-rate", "0.01",
+                    "--cache-dir", str(root / "cache"), "--deterministic", "--precision", "float32",
+                    "--strategy", "default"]
+            assert main(args) == 0
+    return run
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

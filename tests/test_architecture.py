@@ -4,6 +4,7 @@ command layer, a command never imports another command, and no module imports it
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,7 @@ def imports(path: Path, modules: set[str]) -> set[str]:
     return found
 
 
+@functools.cache
 def graph() -> dict[str, set[str]]:
     paths = {module_name(path): path for path in PACKAGE.rglob("*.py")}
     return {name: imports(path, set(paths)) - {name} for name, path in paths.items()}

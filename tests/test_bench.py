@@ -8,7 +8,7 @@ import keras
 import pytest
 
 from tumorclf.studies import bench
-from tumorclf.studies.bench import forward_flops
+from tumorclf.models.flops import forward_flops
 from tumorclf.cli.main import main
 
 

@@ -21,6 +21,7 @@ from tumorclf.audit import findings
 from tumorclf.data import dataset as data
 from tumorclf.data.decoder import DecodeError, read_pixels
 from tumorclf.data.pixel_statistics import BLANK_SPREAD, COLOUR_CHROMA, pixel_statistics
+from tumorclf.utils.array_cache import default_cache_dir
 from tumorclf.utils.files import atomic_write_text, csv_text
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ def audit(root: Path, image_size: int = 224, folds: int = 5, sources: Path | Non
     sizes, formats = data.header_facts(Path(root), paths)
     spread, chroma = pixel_statistics(dataset.unique_images)
     unique_features = pooled_features(np.asarray(dataset.unique_images), content_keys(dataset), model, weights_dir,
-                                      Path(cache_dir or data.default_cache_dir()))
+                                      Path(cache_dir or default_cache_dir()))
     features = unique_features[index]
     log.info("audit: out-of-fold label check over %d folds of duplicate groups", folds)
     probs = findings.out_of_fold_probabilities(features, labels, groups, folds)

@@ -48,7 +48,7 @@ def pooled_features(images: np.ndarray, keys: list[str], model: str, weights_dir
     from the cache when the same model, size, precision, decoder (with its `CACHE_FORMATS`) and contents were
     seen before. The
     precision is training's `auto` choice: bfloat16 on a CPU that has it, twice as fast as float32."""
-    from tumorclf.training.feature_cache import extract_features
+    from tumorclf.models.stem import compute_stem_outputs
     from tumorclf.training.loop import select_precision
 
     size, precision = images.shape[1], select_precision("auto")
@@ -60,7 +60,8 @@ def pooled_features(images: np.ndarray, keys: list[str], model: str, weights_dir
         return np.load(entry)
     log.info("computing %s features of %d images at %d px in %s (cache miss: %s)", model, len(images), size,
              precision, entry)
-    features = extract_features(backbone(model, size, weights_dir, precision), images, batch_size, f"{model} features")
+    features = compute_stem_outputs(backbone(model, size, weights_dir, precision), images, batch_size,
+                                    f"{model} features")
     features = np.asarray(features, dtype=np.float32)
     buffer = io.BytesIO()
     np.save(buffer, features)

@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "leakage": "test accuracy of runs on leaked vs clean test images",
     "curves": "time-to-accuracy curves of runs",
     "audit": "find duplicates, label errors, outliers and shortcuts in a dataset folder",
+    "cache": "what the decoded-image and feature caches hold (info), or empty them (clear)",
     "docs": "rewrite the result tables of README.md and docs/ from experiments/results/ (or --check them)",
 }
 

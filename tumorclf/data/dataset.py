@@ -19,6 +19,7 @@ import numpy as np
 from tumorclf.data.decoder import DECODER_VERSION, DecodeError, decode_image
 from tumorclf.errors import UserError
 from tumorclf.data import medical
+from tumorclf.utils.array_cache import default_cache_dir
 from tumorclf.utils.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -191,10 +192,6 @@ def list_files(folders: ClassFolders) -> tuple[list[tuple[Path, int]], list[tupl
         files.extend((p, label) for p in found.files)
         problems.extend(found.problems)
     return files, problems
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("TUMORCLF_CACHE", Path.home() / ".cache" / "tumorclf"))
 
 
 def file_sha256(path: Path) -> str:

@@ -30,10 +30,15 @@ import keras
 import numpy as np
 from keras import ops
 
-from tumorclf.utils.files import atomic_write_bytes, atomic_write_json
+from tumorclf.data.pixel_statistics import (  # the audit's thresholds too
+    BLANK_SPREAD,
+    COLOUR_CHROMA,
+)
 from tumorclf.errors import UserError
-from tumorclf.data.pixel_statistics import BLANK_SPREAD, COLOUR_CHROMA  # the audit's thresholds too
 from tumorclf.models.registry import spec
+from tumorclf.models.stem import stem_outputs
+from tumorclf.utils.array_cache import ArrayCache
+from tumorclf.utils.files import atomic_write_bytes, atomic_write_json
 
 REASONS = ("ok", "too_small", "blank", "not_grayscale_mri", "out_of_distribution")
 OK, TOO_SMALL, BLANK, NOT_GRAYSCALE, OUT_OF_DISTRIBUTION = range(len(REASONS))
@@ -231,14 +236,19 @@ def reasons(codes: np.ndarray) -> list[str]:
 
 
 def fit_gate(model: keras.Model, train_images: np.ndarray, train_labels: np.ndarray, val_images: np.ndarray,
-             batch_size: int, min_side: int) -> Gate:
+             batch_size: int, min_side: int, cache: ArrayCache | None = None) -> Gate:
     """Fit the gate's statistics on the training images (as they are, not augmented) and its OOD threshold
-    on the validation images: the smallest value that rejects at most VALIDATION_REJECTION of them."""
+    on the validation images: the smallest value that rejects at most VALIDATION_REJECTION of them. With a
+    feature `cache`, the training features are the ones a cached-feature recipe already computed for its
+    unaugmented view (the gate's layer is where that recipe cuts the backbone), so no second pass runs."""
     from sklearn.covariance import LedoitWolf
 
     layer = feature_layer(model)
-    probe = keras.Model(model.input, pooled(model, layer))
-    train = np.asarray(_predict(probe, train_images, batch_size, "gate: training features"), dtype=np.float64)
+    stem = keras.Model(model.input, model.get_layer(layer).output)
+    features, _ = stem_outputs(stem, train_images, batch_size, "gate: training features", cache)
+    if features.ndim == 4:  # a feature map: pooled as `pooled` does, in float32
+        features = np.asarray(features, dtype=np.float32).mean(axis=(1, 2), dtype=np.float32)
+    train = np.asarray(features, dtype=np.float64)
     labels = np.asarray(train_labels)
     classes = sorted(set(labels.tolist()))
     means = np.stack([train[labels == k].mean(axis=0) for k in classes])

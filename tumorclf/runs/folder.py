@@ -79,6 +79,7 @@ class RunDir:
     operating_point_file = property(lambda self: self.path / "operating_point.json")
     log_file = property(lambda self: self.path / "run.log")
     progress_file = property(lambda self: self.path / "progress.json")
+    timing_file = property(lambda self: self.path / "timing.json")  # wall seconds per phase
     backup_dir = property(lambda self: self.path / "backup")
     tensorboard_dir = property(lambda self: self.path / "tensorboard")
     gradcam_dir = property(lambda self: self.path / "gradcam")

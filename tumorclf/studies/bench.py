@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import datetime
 import functools
-import os
-import platform
 import resource
 import time
 from pathlib import Path
@@ -17,50 +15,9 @@ from typing import Callable
 
 import numpy as np
 
+from tumorclf.models.flops import forward_flops
 from tumorclf.utils.files import versions
-
-
-def machine() -> dict:
-    """CPU model, core count, memory and bf16 support, for reading the numbers later."""
-    info = {"platform": platform.platform(), "cpus": os.cpu_count()}
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-        info["cpu"] = next(line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name"))
-        info["avx512_bf16"] = "avx512_bf16" in cpuinfo
-        info["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (OSError, StopIteration, ValueError):
-        pass
-    return info
-
-
-def matmul_gflops(dtype: str, n: int = 4096, repeats: int = 5) -> float:
-    """Achieved GFLOP/s of an n x n matmul: the machine's practical limit for dense math."""
-    import tensorflow as tf
-
-    a = tf.cast(tf.random.normal((n, n)), dtype)
-    run = tf.function(lambda: tf.matmul(a, a))
-    run().numpy()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        result = run()
-    result.numpy()
-    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
-
-
-def forward_flops(model) -> int:
-    """Multiply-adds x 2 of the conv and dense layers for one image (other layers are negligible)."""
-    import keras
-
-    total = 0
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.Conv2D):
-            _, height, width, out_channels = layer.output.shape
-            kh, kw = layer.kernel_size
-            in_channels = layer.input.shape[-1] // layer.groups
-            total += 2 * height * width * kh * kw * in_channels * out_channels
-        elif isinstance(layer, keras.layers.Dense):
-            total += 2 * layer.input.shape[-1] * layer.units
-    return int(total)
+from tumorclf.utils.machine import machine, matmul_gflops
 
 
 def peak_memory_mib() -> float:

@@ -13,22 +13,38 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from tumorclf.utils.files import atomic_write_text, csv_text, versions
-from tumorclf.metrics.calibration import fit_operating_point
-from tumorclf.runs.config import Config, ConfigError
 from tumorclf.data.dataset import CLASS_NAMES, DataError, file_sha256, load_dataset
 from tumorclf.data.decoder import DECODER_VERSION
-from tumorclf.metrics.classification import classification_metrics, decide
+from tumorclf.data.splits import check_holdout, make_split, manifest_csv, read_sources
+from tumorclf.evaluation.reports import write_reports
 from tumorclf.gate.quality_gate import fit_gate
 from tumorclf.gate.refit import describe
-from tumorclf.models.factory import build_model, load_model, resolve_weights, set_trainable
-from tumorclf.transforms.pipeline import predict_images
-from tumorclf.evaluation.reports import write_reports
+from tumorclf.metrics.calibration import fit_operating_point
+from tumorclf.metrics.classification import classification_metrics, decide
+from tumorclf.models.factory import (
+    build_model,
+    load_model,
+    resolve_weights,
+    set_trainable,
+)
+from tumorclf.models.flops import forward_flops
+from tumorclf.models.stem import feature_cache
+from tumorclf.runs.config import Config, ConfigError
 from tumorclf.runs.folder import DEFAULT_THRESHOLD, RunDir
-from tumorclf.data.splits import check_holdout, make_split, manifest_csv, read_sources
 from tumorclf.training.loop import is_chief, select_precision, select_strategy, train
+from tumorclf.training.timing import PhaseTimes, table_lines
+from tumorclf.transforms.pipeline import predict_images
+from tumorclf.utils.files import (
+    atomic_write_json,
+    atomic_write_text,
+    csv_text,
+    versions,
+)
+from tumorclf.utils.machine import peak_gflops
 
 log = logging.getLogger(__name__)
+# the dense-math limit a phase is compared with: the dtype its matmuls run in
+COMPUTE_DTYPE = {"mixed_bfloat16": "bfloat16", "mixed_float16": "float16", "float32": "float32"}
 
 
 def run_experiment(cfg: Config) -> Path:
@@ -47,7 +63,9 @@ def run_experiment(cfg: Config) -> Path:
     weights, weights_origin = resolve_weights(cfg.model, cfg.imagenet, cfg.weights_dir)
     if cfg.fine_tune == "from_layer":  # layer names are known only from a built model: check before writing
         set_trainable(build_model(cfg.model, cfg.image_size), "from_layer", cfg.unfreeze_from)
-    data = load_dataset(cfg.resolved_data(), cfg.image_size, cfg.classes, cfg.cache_dir, cfg.max_files)
+    times = PhaseTimes()
+    with times.phase("decode"):
+        data = load_dataset(cfg.resolved_data(), cfg.image_size, cfg.classes, cfg.cache_dir, cfg.max_files)
     sources = read_sources(Path(cfg.sources), data.paths, cfg.unlisted_source) if cfg.split == "source" else None
     if sources is not None:
         check_holdout(sources, cfg.holdout)
@@ -100,18 +118,24 @@ def run_experiment(cfg: Config) -> Path:
                                      cfg.framing)  # noqa: E731
         images = {name: data.images(rows) for name, rows in subsets.items()}
         labels = {name: data.labels[rows] for name, rows in subsets.items()}
-        result = train(cfg, run, build, strategy, images, labels, resume=resuming)  # every recipe and backend
+        result = train(cfg, run, build, strategy, images, labels, resume=resuming, times=times)  # every recipe
 
         best = load_model(result.best_checkpoint)
-        point = save_operating_point(run, cfg, best, [data.paths[i] for i in subsets["val"]], images["val"],
-                                     labels["val"])
+        image_gflop = forward_flops(best) / 1e9
+        with times.phase("calibration") as phase:
+            point = save_operating_point(run, cfg, best, [data.paths[i] for i in subsets["val"]], images["val"],
+                                         labels["val"])
+            phase.gflop = len(subsets["val"]) * image_gflop
         if is_chief(strategy):  # the gate is fitted on the un-augmented train images, its threshold on validation
-            gate = fit_gate(best, images["train"], labels["train"], images["val"], cfg.batch_size,
-                            cfg.image_size // 2)
+            with times.phase("gate"):  # a cached-feature recipe's training features are read back, not recomputed
+                gate = fit_gate(best, images["train"], labels["train"], images["val"], cfg.batch_size,
+                                cfg.image_size // 2, feature_cache(cfg.cache_dir) if cfg.cached_features else None)
             gate.save(run_dir)
             log.info("%s", describe(gate))
         test_labels = labels["test"]
-        probs = predict_images(best, images["test"], test_labels, cfg.batch_size, "predicting the test split")
+        with times.phase("test") as phase:
+            probs = predict_images(best, images["test"], test_labels, cfg.batch_size, "predicting the test split")
+            phase.gflop = len(test_labels) * image_gflop
         metrics = classification_metrics(test_labels, probs, DEFAULT_THRESHOLD)
         metrics.update(best_epoch=result.best_epoch, best_val_f1=result.best_val_f1, epochs_run=result.epochs_run,
                        train_minutes=round(result.train_seconds / 60, 2),
@@ -130,6 +154,11 @@ def run_experiment(cfg: Config) -> Path:
                                           cfg.gradcam_per_outcome, run.gradcam_dir, metrics["threshold"])
             log.info("saved %d Grad-CAM overlays in %s", saved, run.gradcam_dir)
         shutil.rmtree(run.backup_dir, ignore_errors=True)  # finished: the resume state is no longer needed
+        peak = peak_gflops(COMPUTE_DTYPE.get(precision, "float32"), feature_cache(cfg.cache_dir).folder.parent)
+        report = times.report(peak, precision)
+        atomic_write_json(run.timing_file, report)
+        for line in table_lines(report):
+            log.info("timing: %s", line)
         log.info("test: accuracy %.4f, f1 %.4f, auc %.4f at threshold %g (best epoch %s) -> %s; operating point "
                  "(validation): temperature %.3f, threshold %.4f for sensitivity >= %g", metrics["accuracy"],
                  metrics["f1"], metrics["auc"], metrics["threshold"], result.best_epoch, run_dir, point.temperature,

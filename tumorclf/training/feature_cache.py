@@ -6,7 +6,8 @@ once per image, for the validation images (and the test images with `--track-tes
 augmentation); its outputs are kept in memory. `training.train` then trains only the last stage and the
 head on one cached view per epoch, through the same loop and callbacks as every recipe, so an epoch costs
 the last stage's forward and backward pass instead of the whole network's. The best epoch by validation
-F1 is saved as the whole model, so evaluation, Grad-CAM and export see a normal model.
+F1 is saved as the whole model, so evaluation, Grad-CAM and export see a normal model. The stem's outputs
+are kept on disk too (`tumorclf.models.stem`): a rerun, a resume or the gate's fit reads them back.
 """
 
 from __future__ import annotations
@@ -18,52 +19,39 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tumorclf.models.stem import feature_cache, stem_outputs
 from tumorclf.runs.config import Config
-from tumorclf.transforms.pipeline import PARALLEL_CALLS, PREFETCH_BATCHES, augmenter, make_dataset
-from tumorclf.utils.progress import keras_progress
+from tumorclf.transforms.pipeline import augmenter
 
 log = logging.getLogger(__name__)
 
 
-def split_model(model: keras.Model, cut: str) -> tuple[keras.Model, keras.Model]:
-    """(stem, top): the model up to layer `cut`, and from its output to the model's output.
-    Both share the model's layers, so training `top` trains `model`."""
-    tensor = model.get_layer(cut).output
-    return keras.Model(model.input, tensor, name="stem"), keras.Model(tensor, model.output, name="top")
-
-
-def extract_features(stem: keras.Model, images: np.ndarray, batch_size: int, desc: str,
-                     augmentation: keras.Sequential | None = None, deterministic: bool = False) -> np.ndarray:
-    """The stem's outputs for uint8 images, optionally through the (seeded) augmentation first,
-    in parallel unless `deterministic` (then its seeds are drawn in a fixed order). Progress is
-    reported as `desc`: on real data one view takes minutes."""
-    ds = make_dataset(images, np.zeros(len(images), np.int64), batch_size).map(lambda x, y: x)
-    if augmentation is not None:
-        ds = ds.map(lambda x: augmentation(x, training=True),
-                    num_parallel_calls=None if deterministic else PARALLEL_CALLS).prefetch(PREFETCH_BATCHES)
-    batches = -(-len(images) // batch_size)
-    return stem.predict(ds, verbose=0, callbacks=[keras_progress(batches, desc)])
-
-
 def cache_features(cfg: Config, stem: keras.Model, images: dict[str, np.ndarray],
-                   held_out: tuple[str, ...]) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
-    """(training views, {subset: features}) for the `held_out` subsets, one log line per view."""
+                   held_out: tuple[str, ...]) -> tuple[list[np.ndarray], dict[str, np.ndarray], int]:
+    """(training views, {subset: features} of the `held_out` subsets, how many images the stem ran on), one
+    log line per view; each read from the feature cache on disk when an earlier run computed it
+    (`tumorclf.models.stem`)."""
     started = time.time()
-    views = []
+    cache = feature_cache(cfg.cache_dir)
+    views, computed = [], 0
     n_views = cfg.feature_views if cfg.augment else 1  # without augmentation every view would be the same
     for view in range(n_views):
         log.info("fast recipe: caching view %d/%d of %d training images (%s)", view + 1, n_views,
                  len(images["train"]), "augmented" if view else "as is")
-        augmentation = augmenter(cfg.seed + 10 * view, cfg.image_size, cfg.acquisition, cfg.elastic) if view else None
-        views.append(extract_features(stem, images["train"], cfg.batch_size, f"features, train view {view + 1}",
-                                      augmentation, cfg.deterministic))
+        seed = cfg.seed + 10 * view
+        augmentation = augmenter(seed, cfg.image_size, cfg.acquisition, cfg.elastic) if view else None
+        features, ran = stem_outputs(stem, images["train"], cfg.batch_size, f"features, train view {view + 1}",
+                                     cache, augmentation, seed if view else None, cfg.deterministic)
+        views.append(features)
+        computed += ran * len(images["train"])
     held = {}
     for name in held_out:
         log.info("fast recipe: caching features of %d %s images", len(images[name]), name)
-        held[name] = extract_features(stem, images[name], cfg.batch_size, f"features, {name}")
-    log.info("fast recipe: %d train views and %s features %s (%s) cached in %.1f s", len(views),
+        held[name], ran = stem_outputs(stem, images[name], cfg.batch_size, f"features, {name}", cache)
+        computed += ran * len(images[name])
+    log.info("fast recipe: %d train views and %s features %s (%s) ready in %.1f s", len(views),
              "/".join(held_out), views[0].shape[1:], views[0].dtype, time.time() - started)
-    return views, held
+    return views, held, computed
 
 
 class CachedFeatures(keras.utils.PyDataset):

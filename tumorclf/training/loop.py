@@ -22,7 +22,10 @@ import tensorflow as tf
 
 from tumorclf.training.callbacks import Clock, EpochBackup, EpochSeeding, HeldOutCurve, HistoryWriter, Validation, keep_history
 from tumorclf.runs.config import Config
-from tumorclf.training.feature_cache import CachedFeatures, cache_features, split_model
+from tumorclf.models.flops import forward_flops
+from tumorclf.models.stem import split_model
+from tumorclf.training.feature_cache import CachedFeatures, cache_features
+from tumorclf.training.timing import EpochTimes, PhaseTimes
 from tumorclf.models.factory import set_trainable
 from tumorclf.transforms.pipeline import make_dataset, make_train_dataset
 from tumorclf.models.registry import MODELS
@@ -131,14 +134,16 @@ class Feed:
 
 
 def prepare(cfg: Config, strategy: tf.distribute.Strategy, model: keras.Model, images: dict[str, np.ndarray],
-            labels: dict[str, np.ndarray]) -> tuple[keras.Model, Feed]:
+            labels: dict[str, np.ndarray], times: PhaseTimes) -> tuple[keras.Model, Feed]:
     """The model to fit and its feed: the whole model on image batches, or (fast recipe) its top on the
     stem's cached features, so the frozen stem runs once per image and view instead of every epoch."""
     held_out = ("val", "test") if cfg.track_test else ("val",)
     if cfg.cached_features:
         with strategy.scope():
             stem, top = split_model(model, MODELS[cfg.model].fast_cut)
-        views, features = cache_features(cfg, stem, images, held_out)
+        with times.phase("feature cache") as phase:
+            views, features, computed = cache_features(cfg, stem, images, held_out)
+            phase.gflop = computed * forward_flops(stem) / 1e9
         cached = CachedFeatures(views, labels["train"], cfg.batch_size, cfg.seed)
         held = {name: (features[name], labels[name]) for name in held_out}
         return top, Feed(cached, cached.epoch, cached.augmentation, held["val"], held.get("test"))
@@ -185,6 +190,7 @@ def train(
     images: dict[str, np.ndarray],
     labels: dict[str, np.ndarray],
     resume: bool = False,
+    times: PhaseTimes | None = None,
 ) -> TrainResult:
     """Train `cfg`'s recipe on the train/val(/test) `images` and `labels`, keeping the best whole model by
     validation F1 at `run.best_model`: the one entry point of every recipe and backend.
@@ -203,11 +209,15 @@ def train(
             return TrainResult(run.best_model, state.best_epoch, state.best_val_f1, state.epochs_done, clock.seconds)
     with strategy.scope():
         model = build()
-    fitted, feed = prepare(cfg, strategy, model, images, labels)
+    times = PhaseTimes() if times is None else times
+    fitted, feed = prepare(cfg, strategy, model, images, labels, times)
     validation = Validation(*feed.val, run.best_model, model, cfg.patience, state.best_val_f1, state.best_epoch)
+    step_flops = forward_flops(fitted)  # per image; a training step costs about three forward passes
+    epoch_gflop = (3 * len(labels["train"]) + len(labels["val"])) * step_flops / 1e9
     callbacks = [
         EpochSeeding(cfg.seed, feed),
         validation,  # before the writers, so they see its val_ metrics
+        EpochTimes(times, epoch_gflop),
         *([HeldOutCurve(*feed.test)] if feed.test else []),
         clock,
         HistoryWriter(run.history_file),
