@@ -9,6 +9,11 @@ import shutil
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # as many workers as cores: one TensorFlow thread each (and in the processes a test starts, which inherit
+    # these), instead of every worker's thread pools spanning all cores and preempting each other's small ops
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -165,3 +170,4 @@ def copy_with_operating_point(run: Path, dest: Path, temperature: float | None, 
             temperature=temperature, threshold=threshold, target_sensitivity=0.95, youden_threshold=threshold,
             fitted_on="validation", n=18, validation=validation or {}))
     return dest
+

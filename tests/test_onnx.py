@@ -69,10 +69,12 @@ def wide_gap_threshold(calibrated: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def run(trained_run: Path, probes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the trained run (which has a quality gate) with an operating point: temperature 2.5 and a
-    threshold that is neither 0.5 nor near any probe's calibrated P(Tumor)."""
+    threshold that is neither 0.5 nor near any probe's calibrated P(Tumor), chosen among the dataset slices
+    (which the gate accepts), so that accepted images get both decisions."""
     assert (trained_run / GATE_ARRAYS).is_file()
-    _, images = pixels(probes)
-    raw = keras.saving.load_model(trained_run / "best.keras").predict(images, verbose=0)[:, 1]
+    files, images = pixels(probes)
+    slices = [i for i, f in enumerate(files) if f.name.startswith(("healthy-", "tumor-"))]
+    raw = keras.saving.load_model(trained_run / "best.keras").predict(images[slices], verbose=0)[:, 1]
     threshold = wide_gap_threshold(apply_temperature(raw, TEMPERATURE))
     return copy_with_operating_point(trained_run, tmp_path_factory.mktemp("calibrated") / "run", TEMPERATURE,
                                      threshold)

@@ -70,7 +70,10 @@ def test_the_answer_equals_tumorclf_predict_on_the_same_file(app, trained_run: P
         response = post(app, data, name)
         assert response.status_code == 200, response.get_json()
         answer = response.get_json()
-        assert {key: answer[key] for key in SCORES} == {key: expected[name][key] for key in SCORES}, name
+        # equal, but for the last printed digit: the page scores one image, predict a batch, and a batch's
+        # arithmetic may round differently
+        assert {key: answer[key] for key in SCORES} == pytest.approx(
+            {key: expected[name][key] for key in SCORES}, abs=2e-6), name
         assert answer["file"] == name and answer["image"].startswith("data:image/png;base64,")
         if answer["quality"] == "ok":
             assert answer["explained"] == answer["predicted"] and answer["overlay"].startswith("data:image/png")

@@ -15,7 +15,7 @@ import logging
 from dataclasses import fields
 
 from tumorclf.cli import flags
-from tumorclf.runs.config import Config, add_config_flags, flag_of, load_yaml
+from tumorclf.runs.config import Config, ConfigError, add_config_flags, flag_of, load_yaml
 from tumorclf.training.presets import PRESET_NAMES, PRESETS, describe, resolve
 
 log = logging.getLogger("tumorclf.train")
@@ -50,10 +50,36 @@ def config_from_args(args: argparse.Namespace) -> tuple[str, Config]:
     return preset, Config.from_dict({**values, **given})
 
 
+def configs_from_args(args: argparse.Namespace) -> tuple[str, list[Config]]:
+    """(the preset, one Config per `--seed` given): several seeds train one run each, in their own folders
+    (with `--name`, the seed is appended to it)."""
+    seeds = args.seed or [None]
+    configs = []
+    for seed in seeds:
+        one = argparse.Namespace(**{**vars(args), "seed": seed})
+        if len(seeds) > 1 and args.name:
+            one.name = f"{args.name}_seed{seed}"
+        preset, cfg = config_from_args(one)
+        configs.append(cfg)
+    if len({cfg.run_name for cfg in configs}) != len(configs):
+        raise ConfigError(f"--seed repeats a seed: {' '.join(map(str, seeds))}")
+    return preset, configs
+
+
 def run(args: argparse.Namespace) -> int:
-    preset, cfg = config_from_args(args)
-    log.info("%s", describe(preset, cfg))
+    preset, configs = configs_from_args(args)
+    log.info("%s", describe(preset, configs[0]))
     from tumorclf.training.experiment import run_experiment
 
-    print(run_experiment(cfg))
+    folders = []
+    for cfg in configs:
+        folders.append(run_experiment(cfg))
+        print(folders[-1])
+    if len(folders) > 1:
+        from tumorclf.runs.folder import RunDir
+        from tumorclf.studies.seeds import format_summary, summary
+
+        for metric in ("accuracy", "f1", "auc"):
+            values = [RunDir(folder).metrics()[metric] for folder in folders]
+            print(f"{metric} over {len(values)} seeds: {format_summary(summary(values), 4)}")
     return 0

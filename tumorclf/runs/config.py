@@ -37,12 +37,14 @@ ROBUST = {**PLAIN, "intensity": "percentile", "framing": "foreground", "acquisit
 
 def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, launch: bool = False,
            flag: str | None = None, metavar: str | None = None, shown_default: str | None = None,
-           many: bool = False) -> Any:
+           many: bool = False, per_run: bool = False) -> Any:
     """A Config field with what the CLI and the run folder need to know about it: `shown_default` is how
     --help states a default whose value (None) means something else; `many` makes the flag take names
-    separated by spaces, which the field holds comma-separated."""
+    separated by spaces, which the field holds comma-separated; `per_run` makes the flag take several values,
+    one run each (`train --seed 1 2 3`)."""
     return field(default=default, metadata={"help": help, "choices": choices, "launch": launch, "flag": flag,
-                                            "metavar": metavar, "shown_default": shown_default, "many": many})
+                                            "metavar": metavar, "shown_default": shown_default, "many": many,
+                                            "per_run": per_run})
 
 
 @dataclass
@@ -97,7 +99,8 @@ class Config:
                                          many=True)
     unlisted_source: str | None = option(None, "with --split source: the source of files the CSV does not list",
                                          metavar="NAME", shown_default="none, they are an error")
-    seed: int = option(42, "seed of the split, the data order, augmentation and initialisation", metavar="N")
+    seed: int = option(42, "seed of the split, the data order, augmentation and initialisation; several seeds "
+                       "train one run each and report the mean and spread", metavar="N", per_run=True)
     split_fractions: tuple[float, float, float] = option((0.70, 0.15, 0.15), "train, val and test fractions",
                                                          metavar="F")
     near_duplicate_bits: int = option(4, "pHash distance that counts as a near-duplicate (-1: byte identity only)",
@@ -404,7 +407,7 @@ def add_config_flags(parser) -> None:
                 kwargs["choices"] = meta["choices"]
             if typing.get_origin(inner) is tuple:
                 kwargs["nargs"] = len(typing.get_args(inner))
-            elif meta["many"]:
+            elif meta["many"] or meta["per_run"]:
                 kwargs["nargs"] = "+"
             kwargs["metavar"] = meta["metavar"] or (None if meta["choices"] else f.name.upper())
         parser.add_argument(flag_of(f), **kwargs)

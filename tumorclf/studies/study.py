@@ -39,6 +39,7 @@ from tumorclf.metrics.bootstrap import bootstrap_intervals, format_interval  # n
 from tumorclf.runs.config import Config, ConfigError, coerce, load_yaml  # noqa: E402
 from tumorclf.utils.progress import Progress  # noqa: E402
 from tumorclf.runs.folder import DEFAULT_THRESHOLD, RunDir, RunError  # noqa: E402
+from tumorclf.studies import seeds  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +53,11 @@ MEASURED = ["test_loss", "accuracy", "balanced_accuracy", "sensitivity", "specif
             "auc", *INTERVAL_COLUMNS, "n_test", "train_minutes", "epochs_run", "best_epoch"]
 INTEGERS = ("n_test", "epochs_run", "best_epoch")
 COLUMNS = ["run_name", "protocol", "model", "imagenet", "recipe", "measures", "split", "image_size", "epochs",
-           "max_minutes",
+           "max_minutes", "seed",
            *MEASURED, "status"]
 LSO = "leave-source-out"
 BARE = "†"  # marks a table value without its interval
-STUDY_KEYS = {"defaults", "runs", "splits", "output", "results", "data", "bootstrap"}
+STUDY_KEYS = {"defaults", "runs", "splits", "output", "results", "data", "bootstrap", "seeds"}
 SOURCE_KEYS = ("sources", "holdout_sources", "unlisted_source")  # Config keys of the source split only
 # The study's own numbers, where this project's issues quote them (accuracy as a fraction).
 PAPER = {("simplecnn", False): {"accuracy": 0.771}, ("vgg16", True): {"accuracy": 0.9783, "f1": 0.9759}}
@@ -86,10 +87,11 @@ def study_configs(spec: dict, data: str | None) -> list[Config]:
         if not isinstance(entry, dict):
             raise ConfigError(f"runs entry {i} must be a mapping of config keys to values, got {entry!r}")
         entry = {str(k).replace("-", "_"): v for k, v in entry.items()}
+        entry_seeds = seed_list(entry.pop("seeds", spec.get("seeds")), f"runs entry {i}")
         entry_splits = [entry["split"]] if "split" in entry else splits
-        for split in entry_splits:
+        for split, seed in ((split, seed) for split in entry_splits for seed in entry_seeds):
             values = {**defaults, **entry, "split": split, "output": spec.get("output", "experiments/runs"),
-                      "resume": True}
+                      "resume": True, **({"seed": seed} if seed is not None else {})}
             if split != "source":  # leave-source-out keys of `defaults`, or of an entry also run on the source
                 for key in SOURCE_KEYS:  # split, are for that split only; an entry never run on it keeps them
                     if key not in entry or "source" in entry_splits:  # (an error naming the entry)
@@ -105,6 +107,20 @@ def study_configs(spec: dict, data: str | None) -> list[Config]:
             seen[cfg.run_name] = where
             configs.append(cfg)
     return configs
+
+
+def seed_list(seeds, where: str) -> list[int | None]:
+    """The seeds a study runs each configuration with (`seeds:` of the file or of an entry): [None] when none
+    is given (then the entry's or the defaults' `seed` holds)."""
+    if seeds is None:
+        return [None]
+    values = seeds if isinstance(seeds, list) else [seeds]
+    if not values:
+        raise ConfigError(f"{where}: `seeds` is an empty list")
+    out = [coerce("seeds", value, int) for value in values]
+    if len(set(out)) != len(out):
+        raise ConfigError(f"{where}: `seeds` repeats a seed: {out}")
+    return out
 
 
 def _check_defaults(defaults: dict) -> None:
@@ -269,7 +285,7 @@ def row_for(cfg: Config, status: str, earlier: EarlierResults | None = None,
             n_resamples: int = DEFAULT_RESAMPLES) -> dict:
     row = {"run_name": cfg.run_name, "protocol": protocol(cfg), "model": cfg.model, "imagenet": cfg.imagenet,
            "recipe": cfg.recipe, "measures": cfg.measures, "split": cfg.split, "image_size": cfg.image_size,
-           "epochs": cfg.epochs, "max_minutes": cfg.max_minutes, "status": status}
+           "epochs": cfg.epochs, "max_minutes": cfg.max_minutes, "seed": cfg.seed, "status": status}
     run = RunDir(cfg.run_dir)
     if run.metrics_file.is_file():
         row.update(measured_row(run, n_resamples))
@@ -398,6 +414,7 @@ def tables_markdown(rows: list[dict], n_resamples: int = DEFAULT_RESAMPLES) -> s
         unavailable = {r["model"]: r["status"] for r in mine if r["status"].startswith("unavailable")}
         out += table + _footnotes(table) + [""] + [f"- {m}: {s}" for m, s in unavailable.items()] + [""]
     out += leave_source_out_markdown(rows)
+    out += seeds.markdown(rows)
     return "\n".join(out)
 
 
@@ -462,6 +479,8 @@ def write_report(configs: list[Config], rows: list[dict], results: Path,
                  n_resamples: int = DEFAULT_RESAMPLES) -> None:
     """tables.md, ROC figures per protocol, the VGG16 confusion matrix and a Grad-CAM comparison."""
     atomic_write_text(results / "tables.md", tables_markdown(rows, n_resamples))
+    if any(len(e["runs"]) > 1 for e in seeds.across_seeds(rows, seeds.SEED_METRICS)):
+        atomic_write_text(results / "seeds.csv", csv_text(*seeds.csv_rows(rows)))
     # a figure over runs is redrawn only when every finished run it covers still has its folder: rows kept
     # from an earlier results.csv (folders not kept) would otherwise vanish from a committed figure
     kept = {protocol(cfg) for cfg, row in zip(configs, rows)
