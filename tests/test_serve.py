@@ -21,14 +21,20 @@ import numpy as np
 import pytest
 import werkzeug.formparser
 import werkzeug.serving
+from conftest import blob_image, one_error_line
 from PIL import Image
 
 import tumorclf.utils.files
 from tumorclf.cli.main import main
 from tumorclf.gate.quality_gate import GATE_JSON
 from tumorclf.runs.folder import RunDir
-from tumorclf.serving.web import NOTICE, UPLOAD_TYPE, create_app, host_name, trusted_hosts
-from conftest import blob_image, one_error_line
+from tumorclf.serving.web import (
+    NOTICE,
+    UPLOAD_TYPE,
+    create_app,
+    host_name,
+    trusted_hosts,
+)
 
 SCORES = ("prob_tumor", "prob_tumor_raw", "predicted", "quality", "ood_score")
 

@@ -15,7 +15,13 @@ import logging
 from dataclasses import fields
 
 from tumorclf.cli import flags
-from tumorclf.runs.config import Config, ConfigError, add_config_flags, flag_of, load_yaml
+from tumorclf.runs.config import (
+    Config,
+    ConfigError,
+    add_config_flags,
+    flag_of,
+    load_yaml,
+)
 from tumorclf.training.presets import PRESET_NAMES, PRESETS, describe, resolve
 
 log = logging.getLogger("tumorclf.train")

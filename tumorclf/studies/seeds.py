@@ -83,10 +83,9 @@ def markdown(rows: list[dict], metrics: tuple[str, ...] = SEED_METRICS) -> list[
     entries = [e for e in across_seeds(rows, metrics) if e[metrics[0]]["n"] >= 2]
     if not entries:
         return []
-    lines = ["### Across seeds", "",
-             "Each cell: mean ± standard deviation over the seeds (min-max); a run's own 95% interval (test images "
-             "resampled) is in the rows above. Two configurations differ only where their seed ranges do not "
-             "overlap.", "",
+    about = ("Each cell: mean ± standard deviation over the seeds (min-max); a run's own 95% interval (test images "
+             "resampled) is in the rows above. Two configurations differ only where their seed ranges do not overlap.")
+    lines = ["### Across seeds", "", about, "",
              "| configuration | protocol | " + " | ".join(m.replace("_", " ") for m in metrics) + " |",
              "|---" * (len(metrics) + 2) + "|"]
     for e in entries:
