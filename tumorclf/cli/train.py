@@ -35,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=PRESET_NAMES, default="auto",
                         help="the recipe beneath --config and the flags given: auto (default) trains the best one "
                              "the weights on this machine allow, with early stopping (robust with the VGG16 "
-                             "ImageNet file, else scratch; with --model or --recipe given, early stopping only); "
+                             "ImageNet file, else scratch; with --model, --imagenet or --recipe given, early "
+                             "stopping only); "
                              + "; ".join(f"{name}: {preset.about}" for name, preset in PRESETS.items()))
     add_config_flags(parser)
     flags.deprecated(parser, "--output", "--out", "output", metavar="DIR")

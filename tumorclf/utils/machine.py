@@ -20,7 +20,8 @@ def machine() -> dict:
     info = {"platform": platform.platform(), "cpus": os.cpu_count()}
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text()
-        info["cpu"] = next(line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name"))
+        info["cpu"] = next(line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
+                           if line.startswith("model name"))
         info["avx512_bf16"] = "avx512_bf16" in cpuinfo
         info["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     except (OSError, StopIteration, ValueError):
