@@ -55,9 +55,12 @@ def test_a_difference_counts_only_beyond_the_seed_spread():
 
 
 def test_the_study_tables_gain_an_across_seeds_section_only_with_two_seeds():
-    rows = [row("a_seed1", 0.90, balanced_accuracy=0.9, sensitivity=0.9, specificity=0.9, auc=0.95),
-            row("a_seed2", 0.92, balanced_accuracy=0.9, sensitivity=0.9, specificity=0.9, auc=0.95)]
-    assert "### Across seeds" in tables_markdown(rows, 0) and "0.910 ± 0.014" in tables_markdown(rows, 0)
+    same = {"balanced_accuracy": 0.9, "sensitivity": 0.9, "specificity": 0.9, "auc": 0.95}
+    rows = [row("a_seed1", 0.90, **same), row("a_seed2", 0.92, **same),
+            row("b_seed1", 0.96, **same), row("b_seed2", 0.98, **same)]
+    text = tables_markdown(rows, 0)
+    assert "### Across seeds" in text and "0.910 ± 0.014" in text
+    assert "- b against a: accuracy +0.060 (beyond the seed spread); balanced accuracy +0.000 (within the seed " in text
     assert "### Across seeds" not in tables_markdown(rows[:1], 0)
 
 

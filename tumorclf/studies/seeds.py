@@ -91,6 +91,19 @@ def markdown(rows: list[dict], metrics: tuple[str, ...] = SEED_METRICS) -> list[
     for e in entries:
         lines.append(f"| {e['configuration']} | {e['protocol']} | "
                      + " | ".join(format_summary(e[m]) for m in metrics) + " |")
+    lines.append("")
+    first: dict[str, dict] = {}
+    for e in entries:  # each configuration against the first of its protocol
+        base = first.setdefault(str(e["protocol"]), e)
+        if base is e:
+            continue
+        said = []
+        for m in metrics:
+            c = compare(base, e, m)
+            if c["difference"] is not None:
+                verdict = "beyond" if c["exceeds_seed_spread"] else "within"
+                said.append(f"{m.replace('_', ' ')} {c['difference']:+.3f} ({verdict} the seed spread)")
+        lines.append(f"- {e['configuration']} against {base['configuration']}: {'; '.join(said)}")
     return lines + [""]
 
 
