@@ -11,6 +11,20 @@ from pathlib import Path
 
 from tumorclf.errors import UserError
 
+DATA = "../shared/data/brain_tumor_dataset"  # the dataset every committed study ran on
+# the rows of the headline recipe (ImageNet VGG16, robust) in a study's results.csv
+ROBUST_RECIPE = {"recipe": "robust", "measures": "percentile+foreground+acquisition"}
+
+
+def study_results(study: str) -> str:
+    """The results.csv of the study file experiments/STUDY.yaml, relative to the results folder."""
+    return f"{study}/results.csv"
+
+
+def study_command(study: str) -> str:
+    """The command that writes `study_results(study)`."""
+    return f"tumorclf study --config experiments/{study}.yaml --data {DATA}"
+
 
 @dataclass(frozen=True)
 class Table:

@@ -11,11 +11,12 @@ from tumorclf.documentation.tables.cells import (
     Table,
     interval,
     number,
+    study_command,
+    study_results,
     the_row,
 )
 
-STUDY = "cpu_budget/results.csv"
-STUDY_COMMAND = "tumorclf study --config experiments/cpu_budget.yaml --data ../shared/data/brain_tumor_dataset"
+STUDY, STUDY_COMMAND = study_results("cpu_budget"), study_command("cpu_budget")
 # (column title, split as in the run's name) of the fast VGG16 recipe's evaluations
 SPLITS = (("paper split", "paper"), ("grouped split", "grouped"),
           ("leave-source-out", "lso-figshare+sartaj"))

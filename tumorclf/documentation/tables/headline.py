@@ -3,30 +3,29 @@
 from __future__ import annotations
 
 from tumorclf.documentation.tables.cells import (
+    ROBUST_RECIPE,
     Results,
     Snippet,
     Table,
     interval,
     number,
+    study_command,
+    study_results,
     the_row,
 )
 
-STUDY = "robust/results.csv"
-COMMAND = "tumorclf study --config experiments/robust.yaml --data ../shared/data/brain_tumor_dataset"
+STUDY, COMMAND = study_results("robust"), study_command("robust")
 PROTOCOLS = (("grouped", "in-source, grouped split (no duplicate across splits)"),
              ("paper", "the paper's split (random files; duplicates leak)"),
              ("leave-source-out:figshare+sartaj", "leave-source-out: figshare and sartaj never seen"))
 METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "auc")
 
 
-ROBUST = {"recipe": "robust", "measures": "percentile+foreground+acquisition"}
-
-
 def headline(results: Results) -> Table:
     rows = results.csv(STUDY)
     body = []
     for protocol, label in PROTOCOLS:
-        row = the_row(rows, protocol=protocol, **ROBUST)
+        row = the_row(rows, protocol=protocol, **ROBUST_RECIPE)
         body.append([label, row["n_test"], *(interval(row, metric) for metric in METRICS)])
     return Table(["protocol", "test images", "accuracy", "balanced accuracy", "sensitivity", "specificity", "AUC"],
                  body, [results.source(STUDY)], COMMAND,
@@ -36,7 +35,7 @@ def headline(results: Results) -> Table:
 
 def headline_output(results: Results) -> Snippet:
     """The two lines the headline run printed (its test metrics at 0.5, then its run folder)."""
-    row = the_row(results.csv(STUDY), protocol="grouped", **ROBUST)
+    row = the_row(results.csv(STUDY), protocol="grouped", **ROBUST_RECIPE)
     return Snippet(f"test accuracy {number(row['accuracy'], 4)}, F1 {number(row['f1'], 4)}, AUC "
                    f"{number(row['auc'], 4)} (best epoch {row['best_epoch']} of {row['epochs_run']}, "
                    f"{row['train_minutes']} min of training)\nruns/{row['run_name']}",

@@ -8,12 +8,14 @@ from tumorclf.documentation.tables.cells import (
     Table,
     interval,
     number,
+    study_command,
+    study_results,
     the_row,
 )
 
-STUDY = "cpu_budget/results.csv"
+STUDY = study_results("cpu_budget")
 STUDY_TABLES = "cpu_budget/tables.md"  # the study's own tables: they hold the paper's published numbers
-STUDY_COMMAND = "tumorclf study --config experiments/cpu_budget.yaml --data ../shared/data/brain_tumor_dataset"
+STUDY_COMMAND = study_command("cpu_budget")
 MODELS = {"simplecnn": "SimpleCNN", "vgg16": "VGG16", "densenet121": "DenseNet121", "resnet50": "ResNet50",
           "resnet101": "ResNet101", "resnet152": "ResNet152"}
 METRICS = ("accuracy", "precision", "recall", "f1", "auc")

@@ -7,14 +7,17 @@ import itertools
 import statistics
 
 from tumorclf.documentation.tables.cells import (
+    DATA,
+    ROBUST_RECIPE,
     Results,
     Table,
     interval,
     number,
+    study_command,
+    study_results,
     the_row,
 )
 
-DATA = "../shared/data/brain_tumor_dataset"
 BENCH = "bench_cpu_2core.json"
 BENCH_20_STEPS = "bench_cpu_2core_simplecnn_20steps.json"
 BENCH_XLA = "bench_cpu_2core_xla.json"
@@ -31,10 +34,8 @@ CURVES_COMMAND = ("tumorclf curves --run experiments/runs/vgg16_imagenet_paper_2
 RECIPES = (("vgg16_imagenet_paper_224px_seed42_fast", "fast (cached features, block5 and head, Adam)"),
            ("vgg16_imagenet_paper_224px_seed42", "paper (full fine-tuning, SGD), stopped after 25 minutes"))
 
-CPU_BUDGET, ROBUST = "cpu_budget/results.csv", "robust/results.csv"
-STUDY_COMMAND = "tumorclf study --config experiments/{} --data " + DATA
+CPU_BUDGET, ROBUST = study_results("cpu_budget"), study_results("robust")
 PROTOCOLS = (("grouped", "grouped"), ("paper", "paper"), ("leave-source-out:figshare+sartaj", "leave-source-out"))
-ROBUST_MEASURES = "percentile+foreground+acquisition"
 # (model, imagenet, px, protocols) of the finished paper-recipe runs of the CPU-budget study shown for their time
 PAPER_RECIPE_RUNS = (("simplecnn", "False", "224", PROTOCOLS[:2]), ("vgg16", "True", "128", PROTOCOLS[1:2]))
 
@@ -179,7 +180,7 @@ def time_to_accuracy(results: Results) -> Table:
 def run_times(results: Results) -> Table:
     """Measured training minutes of whole runs, per recipe and split: what a user of a preset can expect."""
     budget, robust = results.csv(CPU_BUDGET), results.csv(ROBUST)
-    picks = [("robust", robust, {"recipe": "robust", "measures": ROBUST_MEASURES}),
+    picks = [("robust", robust, ROBUST_RECIPE),
              ("fast", budget, {"recipe": "fast"})]
     body = []
     for recipe, rows, match in picks:
@@ -196,7 +197,7 @@ def run_times(results: Results) -> Table:
                          number(r["train_minutes"], 1), interval(r, "accuracy")])
     return Table(["model, recipe", "split", "px", "epochs run (best)", "training minutes", "test accuracy"], body,
                  [results.source(ROBUST), results.source(CPU_BUDGET)],
-                 joined(STUDY_COMMAND.format("robust.yaml"), STUDY_COMMAND.format("cpu_budget.yaml")),
+                 joined(study_command("robust"), study_command("cpu_budget")),
                  "Training minutes include feature caching; the robust and fast runs stop after 4 epochs "
                  "without a better validation F1 (at most 12), the paper-recipe runs after 2 (at most 6).")
 

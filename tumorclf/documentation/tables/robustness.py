@@ -4,20 +4,22 @@ from the study experiments/robust.yaml, its ablation and the view-plane breakdow
 from __future__ import annotations
 
 from tumorclf.documentation.tables.cells import (
+    DATA,
     Results,
     Table,
     interval,
     number,
+    study_command,
+    study_results,
     the_row,
 )
 from tumorclf.errors import UserError
 
 ABLATION = "robust/ablation.csv"
-STUDY = "robust/results.csv"
+STUDY = study_results("robust")
 VIEW_PLANES = "robust/view_planes.json"
-DATA = "../shared/data/brain_tumor_dataset"
 ABLATION_COMMAND = f"tumorclf ablation --config experiments/robust.yaml --data {DATA} --bootstrap 2000"
-STUDY_COMMAND = f"tumorclf study --config experiments/robust.yaml --data {DATA}"
+STUDY_COMMAND = study_command("robust")
 VIEW_PLANES_COMMAND = (f"python experiments/view_planes.py --data {DATA} --sources ../shared/data/provenance.csv "
                        "--predictions experiments/results/robust/evaluations/*lso*/predictions.csv "
                        "--out experiments/results/robust/view_planes.json")

@@ -3,17 +3,23 @@
 
 from __future__ import annotations
 
-from tumorclf.documentation.tables.cells import Results, Table, number
+from tumorclf.documentation.tables.cells import (
+    ROBUST_RECIPE,
+    Results,
+    Table,
+    number,
+    study_command,
+    study_results,
+)
 from tumorclf.training.presets import EARLY_STOPPING, PRESETS
 
 # preset -> (results file, the columns its runs match, whether those runs used the preset's epochs and patience)
 MEASURED: dict[str, tuple[str, dict[str, str], bool]] = {
-    "robust": ("robust/results.csv", {"recipe": "robust", "measures": "percentile+foreground+acquisition"}, True),
-    "fast": ("cpu_budget/results.csv", {"recipe": "fast"}, True),
-    "scratch": ("cpu_budget/results.csv", {"model": "simplecnn", "recipe": "paper"}, False),
+    "robust": (study_results("robust"), ROBUST_RECIPE, True),
+    "fast": (study_results("cpu_budget"), {"recipe": "fast"}, True),
+    "scratch": (study_results("cpu_budget"), {"model": "simplecnn", "recipe": "paper"}, False),
 }
-COMMAND = ("tumorclf study --config experiments/robust.yaml --data ../shared/data/brain_tumor_dataset; "
-           "tumorclf study --config experiments/cpu_budget.yaml --data ../shared/data/brain_tumor_dataset")
+COMMAND = "; ".join(study_command(study) for study in ("robust", "cpu_budget"))
 
 
 def span(values: list[float]) -> str:
