@@ -4,8 +4,8 @@ Each command is a module of this package with `add_arguments(parser)` and `run(a
 over the library: it imports the library (and TensorFlow) only inside `run`, so every `--help` answers at
 once; TensorFlow is imported after the flags parse (a mistyped flag answers at once), except for a command
 whose module sets `NEEDS_TENSORFLOW = False`. Only the chosen command's module is imported. Bad input of any
-command ends in one `tumorclf: error: ...` line and exit code 2. `python -m tumorclf COMMAND` and, for training, the study's
-`python -m tumorclf.run` are aliases.
+command ends in one `tumorclf: error: ...` line and exit code 2. `python -m tumorclf COMMAND` and, for
+training, the study's `python -m tumorclf.run` are aliases.
 """
 
 from __future__ import annotations

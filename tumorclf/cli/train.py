@@ -17,7 +17,6 @@ from dataclasses import fields
 from tumorclf.cli import flags
 from tumorclf.runs.config import (
     Config,
-    ConfigError,
     add_config_flags,
     flag_of,
     load_yaml,
@@ -60,7 +59,9 @@ def config_from_args(args: argparse.Namespace) -> tuple[str, Config]:
 def configs_from_args(args: argparse.Namespace) -> tuple[str, list[Config]]:
     """(the preset, one Config per `--seed` given): several seeds train one run each, in their own folders
     (with `--name`, the seed is appended to it)."""
-    seeds = args.seed or [None]
+    from tumorclf.studies.seeds import seed_list
+
+    seeds = seed_list(args.seed, "--seed")
     configs = []
     for seed in seeds:
         one = argparse.Namespace(**{**vars(args), "seed": seed})
@@ -68,8 +69,6 @@ def configs_from_args(args: argparse.Namespace) -> tuple[str, list[Config]]:
             one.name = f"{args.name}_seed{seed}"
         preset, cfg = config_from_args(one)
         configs.append(cfg)
-    if len({cfg.run_name for cfg in configs}) != len(configs):
-        raise ConfigError(f"--seed repeats a seed: {' '.join(map(str, seeds))}")
     return preset, configs
 
 

@@ -244,10 +244,14 @@ def fit_gate(model: keras.Model, train_images: np.ndarray, train_labels: np.ndar
     from sklearn.covariance import LedoitWolf
 
     layer = feature_layer(model)
-    stem = keras.Model(model.input, model.get_layer(layer).output)
-    features, _ = stem_outputs(stem, train_images, batch_size, "gate: training features", cache)
-    if features.ndim == 4:  # a feature map: pooled as `pooled` does, in float32
-        features = np.asarray(features, dtype=np.float32).mean(axis=(1, 2), dtype=np.float32)
+    if cache is None:  # pooled in the graph: one vector an image comes back, not the feature map
+        probe = keras.Model(model.input, pooled(model, layer))
+        features = _predict(probe, train_images, batch_size, "gate: training features")
+    else:  # the feature maps a cached-feature recipe stored, pooled here as `pooled` does, in float32
+        stem = keras.Model(model.input, model.get_layer(layer).output)
+        features, _ = stem_outputs(stem, train_images, batch_size, "gate: training features", cache)
+        if features.ndim == 4:
+            features = np.asarray(features, dtype=np.float32).mean(axis=(1, 2), dtype=np.float32)
     train = np.asarray(features, dtype=np.float64)
     labels = np.asarray(train_labels)
     classes = sorted(set(labels.tolist()))

@@ -12,7 +12,23 @@ from __future__ import annotations
 import math
 import re
 
+from tumorclf.runs.config import ConfigError, coerce
+
 SEED = re.compile(r"_seed\d+")
+
+
+def seed_list(seeds, where: str) -> list[int | None]:
+    """The seeds to train each configuration with (a study's `seeds:`, `train --seed`): [None] when none is
+    given (then the configuration's own `seed` holds); an empty list or a repeated seed is an error."""
+    if seeds is None:
+        return [None]
+    values = seeds if isinstance(seeds, list) else [seeds]
+    if not values:
+        raise ConfigError(f"{where}: `seeds` is an empty list")
+    out = [coerce("seeds", value, int) for value in values]
+    if len(set(out)) != len(out):
+        raise ConfigError(f"{where}: `seeds` repeats a seed: {out}")
+    return out
 
 
 def configuration(run_name: str) -> str:

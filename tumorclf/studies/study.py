@@ -87,7 +87,7 @@ def study_configs(spec: dict, data: str | None) -> list[Config]:
         if not isinstance(entry, dict):
             raise ConfigError(f"runs entry {i} must be a mapping of config keys to values, got {entry!r}")
         entry = {str(k).replace("-", "_"): v for k, v in entry.items()}
-        entry_seeds = seed_list(entry.pop("seeds", spec.get("seeds")), f"runs entry {i}")
+        entry_seeds = seeds.seed_list(entry.pop("seeds", spec.get("seeds")), f"runs entry {i}")
         entry_splits = [entry["split"]] if "split" in entry else splits
         for split, seed in ((split, seed) for split in entry_splits for seed in entry_seeds):
             values = {**defaults, **entry, "split": split, "output": spec.get("output", "experiments/runs"),
@@ -107,20 +107,6 @@ def study_configs(spec: dict, data: str | None) -> list[Config]:
             seen[cfg.run_name] = where
             configs.append(cfg)
     return configs
-
-
-def seed_list(seeds, where: str) -> list[int | None]:
-    """The seeds a study runs each configuration with (`seeds:` of the file or of an entry): [None] when none
-    is given (then the entry's or the defaults' `seed` holds)."""
-    if seeds is None:
-        return [None]
-    values = seeds if isinstance(seeds, list) else [seeds]
-    if not values:
-        raise ConfigError(f"{where}: `seeds` is an empty list")
-    out = [coerce("seeds", value, int) for value in values]
-    if len(set(out)) != len(out):
-        raise ConfigError(f"{where}: `seeds` repeats a seed: {out}")
-    return out
 
 
 def _check_defaults(defaults: dict) -> None:

@@ -34,6 +34,7 @@ from tumorclf.runs.folder import DEFAULT_THRESHOLD, RunDir
 from tumorclf.training.loop import is_chief, select_precision, select_strategy, train
 from tumorclf.training.timing import PhaseTimes, table_lines
 from tumorclf.transforms.pipeline import predict_images
+from tumorclf.utils.array_cache import default_cache_dir
 from tumorclf.utils.files import (
     atomic_write_json,
     atomic_write_text,
@@ -154,7 +155,7 @@ def run_experiment(cfg: Config) -> Path:
                                           cfg.gradcam_per_outcome, run.gradcam_dir, metrics["threshold"])
             log.info("saved %d Grad-CAM overlays in %s", saved, run.gradcam_dir)
         shutil.rmtree(run.backup_dir, ignore_errors=True)  # finished: the resume state is no longer needed
-        peak = peak_gflops(COMPUTE_DTYPE.get(precision, "float32"), feature_cache(cfg.cache_dir).folder.parent)
+        peak = peak_gflops(COMPUTE_DTYPE.get(precision, "float32"), Path(cfg.cache_dir or default_cache_dir()))
         report = times.report(peak, precision)
         atomic_write_json(run.timing_file, report)
         for line in table_lines(report):

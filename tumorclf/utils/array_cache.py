@@ -67,7 +67,7 @@ class ArrayCache:
         except FileNotFoundError:
             return None
         try:
-            digest, payload = blob[:64].decode(), blob[64:]
+            digest, payload = blob[:64].decode(), memoryview(blob)[64:]  # a view: entries run to gigabytes
             if hashlib.sha256(payload).hexdigest() != digest:
                 raise ValueError("its SHA-256 does not match its contents")
             array = np.load(io.BytesIO(payload), allow_pickle=False)
@@ -83,7 +83,7 @@ class ArrayCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
         np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
-        payload = buffer.getvalue()
+        payload = buffer.getbuffer()  # a view of the bytes, not a copy
         if len(payload) > self.limit:
             log.info("feature cache: %s (%.1f GB) exceeds the cache limit; not stored", key[:12], len(payload) / 1e9)
             return
