@@ -6,6 +6,7 @@ import csv
 import fcntl
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -92,6 +93,22 @@ def shared_folder(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
     return path
 
 
+def shared_once(tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[Path], object]) -> Path:
+    """The session folder `name`, filled by `make(folder)` in whichever pytest-xdist worker asks first (under a
+    lock: the others wait, then read it). For module fixtures that build something slow that no test changes,
+    so that two workers do not each build it; a `make` that failed is retried from an empty folder."""
+    folder = shared_folder(tmp_path_factory, name)
+    done = folder.parent / f"{name}.done"
+    with open(folder.parent / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(folder)
+            folder.mkdir()
+            make(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture
 def real_data(isolated_cache: None, real_data_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     if not REAL_DATA.is_dir():
@@ -100,12 +117,30 @@ def real_data(isolated_cache: None, real_data_cache: Path, monkeypatch: pytest.M
     return REAL_DATA
 
 
+@pytest.fixture(scope="session")
+def machine_limits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """machine.json with this machine's float32 and bfloat16 matmul limits (`utils.machine.peak_gflops`),
+    measured once for the session: a training run measures them (about a second each) into its cache folder
+    when that folder does not hold them yet, and each test's cache folder is new."""
+    from tumorclf.utils.machine import peak_gflops
+
+    def measure(folder: Path) -> None:
+        for dtype in ("float32", "bfloat16"):
+            peak_gflops(dtype, folder)
+
+    return shared_once(tmp_path_factory, "machine_limits", measure) / "machine.json"
+
+
 @pytest.fixture(autouse=True)
-def isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch,
+                   machine_limits: Path) -> None:
     """Each test gets its own decoded-image cache, so no test depends on another's (but for the real dataset's
-    shared one, `real_data`); and no ImageNet file of the machine (a weights folder in the environment, Keras'
-    download cache) changes what `train --preset auto` picks."""
-    monkeypatch.setenv("TUMORCLF_CACHE", str(tmp_path_factory.mktemp("cache")))
+    shared one, `real_data`; and the machine's measured limits, `machine_limits`); and no ImageNet file of the
+    machine (a weights folder in the environment, Keras' download cache) changes what `train --preset auto`
+    picks."""
+    cache = tmp_path_factory.mktemp("cache")
+    shutil.copy(machine_limits, cache / "machine.json")
+    monkeypatch.setenv("TUMORCLF_CACHE", str(cache))
     monkeypatch.delenv("TUMORCLF_WEIGHTS_DIR", raising=False)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path_factory.mktemp("keras_home")))
 

@@ -105,6 +105,11 @@ def test_stem_outputs_are_computed_once_and_keyed_by_what_makes_them(tmp_path: P
     other_images[0, 0, 0, 0] ^= 1
     assert stem_key(stem, other_images, 4, None, None) != key
     assert stem_key(stem, images, 4, augmenter(1, 32), 1) != stem_key(stem, images, 4, augmenter(2, 32), 2) != key
+    # an augmentation built again in this process (other automatic layer names) has the same key; another
+    # augmentation setting changes it
+    assert stem_key(stem, images, 4, augmenter(1, 32), 1) == stem_key(stem, images, 4, augmenter(1, 32), 1)
+    elastic = augmenter(1, 32, elastic=True)
+    assert stem_key(stem, images, 4, augmenter(1, 32), 1) != stem_key(stem, images, 4, elastic, 1)
     other_weights = build_model("simplecnn", 32)
     other_stem, _ = split_model(other_weights, other_weights.layers[-3].name)
     assert stem_key(other_stem, images, 4, None, None) != key

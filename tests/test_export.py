@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import blob_image, copy_with_operating_point
+from conftest import blob_image, copy_with_operating_point, shared_once
 from PIL import Image
 
 from tumorclf.cli.main import main
@@ -104,15 +104,17 @@ def write_evaluations(run: Path) -> None:
 def calibrated_run(trained_run: Path, probe_files: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the trained run with an operating point (temperature 2.5, a threshold not 0.5) and
     evaluations."""
-    run = with_operating_point(trained_run, tmp_path_factory.mktemp("calibrated") / "run", TEMPERATURE,
-                               probe_threshold(trained_run, probe_files))
-    write_evaluations(run)
-    return run
+    def write(folder: Path) -> None:
+        write_evaluations(with_operating_point(trained_run, folder / "run", TEMPERATURE,
+                                               probe_threshold(trained_run, probe_files)))
+
+    return shared_once(tmp_path_factory, "export_calibrated", write) / "run"
 
 
 @pytest.fixture(scope="module")
 def exported(calibrated_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return export_run(calibrated_run, tmp_path_factory.mktemp("export") / "model", measure=64)
+    return shared_once(tmp_path_factory, "export_exported",
+                       lambda folder: export_run(calibrated_run, folder / "model", measure=64)) / "model"
 
 
 def encoded(image: Image.Image, fmt: str) -> bytes:

@@ -69,13 +69,13 @@ def test_fast_recipe_needs_a_pretrained_backbone():
 def test_fast_run_trains_only_the_top_and_saves_the_whole_model(blob_dataset: Path, tmp_path: Path, caplog):
     args = ["train", "--data", str(blob_dataset), "--out", str(tmp_path / "runs"), "--name", "fast",
             "--model", "vgg16", "--imagenet", "--weights-dir", str(VGG16_FILE.parent), "--recipe", "fast",
-            "--feature-views", "2", "--epochs", "3", "--image-size", "32", "--batch-size", "8",
+            "--feature-views", "2", "--epochs", "2", "--image-size", "32", "--batch-size", "8",
             "--learning-rate", "0.001", "--track-test", "--deterministic"]
     assert main(args) == 0
     run = tmp_path / "runs" / "fast"
     with open(run / "history.csv") as handle:
         history = list(csv.DictReader(handle))
-    assert len(history) == 3
+    assert len(history) == 2
     minutes = [float(row["elapsed_minutes"]) for row in history]
     assert minutes == sorted(minutes) and minutes[0] > 0
     assert all(0 <= float(row["test_accuracy"]) <= 1 and 0 <= float(row["val_f1"]) <= 1 for row in history)
@@ -89,22 +89,24 @@ def test_fast_run_trains_only_the_top_and_saves_the_whole_model(blob_dataset: Pa
         np.testing.assert_array_equal(model.get_layer("block4_conv3").kernel.numpy(), file_kernel("block4_conv3"))
         assert not np.array_equal(model.get_layer("block5_conv3").kernel.numpy(), file_kernel("block5_conv3"))
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["best_epoch"] in (1, 2, 3) and metrics["train_minutes"] >= minutes[metrics["best_epoch"] - 1]
+    assert metrics["best_epoch"] in (1, 2) and metrics["train_minutes"] >= minutes[metrics["best_epoch"] - 1]
     assert json.loads((run / "config.json").read_text())["config"]["recipe"] == "fast"
 
     # the phase table, and a rerun (another run folder) that reads every feature back and gives the same run
     timing = json.loads((run / "timing.json").read_text())
     names = [phase["name"] for phase in timing["phases"]]
-    assert names == ["decode", "feature cache", "epoch 1", "epoch 2", "epoch 3", "calibration", "gate", "test"]
+    assert names == ["decode", "feature cache", "epoch 1", "epoch 2", "calibration", "gate", "test"]
     assert timing["peak_gflops"] > 0 and all(0 < p["share_of_peak"] < 2 for p in timing["phases"] if p["gflop"])
     with caplog.at_level("INFO", logger="tumorclf"):
         assert main([*args[:6], "fast_again", *args[7:]]) == 0
-    assert caplog.text.count("feature cache hit") == 5  # two train views, val, test, and the gate's train features
+    # the first run's gate hit, then the rerun's two train views, val, test and the gate's train features
+    assert caplog.text.count("feature cache hit") == 6
     again = tmp_path / "runs" / "fast_again"
     assert (again / "test_predictions.csv").read_text() == (run / "test_predictions.csv").read_text()
     assert json.loads((again / "metrics.json").read_text())["f1"] == metrics["f1"]
-    phases = {p["name"]: p["seconds"] for p in json.loads((again / "timing.json").read_text())["phases"]}
-    assert phases["feature cache"] < {p["name"]: p["seconds"] for p in timing["phases"]}["feature cache"]
+    cached = {p["name"]: p for p in json.loads((again / "timing.json").read_text())["phases"]}["feature cache"]
+    assert not cached["gflop"]  # the stem ran on no image (its seconds are noise at this size: not compared)
+    assert {p["name"]: p for p in timing["phases"]}["feature cache"]["gflop"] > 0
 
 
 def test_fast_training_resumes_from_its_backup(tmp_path: Path, caplog):

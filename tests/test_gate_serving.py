@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from conftest import blob_image, read_csv
+from conftest import blob_image, read_csv, shared_once
 from tumorclf.data import decoder
 from tumorclf.serving import export
 from tumorclf.cli.main import main
@@ -32,15 +32,17 @@ EXPECTED = {"blank.png": "blank", "gray.png": "blank", "tiny.png": "too_small", 
 def gated_run(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the trained run with a gate fitted here (whatever training left): statistics on the run's
     own 120 training files, the OOD threshold on 100 fresh blob images (so at most 1 is rejected)."""
-    run = tmp_path_factory.mktemp("gated") / "run"
-    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("evaluation*"))
-    files = sorted((trained_run.parents[1] / "data").rglob("*.*"))
-    train = np.stack([decoder.decode_image(f, SIZE) for f in files])
-    labels = np.array([int(f.parent.name == "tumor") for f in files])
-    rng = np.random.default_rng(2)
-    val = np.stack([blob_image(rng, SIZE, tumor=bool(i % 2)) for i in range(100)])
-    fit_gate(keras.saving.load_model(run / "best.keras"), train, labels, val, 16, MIN_SIDE).save(run)
-    return run
+    def write(folder: Path) -> None:
+        run = folder / "run"
+        shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("evaluation*"))
+        files = sorted((trained_run.parents[1] / "data").rglob("*.*"))
+        train = np.stack([decoder.decode_image(f, SIZE) for f in files])
+        labels = np.array([int(f.parent.name == "tumor") for f in files])
+        rng = np.random.default_rng(2)
+        val = np.stack([blob_image(rng, SIZE, tumor=bool(i % 2)) for i in range(100)])
+        fit_gate(keras.saving.load_model(run / "best.keras"), train, labels, val, 16, MIN_SIDE).save(run)
+
+    return shared_once(tmp_path_factory, "gate_serving_run", write) / "run"
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +88,8 @@ def predicted(gated_run: Path, probes: Path, tmp_path_factory: pytest.TempPathFa
 
 @pytest.fixture(scope="module")
 def exported(gated_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return export_run(gated_run, tmp_path_factory.mktemp("export") / "model")
+    return shared_once(tmp_path_factory, "gate_serving_exported",
+                       lambda folder: export_run(gated_run, folder / "model")) / "model"
 
 
 def test_predict_refuses_each_bad_image_for_its_reason(predicted: dict[str, dict], gated_run: Path):

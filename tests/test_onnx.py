@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from conftest import blob_image, copy_with_operating_point, one_error_line
+from conftest import blob_image, copy_with_operating_point, one_error_line, shared_once
 from tumorclf.data import decoder
 from tumorclf.metrics.calibration import apply_temperature
 from tumorclf.cli.main import main
@@ -37,19 +37,20 @@ PARITY: dict[str, float] = {}  # largest differences seen, printed at the end of
 def probes(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The run's training files (PNG and JPEG, both classes) and files the gate refuses: blank, colour, noise
     and a slice too small for the model."""
-    folder = tmp_path_factory.mktemp("probes")
-    data = trained_run.parents[1] / "data"
-    for label in ("healthy", "tumor"):
-        for source in sorted((data / label).iterdir())[:10]:
-            shutil.copy(source, folder / f"{label}-{source.name}")
-    rng = np.random.default_rng(5)
-    images = {"blank.png": np.full((SIZE, SIZE, 3), 1, np.uint8),
-              "colour.png": rng.integers(0, 256, (64, 64, 3), dtype=np.uint8),
-              "noise.png": np.repeat((rng.integers(0, 2, (SIZE, SIZE)) * 255).astype(np.uint8)[..., None], 3, -1),
-              "tiny.png": blob_image(rng, 16, tumor=True)}
-    for name, pixels in images.items():
-        Image.fromarray(pixels).save(folder / name)
-    return folder
+    def write(folder: Path) -> None:
+        data = trained_run.parents[1] / "data"
+        for label in ("healthy", "tumor"):
+            for source in sorted((data / label).iterdir())[:10]:
+                shutil.copy(source, folder / f"{label}-{source.name}")
+        rng = np.random.default_rng(5)
+        images = {"blank.png": np.full((SIZE, SIZE, 3), 1, np.uint8),
+                  "colour.png": rng.integers(0, 256, (64, 64, 3), dtype=np.uint8),
+                  "noise.png": np.repeat((rng.integers(0, 2, (SIZE, SIZE)) * 255).astype(np.uint8)[..., None], 3, -1),
+                  "tiny.png": blob_image(rng, 16, tumor=True)}
+        for name, pixels in images.items():
+            Image.fromarray(pixels).save(folder / name)
+
+    return shared_once(tmp_path_factory, "onnx_probes", write)
 
 
 def pixels(folder: Path) -> tuple[list[Path], np.ndarray]:
@@ -72,18 +73,24 @@ def run(trained_run: Path, probes: Path, tmp_path_factory: pytest.TempPathFactor
     threshold that is neither 0.5 nor near any probe's calibrated P(Tumor), chosen among the dataset slices
     (which the gate accepts), so that accepted images get both decisions."""
     assert (trained_run / GATE_ARRAYS).is_file()
-    files, images = pixels(probes)
-    slices = [i for i, f in enumerate(files) if f.name.startswith(("healthy-", "tumor-"))]
-    raw = keras.saving.load_model(trained_run / "best.keras").predict(images[slices], verbose=0)[:, 1]
-    threshold = wide_gap_threshold(apply_temperature(raw, TEMPERATURE))
-    return copy_with_operating_point(trained_run, tmp_path_factory.mktemp("calibrated") / "run", TEMPERATURE,
-                                     threshold)
+
+    def write(folder: Path) -> None:
+        files, images = pixels(probes)
+        slices = [i for i, f in enumerate(files) if f.name.startswith(("healthy-", "tumor-"))]
+        raw = keras.saving.load_model(trained_run / "best.keras").predict(images[slices], verbose=0)[:, 1]
+        copy_with_operating_point(trained_run, folder / "run", TEMPERATURE,
+                                  wide_gap_threshold(apply_temperature(raw, TEMPERATURE)))
+
+    return shared_once(tmp_path_factory, "onnx_run", write) / "run"
 
 
 @pytest.fixture(scope="module")
 def exported(run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Both formats, timed side by side."""
-    return export_run(run, tmp_path_factory.mktemp("export") / "model", formats=("savedmodel", "onnx"), measure=64)
+    def write(folder: Path) -> None:
+        export_run(run, folder / "model", formats=("savedmodel", "onnx"), measure=64)
+
+    return shared_once(tmp_path_factory, "onnx_export", write) / "model"
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -21,7 +21,7 @@ from tumorclf.serving.export import export_run
 from tumorclf.gate.quality_gate import BLANK, GATE_ARRAYS, GATE_JSON, OK, OUT_OF_DISTRIBUTION
 from tumorclf.serving.predictors import recorded_operating_point
 from tumorclf.runs.folder import DEFAULT_THRESHOLD, RunDir
-from conftest import copy_with_operating_point
+from conftest import copy_with_operating_point, shared_once
 
 
 @pytest.fixture
@@ -43,17 +43,19 @@ RUN_TEMPERATURE, RUN_THRESHOLD = 2.5, 0.62  # the operating point of `calibrated
 def calibrated_run(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The trained run with an operating point and without a quality gate (should training fit one): these
     tests are about the operating point, every readable image is decided (the gate: test_gate_serving.py)."""
-    run = copy_with_operating_point(trained_run, tmp_path_factory.mktemp("calibrated") / "run", RUN_TEMPERATURE,
-                                    RUN_THRESHOLD)
-    for name in (GATE_ARRAYS, GATE_JSON):
-        (run / name).unlink(missing_ok=True)
-    return run
+    def write(folder: Path) -> None:
+        run = copy_with_operating_point(trained_run, folder / "run", RUN_TEMPERATURE, RUN_THRESHOLD)
+        for name in (GATE_ARRAYS, GATE_JSON):
+            (run / name).unlink(missing_ok=True)
+
+    return shared_once(tmp_path_factory, "predict_calibrated", write) / "run"
 
 
 @pytest.fixture(scope="module")
 def exported(calibrated_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The calibrated run exported with --threshold: the temperature stays the run's."""
-    return export_run(calibrated_run, tmp_path_factory.mktemp("export") / "model", threshold=EXPORT_THRESHOLD)
+    return shared_once(tmp_path_factory, "predict_exported", lambda folder: export_run(
+        calibrated_run, folder / "model", threshold=EXPORT_THRESHOLD)) / "model"
 
 
 def read_csv(path: Path) -> list[dict]:

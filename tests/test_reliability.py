@@ -134,7 +134,7 @@ def test_multiworker_refuses_resume_and_the_fast_recipe(blob_dataset: Path, tmp_
 
 
 def test_two_workers_on_localhost_train_together_and_only_the_chief_writes(tmp_path: Path):
-    data = write_blob_dataset(tmp_path / "data", per_class=40, size=32, seed=2)
+    data = write_blob_dataset(tmp_path / "data", per_class=24, size=32, seed=2)
     out = tmp_path / "runs"
     cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
     workers = []
@@ -142,7 +142,7 @@ def test_two_workers_on_localhost_train_together_and_only_the_chief_writes(tmp_p
         env = {**os.environ, "TUMORCLF_CACHE": str(tmp_path / f"cache{index}"), "TMPDIR": str(tmp_path),
                "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
         args = [sys.executable, "-m", "tumorclf.run", "--data", str(data), "--out", str(out), "--name", "mw",
-                "--strategy", "multiworker", "--epochs", "3", "--image-size", "32", "--batch-size", "8",
+                "--strategy", "multiworker", "--epochs", "2", "--image-size", "32", "--batch-size", "8",
                 "--learning-rate", "0.01", "--precision", "float32"]
         workers.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     results = [worker.communicate(timeout=400) for worker in workers]
@@ -153,13 +153,13 @@ def test_two_workers_on_localhost_train_together_and_only_the_chief_writes(tmp_p
     assert not list(tmp_path.glob("tumorclf_worker_*"))  # the non-chief removed its scratch folder
     run = out / "mw"
     assert json.loads((run / "config.json").read_text())["resolved"]["replicas"] == 2
-    assert json.loads((run / "metrics.json").read_text())["epochs_run"] == 3
+    assert json.loads((run / "metrics.json").read_text())["epochs_run"] == 2
     with open(run / "history.csv") as handle:
         reader = csv.DictReader(handle)
         rows = list(reader)
     assert reader.fieldnames == list(HISTORY_COLUMNS)  # the same columns as Keras fit's paths
-    assert len(rows) == 3 and all(0 <= float(row["val_f1"]) <= 1 and float(row["loss"]) > 0 for row in rows)
+    assert len(rows) == 2 and all(0 <= float(row["val_f1"]) <= 1 and float(row["loss"]) > 0 for row in rows)
     assert all(row["val_loss"] and row["val_accuracy"] and not row["test_accuracy"] for row in rows)
     assert main(["curves", "--run", str(run), "--out", str(tmp_path)]) == 0
     for index in range(2):  # both workers ran every epoch
-        assert results[index][1].count("epoch 3/3") == 1
+        assert results[index][1].count("epoch 2/2") == 1

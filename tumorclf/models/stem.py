@@ -30,6 +30,7 @@ from tumorclf.utils.progress import keras_progress
 
 log = logging.getLogger(__name__)
 
+
 def feature_cache(cache_dir: str | Path | None) -> ArrayCache:
     """The feature cache beside the decoded-image cache (`cache_dir`, else $TUMORCLF_CACHE or its default)."""
     return ArrayCache(Path(cache_dir or default_cache_dir()) / FEATURES_FOLDER)
@@ -62,6 +63,16 @@ def _layers(model: keras.Model) -> str:
     return json.dumps(described, sort_keys=True, default=str)
 
 
+def _augmentation(augmentation: keras.Sequential) -> str:
+    """The augmentation's layers and their settings, without the per-process layer names (a second augmentation
+    built in the same process is `random_affine_1`, and would otherwise miss the first one's cache entries)."""
+    config = augmentation.get_config()
+    config.pop("name", None)
+    for layer in config["layers"]:
+        layer["config"].pop("name", None)
+    return json.dumps(config, sort_keys=True, default=str)
+
+
 def stem_key(stem: keras.Model, images: np.ndarray, batch_size: int, augmentation: keras.Sequential | None,
              seed: int | None) -> str:
     """The cache key of `stem`'s outputs for `images`: equal only when every input to them is equal."""
@@ -70,8 +81,7 @@ def stem_key(stem: keras.Model, images: np.ndarray, batch_size: int, augmentatio
         "stem": _layers(stem),
         "weights": _digest(stem.get_weights()),
         "images": _digest([images]),
-        "augmentation": None if augmentation is None else json.dumps(augmentation.get_config(), sort_keys=True,
-                                                                      default=str),
+        "augmentation": None if augmentation is None else _augmentation(augmentation),
         "seed": seed,
         "batch_size": batch_size,
         "libraries": {name: library.get(name) for name in ("tensorflow", "keras", "numpy")},
