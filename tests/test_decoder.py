@@ -37,7 +37,7 @@ _GRAPHS: dict[int, tf.types.experimental.ConcreteFunction] = {}
 
 def graph_decode(blobs: list[bytes], size: int) -> np.ndarray:
     if size not in _GRAPHS:
-        _GRAPHS[size] = tf.function(lambda b: decode_bytes_graph(b, size),
+        _GRAPHS[size] = tf.function(lambda b: decode_bytes_graph(b, size), autograph=False,  # graph ops already
                                     input_signature=[tf.TensorSpec([None], tf.string)]).get_concrete_function()
     return _GRAPHS[size](tf.constant(blobs)).numpy()
 
