@@ -36,7 +36,7 @@ def without_elapsed(path: Path) -> list[dict]:
 def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path: Path, capsys, caplog):
     """The killed run is a process of its own (`python -m tumorclf.run`, killed with SIGKILL after its second
     epoch); the uninterrupted run, the refusal and the resume run in this process through the same `main`."""
-    data = write_blob_dataset(tmp_path / "data", per_class=40, size=32, seed=5)
+    data = write_blob_dataset(tmp_path / "data", per_class=60, size=32, seed=5)
     out = tmp_path / "runs"
     assert main(["train", *train_args(data, out, "straight")]) == 0
 

@@ -23,7 +23,7 @@ COMMANDS: dict[str, str] = {
     "train": "train one configuration, keep the best epoch by validation F1, test it",
     "evaluate": "score a finished run on its test split or on other class folders",
     "predict": "P(tumour) of images, folders and volumes: a .keras model, a SavedModel or a model.onnx",
-    "explain": "Grad-CAM overlays of images, for one run or several side by side",
+    "explain": "Grad-CAM overlays of images, for one run or several side by side, or scored against tumour boxes",
     "gate": "fit the input quality gate of a finished run trained before it existed",
     "export": "SavedModel (serve, serve_bytes) and/or ONNX, with a model card",
     "serve": "a local web page: drop a slice, see P(tumour), the decision and Grad-CAM",

@@ -1,172 +1,152 @@
-"""Heatmaps scored against tumour boxes: does the model's evidence for a tumour lie on the tumour?
+"""Localisation of a run's heatmaps against tumour boxes, with the randomisation sanity check:
+`tumorclf explain --run RUN --boxes FILE`.
 
-A box file has one row per box, ``path,x0,y0,x1,y1`` (more columns allowed), the corners as fractions of the
-image's width and height (`read_boxes`). Its paths are matched to image files by their trailing folders and
-file name (`match_boxes`), so ``Brain Tumor/x.jpg`` finds the file whether the dataset folder or its parent
-was given.
+For every image that has a box (`explain.boxes.match_boxes`), each method's heatmap of the tumour class is
+scored against the boxes in the model's own frame (`explain.boxes`), and again after the model's top was
+randomised (`explain.randomisation`). Written to the output folder:
 
-Every score is computed in the frame of the model's convolutions, where the heatmap lies (`frame_boxes`):
-the decoder resizes the whole image to the model's square input (fractions of width and height stay
-fractions), and a model with a `framing` layer (`transforms.framing.ForegroundCrop`, the robust recipe)
-crops and rescales it before the backbone, so the boxes are cropped and rescaled alike. Per image
-(`localisation_scores`):
-
-- ``pointing``: the heatmap's maximum lies in a box (the pointing game);
-- ``energy_share``: the share of the heatmap's sum inside the boxes, beside ``area_share``, the boxes' share
-  of the frame: a map that ignores the tumour scores about its area share;
-- ``top_iou``: intersection over union of the boxes and the heatmap's top region of the same area.
-
-`summarise` gives each score's mean with a 95% interval over duplicate groups (near-copies of one scan are
-not independent evidence), as the metrics do (`metrics.bootstrap`).
+- ``localisation.csv``: one row per image and method (path, duplicate group, P(tumour), the scores, and the
+  scores and rank correlation of the randomised model's map);
+- ``localisation.json``: per method, each score's mean with a 95% interval over duplicate groups, the same
+  for the randomised model, the rank correlation, and ``explains_model``: false when the method's
+  localisation survives the randomisation (its pointing and energy share stay within the trained model's
+  intervals or above them);
+- ``localisation_METHOD.png``: the four best and four worst localised images by energy share.
 """
 
 from __future__ import annotations
 
-import csv
-from collections.abc import Sequence
+import logging
 from pathlib import Path
 
-import numpy as np
+import matplotlib
 
-from tumorclf.errors import UserError
-from tumorclf.metrics import DEFAULT_RESAMPLES
-from tumorclf.metrics.bootstrap import group_multiplicities
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 
-BOX_COLUMNS = ("path", "x0", "y0", "x1", "y1")
-SCORES = ("pointing", "energy_share", "area_share", "top_iou")
+from tumorclf.data.dataset import expand_inputs, file_sha256  # noqa: E402
+from tumorclf.data.decoder import DecodeError, decode_image  # noqa: E402
+from tumorclf.explain.boxes import SCORES, box_mask, frame_boxes, localisation_scores, summarise  # noqa: E402
+from tumorclf.explain.gradcam import CHUNK, as_seen, heatmaps, load_run_model, overlay, run_title, target_layer  # noqa: E402
+from tumorclf.explain.randomisation import randomise_top, rank_correlation  # noqa: E402
+from tumorclf.metrics.calibration import apply_temperature  # noqa: E402
+from tumorclf.runs.folder import RunDir  # noqa: E402
+from tumorclf.utils.files import atomic_write_bytes, atomic_write_json, atomic_write_text, csv_text, figure_png  # noqa: E402
+from tumorclf.utils.progress import Progress, track  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+OUTPUTS = ("localisation.csv", "localisation.json")
+TUMOUR = 1  # the class whose evidence is scored: a box marks a tumour
+RANDOM_SEED = 0
 
 
-class BoxError(UserError, ValueError):
-    """A box file that cannot be used: missing, without the columns, with coordinates outside [0, 1] or
-    inverted, or naming none of the images."""
+def inputs_and_groups(run: RunDir, inputs: list[Path] | None, split: str = "test") -> tuple[list[Path], list[str]]:
+    """The images to score and their duplicate groups: the run's `split` with its groups (split.csv), or the
+    files of `inputs`, byte-identical files sharing a group."""
+    if inputs is None:
+        root = run.data_root()
+        rows = [row for row in run.split_rows() if row["split"] == split]
+        return [root / row["path"] for row in rows], [row.get("group") or row["path"] for row in rows]
+    files = expand_inputs(inputs)
+    return files, [file_sha256(path) for path in files]
 
 
-def read_boxes(path: Path) -> dict[tuple[str, ...], np.ndarray]:
-    """{path parts: (k, 4) boxes as fractions (x0, y0, x1, y1)} of a box file; a `BoxError` naming the first bad
-    line otherwise."""
-    path = Path(path)
-    try:
-        with open(path, newline="") as handle:
-            reader = csv.DictReader(handle)
-            missing = [column for column in BOX_COLUMNS if column not in (reader.fieldnames or [])]
-            if missing:
-                raise BoxError(f"box file {path} has no {', '.join(missing)} column (expected "
-                               f"{','.join(BOX_COLUMNS)}, corners as fractions of width and height)")
-            rows = list(enumerate(reader, start=2))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BoxError(f"cannot read box file {path}: {exc}") from None
-    boxes: dict[tuple[str, ...], list[list[float]]] = {}
-    for line, row in rows:
+def decode_boxed(files: list[Path], boxes: list[np.ndarray | None], groups: list[str], size: int):
+    """(images, the kept files, their boxes, their groups): the files that have boxes, decoded at `size`;
+    a file that cannot be decoded is logged and skipped."""
+    images, kept, kept_boxes, kept_groups = [], [], [], []
+    for path, box, group in track(zip(files, boxes, groups), len(files), "decoding boxed images", unit="files"):
+        if box is None:
+            continue
         try:
-            corners = [float(row[column]) for column in BOX_COLUMNS[1:]]
-        except (TypeError, ValueError):
-            raise BoxError(f"box file {path} line {line}: corners {[row.get(c) for c in BOX_COLUMNS[1:]]} "
-                           "are not numbers") from None
-        x0, y0, x1, y1 = corners
-        if not all(0 <= value <= 1 for value in corners):
-            raise BoxError(f"box file {path} line {line}: corners {corners} are outside [0, 1] (they are fractions "
-                           "of the image's width and height)")
-        if not (x0 < x1 and y0 < y1):
-            raise BoxError(f"box file {path} line {line}: box {corners} is inverted or empty (x0 < x1 and y0 < y1 "
-                           "are required)")
-        if not row["path"]:
-            raise BoxError(f"box file {path} line {line}: no path")
-        boxes.setdefault(Path(row["path"]).parts, []).append(corners)
-    if not boxes:
-        raise BoxError(f"box file {path} holds no boxes")
-    return {parts: np.array(rows_, dtype="float64") for parts, rows_ in boxes.items()}
+            images.append(decode_image(path, size))
+        except (DecodeError, OSError) as exc:
+            log.warning("skipped %s: %s", path, exc)
+            continue
+        kept.append(path)
+        kept_boxes.append(box)
+        kept_groups.append(group)
+    pixels = np.stack(images) if images else np.empty((0, size, size, 3), np.uint8)
+    return pixels, kept, kept_boxes, kept_groups
 
 
-def match_boxes(boxes: dict[tuple[str, ...], np.ndarray], files: Sequence[Path],
-                source: str = "the box file") -> list[np.ndarray | None]:
-    """Each file's boxes (None: it has none), matched by the longest trailing run of path parts that names a
-    box file entry; a `BoxError` when no file has a box (the wrong box file or folder, most likely)."""
-    longest = max(len(parts) for parts in boxes)
-    matched: list[np.ndarray | None] = []
-    for file in files:
-        parts = Path(file).parts
-        found = None
-        for n in range(min(longest, len(parts)), 0, -1):
-            found = boxes.get(parts[-n:])
-            if found is not None:
-                break
-        matched.append(found)
-    if files and all(found is None for found in matched):
-        example = "/".join(next(iter(boxes)))
-        raise BoxError(f"none of the {len(boxes)} paths of {source} (e.g. {example!r}) names one of the "
-                       f"{len(files)} images; give the folder the box file's paths are relative to")
-    return matched
+def _maps(model, images: np.ndarray, method: str, layer: str, desc: str) -> np.ndarray:
+    classes = np.full(len(images), TUMOUR)
+    with Progress(len(images), desc, unit="images") as progress:
+        maps = []
+        for start in range(0, len(images), CHUNK):
+            maps.append(heatmaps(model, images[start:start + CHUNK], classes[start:start + CHUNK], method, layer))
+            progress.update(len(maps[-1]))
+    return np.concatenate(maps)
 
 
-def frame_boxes(model, images: np.ndarray, boxes: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """`boxes` (fractions, one (k, 4) array per image) in pixels of the frame the model's convolutions see:
-    the decoded square image, cropped and rescaled as the model's `framing` layer does when it has one.
-    Pixel i covers [i, i + 1)."""
-    height, width = images.shape[1:3]
-    pixels = [np.asarray(b, dtype="float64") * [width, height, width, height] for b in boxes]
-    try:
-        framing = model.get_layer("framing")
-    except ValueError:
-        return pixels
-    centre_x, centre_y, side = (np.asarray(value, dtype="float64") for value in framing.boxes(images))
-    scale_x, scale_y = side / width, side / height
-    # the crop's output pixel (index x) samples the input at index scale * x + offset (ForegroundCrop.call);
-    # an edge at u covers index u - 0.5, so it lands at (u - 0.5 - offset) / scale + 0.5
-    offset_x = centre_x - scale_x * (width - 1) / 2
-    offset_y = centre_y - scale_y * (height - 1) / 2
-    framed = []
-    for i, b in enumerate(pixels):
-        x = (b[:, [0, 2]] - 0.5 - offset_x[i]) / scale_x[i] + 0.5
-        y = (b[:, [1, 3]] - 0.5 - offset_y[i]) / scale_y[i] + 0.5
-        framed.append(np.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], axis=1))
-    return framed
+def _figure(title: str, seen: np.ndarray, cams: np.ndarray, framed: list[np.ndarray], rows: list[dict],
+            order: np.ndarray) -> bytes:
+    picks = [("best", i) for i in order[::-1][:4]] + [("worst", i) for i in order[:4]]
+    fig, axes = plt.subplots(2, 4, figsize=(12, 6.6))
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (kind, i) in zip([*axes[0], *axes[1]], picks):
+        overlay(ax, seen[i], cams[i])
+        for x0, y0, x1, y1 in framed[i]:  # pixel i covers [i, i + 1); imshow centres it on i
+            ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor="white", lw=1.5))
+        ax.set_title(f"{kind}: {Path(rows[i]['path']).name}\nenergy {rows[i]['energy_share']:.2f} "
+                     f"(box {rows[i]['area_share']:.2f}), max in box: {'yes' if rows[i]['pointing'] else 'no'}",
+                     fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    return figure_png(fig)
 
 
-def box_mask(height: int, width: int, boxes: np.ndarray) -> np.ndarray:
-    """(height, width) bool: pixels whose centre lies in a box (pixel boxes, `frame_boxes`); a box thinner than a
-    pixel still marks the pixel that holds its centre. Parts outside the frame are dropped."""
-    mask = np.zeros((height, width), dtype=bool)
-    centres_x, centres_y = np.arange(width) + 0.5, np.arange(height) + 0.5
-    for x0, y0, x1, y1 in boxes:
-        columns = (centres_x >= x0) & (centres_x < x1)
-        rows = (centres_y >= y0) & (centres_y < y1)
-        if not columns.any() and 0 <= (x0 + x1) / 2 < width:
-            columns[int((x0 + x1) / 2)] = True
-        if not rows.any() and 0 <= (y0 + y1) / 2 < height:
-            rows[int((y0 + y1) / 2)] = True
-        mask |= rows[:, None] & columns[None, :]
-    return mask
+def score_run(run: RunDir, files: list[Path], boxes: list[np.ndarray | None], groups: list[str],
+              methods: list[str], out: Path, layer: str | None = None, source: str = "") -> dict:
+    """Score the run's heatmaps of the tumour class against `boxes` (one per file, None: no box) with each of
+    `methods`, before and after `randomise_top`; write the outputs into `out` and return the summary."""
+    model = load_run_model(run)
+    layer = target_layer(model, layer)
+    size = int(model.input_shape[1])
+    images, kept, kept_boxes, kept_groups = decode_boxed(files, boxes, groups, size)
+    if not kept:
+        raise ValueError("no image with a box could be decoded")
+    raw = np.concatenate([model.predict(images[s:s + CHUNK].astype("float32"), verbose=0)[:, 1]
+                          for s in range(0, len(images), CHUNK)])
+    prob_tumor = apply_temperature(raw, run.temperature())
+    framed = frame_boxes(model, images, kept_boxes)
+    masks = np.stack([box_mask(size, size, b) for b in framed])
+    seen = as_seen(model, images)
+    randomised = randomise_top(load_run_model(run), layer, RANDOM_SEED)
 
-
-def localisation_scores(cam: np.ndarray, mask: np.ndarray) -> dict[str, float]:
-    """The scores of one heatmap (>= 0) against its box mask. A flat map points nowhere (pointing 0) and
-    spreads its energy evenly (energy share = area share)."""
-    area = float(mask.mean())
-    if not mask.any():  # the boxes fell outside the model's frame (cropped away)
-        return {"pointing": 0.0, "energy_share": 0.0, "area_share": 0.0, "top_iou": 0.0}
-    cam = np.asarray(cam, dtype="float64")
-    flat = not cam.max() > cam.min()
-    total = cam.sum()
-    energy = area if flat or total <= 0 else float(cam[mask].sum() / total)
-    pointing = 0.0 if flat else float(mask.flat[int(np.argmax(cam))])
-    k = int(mask.sum())
-    top = np.zeros(cam.size, dtype=bool)
-    top[np.argsort(-cam, axis=None, kind="stable")[:k]] = True
-    overlap = np.count_nonzero(top & mask.ravel())
-    return {"pointing": pointing, "energy_share": energy, "area_share": area, "top_iou": overlap / (2 * k - overlap)}
-
-
-def summarise(rows: Sequence[dict[str, float]], groups: Sequence, n_resamples: int = DEFAULT_RESAMPLES,
-              seed: int = 0) -> dict[str, dict]:
-    """Each score's mean over `rows` with a 95% interval over duplicate `groups` (a cluster bootstrap)."""
-    if not rows:
-        return {"n": 0, "groups": 0}
-    values = np.array([[row[name] for name in SCORES] for row in rows], dtype="float64")
-    draws = np.concatenate([weights @ values / weights.sum(axis=1, keepdims=True)
-                            for weights in group_multiplicities(groups, n_resamples, seed)])
-    low, high = np.percentile(draws, [2.5, 97.5], axis=0)
-    summary: dict[str, dict] = {"n": len(rows), "groups": len(set(groups))}
-    for j, name in enumerate(SCORES):
-        summary[name] = {"value": round(float(values[:, j].mean()), 4),
-                         "ci95": [round(float(low[j]), 4), round(float(high[j]), 4)]}
+    rows, summary = [], {"run": str(run.path), "model": run_title(run), "layer": layer, "boxes": source,
+                         "images": len(kept), "groups": len(set(kept_groups)), "methods": {}}
+    for method in methods:
+        cams = _maps(model, images, method, layer, f"{method} {run.name}")
+        random_cams = _maps(randomised, images, method, layer, f"{method} {run.name}, randomised top")
+        trained = [localisation_scores(c, m) for c, m in zip(cams, masks)]
+        random = [localisation_scores(c, m) for c, m in zip(random_cams, masks)]
+        correlation = rank_correlation(cams, random_cams)
+        method_rows = []
+        for i, path in enumerate(kept):
+            method_rows.append({"path": str(path), "group": kept_groups[i], "method": method,
+                                "prob_tumor": round(float(prob_tumor[i]), 6), "boxes": len(kept_boxes[i]),
+                                **{k: round(v, 6) for k, v in trained[i].items()},
+                                **{f"randomised_{k}": round(random[i][k], 6) for k in SCORES if k != "area_share"},
+                                "rank_correlation": round(float(correlation[i]), 6)})
+        rows += method_rows
+        scored, control = summarise(trained, kept_groups), summarise(random, kept_groups)
+        survives = all(control[k]["value"] >= scored[k]["ci95"][0] for k in ("pointing", "energy_share"))
+        summary["methods"][method] = {
+            **scored, "randomised": {k: control[k] for k in SCORES},
+            "rank_correlation": summarise([{"r": float(c)} for c in correlation], kept_groups, ("r",))["r"],
+            "explains_model": not survives}
+        order = np.argsort([row["energy_share"] for row in method_rows], kind="stable")
+        atomic_write_bytes(out / f"localisation_{method}.png", _figure(
+            f"{run_title(run)}: {method} of the tumour class against the boxes ({source})", seen, cams, framed,
+            method_rows, order))
+        if survives:
+            log.warning("%s: localisation survives randomising the model's top (%s): it does not explain the model",
+                        method, layer)
+    atomic_write_text(out / "localisation.csv", csv_text(list(rows[0]), [list(r.values()) for r in rows]))
+    atomic_write_json(out / "localisation.json", summary)
     return summary
