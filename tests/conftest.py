@@ -101,9 +101,9 @@ def shared_once(tmp_path_factory: pytest.TempPathFactory, name: str, make: Calla
     done = folder.parent / f"{name}.done"
     with open(folder.parent / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not done.exists():
-            shutil.rmtree(folder)
-            folder.mkdir()
+        if not done.exists():  # another worker's `shared_folder` may make the folder again between these two
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(exist_ok=True)
             make(folder)
             done.touch()
     return folder

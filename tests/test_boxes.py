@@ -12,6 +12,7 @@ from scipy.stats import spearmanr
 
 from tumorclf.data.decoder import decode_image
 from tumorclf.explain.boxes import (
+    Boxes,
     BoxError,
     box_mask,
     frame_boxes,
@@ -36,7 +37,9 @@ def test_boxes_are_read_per_path(tmp_path: Path):
     boxes = read_boxes(write(tmp_path / "b.csv", HEADER + "Brain Tumor/a.jpg,x,0.1,0.2,0.3,0.4\n"
                                                            "Brain Tumor/a.jpg,x,0.5,0.5,0.6,0.7\nb.png,y,0,0,1,1\n"))
     assert set(boxes) == {("Brain Tumor", "a.jpg"), ("b.png",)}
-    np.testing.assert_array_equal(boxes[("Brain Tumor", "a.jpg")], [[0.1, 0.2, 0.3, 0.4], [0.5, 0.5, 0.6, 0.7]])
+    np.testing.assert_array_equal(boxes[("Brain Tumor", "a.jpg")].corners,
+                                  [[0.1, 0.2, 0.3, 0.4], [0.5, 0.5, 0.6, 0.7]])
+    assert boxes[("Brain Tumor", "a.jpg")].source == "x" and boxes[("b.png",)].source == "y"
 
 
 @pytest.mark.parametrize("row, message", [
@@ -61,7 +64,7 @@ def test_a_file_without_the_columns_or_rows_is_refused(tmp_path: Path):
 
 
 def test_paths_match_by_their_trailing_parts_and_a_file_of_no_match_is_refused():
-    boxes = {("Brain Tumor", "a.jpg"): np.ones((1, 4)), ("b.jpg",): np.zeros((1, 4))}
+    boxes = {("Brain Tumor", "a.jpg"): Boxes(np.ones((1, 4))), ("b.jpg",): Boxes(np.zeros((1, 4)))}
     files = [Path("/data/set/Brain Tumor/a.jpg"), Path("/data/set/Healthy/a.jpg"), Path("/x/b.jpg")]
     matched = match_boxes(boxes, files)
     assert matched[0] is boxes[("Brain Tumor", "a.jpg")] and matched[1] is None and matched[2] is boxes[("b.jpg",)]

@@ -92,7 +92,8 @@ def test_every_training_path_writes_the_same_history_columns_and_curves_reads_th
             rows = list(reader)
         assert reader.fieldnames == list(HISTORY_COLUMNS) and len(rows) == 2
         filled = {column for column in HISTORY_COLUMNS if all(row[column] for row in rows)}
-        assert filled == set(HISTORY_COLUMNS) - ({"test_accuracy", "test_f1"} if not cfg.track_test else set())
+        unlogged = {"outside_share"} | ({"test_accuracy", "test_f1"} if not cfg.track_test else set())
+        assert filled == set(HISTORY_COLUMNS) - unlogged
         assert all(0 <= float(row[key]) <= 1 for row in rows for key in ("accuracy", "val_accuracy", "val_f1"))
         assert all(float(row["loss"]) > 0 and float(row["val_loss"]) > 0 for row in rows)
 

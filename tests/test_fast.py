@@ -109,43 +109,10 @@ def test_fast_run_trains_only_the_top_and_saves_the_whole_model(blob_dataset: Pa
     assert {p["name"]: p for p in timing["phases"]}["feature cache"]["gflop"] > 0
 
 
-def test_fast_training_resumes_from_its_backup(tmp_path: Path, caplog):
-    from conftest import blob_image
-
-    from tumorclf.runs.folder import RunDir
-    from tumorclf.training.loop import select_strategy, train
-
-    rng = np.random.default_rng(0)
-    labels = {name: np.arange(n) % 2 for name, n in (("train", 24), ("val", 8), ("test", 8))}
-    images = {name: np.stack([blob_image(rng, 32, bool(y)) for y in y_all]) for name, y_all in labels.items()}
-
-    def build() -> keras.Model:
-        return build_model("vgg16", 32)
-
-    def config(epochs: int) -> Config:
-        return Config(model="vgg16", imagenet=True, recipe="fast", feature_views=2, epochs=epochs, image_size=32,
-                      batch_size=8, learning_rate=1e-3)
-
-    with caplog.at_level("INFO", logger="tumorclf"):
-        first = train(config(1), RunDir(tmp_path), build, select_strategy("default"), images, labels)
-    # feature caching reports each view and its progress (a batch count when it ends)
-    assert "caching view 1/2 of 24 training images" in caplog.text and "caching view 2/2" in caplog.text
-    assert "features, train view 2: 3/3 batches" in caplog.text and "features, val: 1/1 batches" in caplog.text
-    assert "features, test" not in caplog.text  # test features only with --track-test
-    assert first.epochs_run == 1 and (tmp_path / "backup" / "epoch_0001.weights.h5").is_file()
-    caplog.clear()
-    with caplog.at_level("INFO", logger="tumorclf"):
-        second = train(config(3), RunDir(tmp_path), build, select_strategy("default"), images, labels, resume=True)
-    assert "resuming after epoch 1" in caplog.text
-    assert second.epochs_run == 3 and second.train_seconds > first.train_seconds
-    assert json.loads((tmp_path / "progress.json").read_text())["epochs_done"] == 3
-    with open(tmp_path / "history.csv") as handle:
-        assert [int(row["epoch"]) for row in csv.DictReader(handle)] == [0, 1, 2]
-
-
-def test_robust_training_resumed_equals_uninterrupted(tmp_path: Path):
-    """The robust recipe (in-model framing and intensity, acquisition-augmented views) stays deterministic:
-    one epoch, then a resume to two, gives the same history and model as two epochs straight."""
+def test_cached_feature_training_resumes_from_its_backup_as_if_uninterrupted(tmp_path: Path, caplog):
+    """A cached-feature recipe (here the robust one: in-model framing and intensity, acquisition-augmented
+    views) resumes from its backup and stays deterministic: one epoch, then a resume to two, gives the same
+    history and model as two epochs straight (which reads the features the first run cached)."""
     import tensorflow as tf
     from conftest import blob_image
 
@@ -167,9 +134,20 @@ def test_robust_training_resumed_equals_uninterrupted(tmp_path: Path):
         return build_model("vgg16", 32, intensity=cfg.intensity, framing=cfg.framing)
 
     strategy = select_strategy("default")
+    with caplog.at_level("INFO", logger="tumorclf"):
+        first = train(config(1), RunDir(tmp_path / "resumed"), build, strategy, images, labels)
+    # feature caching reports each view and its progress (a batch count when it ends)
+    assert "caching view 1/2 of 24 training images" in caplog.text and "caching view 2/2" in caplog.text
+    assert "features, train view 2: 3/3 batches" in caplog.text and "features, val: 1/1 batches" in caplog.text
+    assert "features, test" not in caplog.text  # test features only with --track-test
+    assert first.epochs_run == 1 and (tmp_path / "resumed" / "backup" / "epoch_0001.weights.h5").is_file()
+    caplog.clear()
+    with caplog.at_level("INFO", logger="tumorclf"):
+        second = train(config(2), RunDir(tmp_path / "resumed"), build, strategy, images, labels, resume=True)
+    assert "resuming after epoch 1" in caplog.text
+    assert second.epochs_run == 2 and second.train_seconds > first.train_seconds
+    assert json.loads((tmp_path / "resumed" / "progress.json").read_text())["epochs_done"] == 2
     train(config(2), RunDir(tmp_path / "straight"), build, strategy, images, labels)
-    train(config(1), RunDir(tmp_path / "resumed"), build, strategy, images, labels)
-    train(config(2), RunDir(tmp_path / "resumed"), build, strategy, images, labels, resume=True)
 
     def history(run: str) -> list[dict]:
         with open(tmp_path / run / "history.csv") as handle:

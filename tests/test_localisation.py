@@ -49,6 +49,7 @@ def test_localisation_of_the_trained_run_on_its_test_split(trained_run: Path, tm
         # a model that found the blob puts its tumour evidence there: far more than the box's share of the image
         assert scores["energy_share"]["value"] > 2 * scores["area_share"]["value"], method
         assert set(scores["randomised"]) == set(SCORES)
+        assert list(scores["by_box_source"]) == ["blob"] and scores["by_box_source"]["blob"]["n"] == scores["n"]
     for method in ("gradcam", "gradcam++"):
         assert (out / f"localisation_{method}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

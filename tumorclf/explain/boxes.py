@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -41,9 +42,16 @@ class BoxError(UserError, ValueError):
     inverted, or naming none of the images."""
 
 
-def read_boxes(path: Path) -> dict[tuple[str, ...], np.ndarray]:
-    """{path parts: (k, 4) boxes as fractions (x0, y0, x1, y1)} of a box file; a `BoxError` naming the first bad
-    line otherwise."""
+class Boxes(NamedTuple):
+    """The boxes of one image: (k, 4) corners as fractions (x0, y0, x1, y1), and where they came from (the
+    file's ``box_source`` column, e.g. the collection that annotated them; empty when it has none)."""
+
+    corners: np.ndarray
+    source: str = ""
+
+
+def read_boxes(path: Path) -> dict[tuple[str, ...], Boxes]:
+    """{path parts: its `Boxes`} of a box file; a `BoxError` naming the first bad line otherwise."""
     path = Path(path)
     try:
         with open(path, newline="") as handle:
@@ -56,6 +64,7 @@ def read_boxes(path: Path) -> dict[tuple[str, ...], np.ndarray]:
     except (OSError, UnicodeDecodeError) as exc:
         raise BoxError(f"cannot read box file {path}: {exc}") from None
     boxes: dict[tuple[str, ...], list[list[float]]] = {}
+    sources: dict[tuple[str, ...], str] = {}
     for line, row in rows:
         try:
             corners = [float(row[column]) for column in BOX_COLUMNS[1:]]
@@ -71,18 +80,20 @@ def read_boxes(path: Path) -> dict[tuple[str, ...], np.ndarray]:
                            "are required)")
         if not row["path"]:
             raise BoxError(f"box file {path} line {line}: no path")
-        boxes.setdefault(Path(row["path"]).parts, []).append(corners)
+        parts = Path(row["path"]).parts
+        boxes.setdefault(parts, []).append(corners)
+        sources.setdefault(parts, row.get("box_source") or "")
     if not boxes:
         raise BoxError(f"box file {path} holds no boxes")
-    return {parts: np.array(rows_, dtype="float64") for parts, rows_ in boxes.items()}
+    return {parts: Boxes(np.array(rows_, dtype="float64"), sources[parts]) for parts, rows_ in boxes.items()}
 
 
-def match_boxes(boxes: dict[tuple[str, ...], np.ndarray], files: Sequence[Path],
-                source: str = "the box file") -> list[np.ndarray | None]:
+def match_boxes(boxes: dict[tuple[str, ...], Boxes], files: Sequence[Path],
+                source: str = "the box file") -> list[Boxes | None]:
     """Each file's boxes (None: it has none), matched by the longest trailing run of path parts that names a
     box file entry; a `BoxError` when no file has a box (the wrong box file or folder, most likely)."""
     longest = max(len(parts) for parts in boxes)
-    matched: list[np.ndarray | None] = []
+    matched: list[Boxes | None] = []
     for file in files:
         parts = Path(file).parts
         found = None

@@ -7,8 +7,8 @@ randomised (`explain.randomisation`). Written to the output folder:
 
 - ``localisation.csv``: one row per image and method (path, duplicate group, P(tumour), the scores, and the
   scores and rank correlation of the randomised model's map);
-- ``localisation.json``: per method, each score's mean with a 95% interval over duplicate groups, the same
-  for the randomised model, the rank correlation, and ``explains_model``: false when the method's
+- ``localisation.json``: per method, each score's mean with a 95% interval over duplicate groups (also per
+  ``box_source`` of the box file), the same for the randomised model, the rank correlation, and ``explains_model``: false when the method's
   localisation survives the randomisation (its pointing and energy share stay within the trained model's
   intervals or above them);
 - ``localisation_METHOD.png``: the four best and four worst localised images by energy share.
@@ -28,7 +28,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 
 from tumorclf.data.dataset import expand_inputs, file_sha256  # noqa: E402
 from tumorclf.data.decoder import DecodeError, decode_image  # noqa: E402
-from tumorclf.explain.boxes import SCORES, box_mask, frame_boxes, localisation_scores, summarise  # noqa: E402
+from tumorclf.explain.boxes import SCORES, Boxes, box_mask, frame_boxes, localisation_scores, summarise  # noqa: E402
 from tumorclf.explain.gradcam import CHUNK, as_seen, heatmaps, load_run_model, overlay, run_title, target_layer  # noqa: E402
 from tumorclf.explain.randomisation import randomise_top, rank_correlation  # noqa: E402
 from tumorclf.metrics.calibration import apply_temperature  # noqa: E402
@@ -54,7 +54,7 @@ def inputs_and_groups(run: RunDir, inputs: list[Path] | None, split: str = "test
     return files, [file_sha256(path) for path in files]
 
 
-def decode_boxed(files: list[Path], boxes: list[np.ndarray | None], groups: list[str], size: int):
+def decode_boxed(files: list[Path], boxes: list[Boxes | None], groups: list[str], size: int):
     """(images, the kept files, their boxes, their groups): the files that have boxes, decoded at `size`;
     a file that cannot be decoded is logged and skipped."""
     images, kept, kept_boxes, kept_groups = [], [], [], []
@@ -100,7 +100,7 @@ def _figure(title: str, seen: np.ndarray, cams: np.ndarray, framed: list[np.ndar
     return figure_png(fig)
 
 
-def score_run(run: RunDir, files: list[Path], boxes: list[np.ndarray | None], groups: list[str],
+def score_run(run: RunDir, files: list[Path], boxes: list[Boxes | None], groups: list[str],
               methods: list[str], out: Path, layer: str | None = None, source: str = "") -> dict:
     """Score the run's heatmaps of the tumour class against `boxes` (one per file, None: no box) with each of
     `methods`, before and after `randomise_top`; write the outputs into `out` and return the summary."""
@@ -113,7 +113,7 @@ def score_run(run: RunDir, files: list[Path], boxes: list[np.ndarray | None], gr
     raw = np.concatenate([model.predict(images[s:s + CHUNK].astype("float32"), verbose=0)[:, 1]
                           for s in range(0, len(images), CHUNK)])
     prob_tumor = apply_temperature(raw, run.temperature())
-    framed = frame_boxes(model, images, kept_boxes)
+    framed = frame_boxes(model, images, [b.corners for b in kept_boxes])
     masks = np.stack([box_mask(size, size, b) for b in framed])
     seen = as_seen(model, images)
     randomised = randomise_top(load_run_model(run), layer, RANDOM_SEED)
@@ -128,16 +128,20 @@ def score_run(run: RunDir, files: list[Path], boxes: list[np.ndarray | None], gr
         correlation = rank_correlation(cams, random_cams)
         method_rows = []
         for i, path in enumerate(kept):
-            method_rows.append({"path": str(path), "group": kept_groups[i], "method": method,
-                                "prob_tumor": round(float(prob_tumor[i]), 6), "boxes": len(kept_boxes[i]),
+            method_rows.append({"path": str(path), "group": kept_groups[i], "box_source": kept_boxes[i].source,
+                                "method": method, "prob_tumor": round(float(prob_tumor[i]), 6),
+                                "boxes": len(kept_boxes[i].corners),
                                 **{k: round(v, 6) for k, v in trained[i].items()},
                                 **{f"randomised_{k}": round(random[i][k], 6) for k in SCORES if k != "area_share"},
                                 "rank_correlation": round(float(correlation[i]), 6)})
         rows += method_rows
         scored, control = summarise(trained, kept_groups), summarise(random, kept_groups)
         survives = all(control[k]["value"] >= scored[k]["ci95"][0] for k in ("pointing", "energy_share"))
+        by_source = {name: summarise([t for t, b in zip(trained, kept_boxes) if b.source == name],
+                                     [g for g, b in zip(kept_groups, kept_boxes) if b.source == name])
+                     for name in sorted({b.source for b in kept_boxes})}
         summary["methods"][method] = {
-            **scored, "randomised": {k: control[k] for k in SCORES},
+            **scored, "by_box_source": by_source, "randomised": {k: control[k] for k in SCORES},
             "rank_correlation": summarise([{"r": float(c)} for c in correlation], kept_groups, ("r",))["r"],
             "explains_model": not survives}
         order = np.argsort([row["energy_share"] for row in method_rows], kind="stable")

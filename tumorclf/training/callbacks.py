@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 # history.csv on every path; `epoch` is 0-based, as Keras' CSVLogger wrote it, so older run folders read the same.
 # The test columns stay empty unless --track-test.
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1",
-                   "elapsed_minutes", "test_accuracy", "test_f1")
+                   "elapsed_minutes", "test_accuracy", "test_f1", "outside_share")
 
 
 def score(model: keras.Model, inputs: Any, labels: np.ndarray) -> dict[str, float]:

@@ -17,6 +17,7 @@ from tumorclf.data.dataset import CLASS_NAMES, DataError, file_sha256, load_data
 from tumorclf.data.decoder import DECODER_VERSION
 from tumorclf.data.splits import check_holdout, make_split, manifest_csv, read_sources
 from tumorclf.evaluation.reports import write_reports
+from tumorclf.explain.boxes import match_boxes, read_boxes
 from tumorclf.gate.quality_gate import fit_gate
 from tumorclf.gate.refit import describe
 from tumorclf.metrics.calibration import fit_operating_point
@@ -73,6 +74,10 @@ def run_experiment(cfg: Config) -> Path:
     split = make_split(cfg.split, data.labels, data.image_index, data.unique_images,
                        cfg.split_fractions, cfg.seed, cfg.near_duplicate_bits, sources, cfg.holdout)
     subsets = {name: split.indices(name) for name in ("train", "val", "test")}
+    boxes = None  # the training images' tumour boxes, read before anything is written
+    if cfg.attention_prior:
+        boxes = match_boxes(read_boxes(Path(cfg.boxes)), [Path(data.paths[i]) for i in subsets["train"]],
+                            cfg.boxes)
     small = {name: len(rows) for name, rows in subsets.items() if len(rows) < cfg.batch_size}
     if small:
         raise DataError(f"fewer images than one batch ({cfg.batch_size}) in split(s) {small}; "
@@ -85,10 +90,12 @@ def run_experiment(cfg: Config) -> Path:
         log.info("non-chief worker: the chief writes %s", cfg.run_dir)
     if resuming:
         check_same_config(run, cfg)
-        recorded = run.record().resolved.get("sources_sha256") if run.config_file.is_file() else None
-        if sources is not None and recorded not in (None, file_sha256(Path(cfg.sources))):
-            raise ConfigError(f"{run} was started with another --sources file (its SHA-256 differs); resume with "
-                              "the same file or choose another --name")
+        for name in ("sources", "boxes"):
+            given = getattr(cfg, name)
+            recorded = run.record().resolved.get(f"{name}_sha256") if run.config_file.is_file() else None
+            if given and recorded not in (None, file_sha256(Path(given))):
+                raise ConfigError(f"{run} was started with another --{name} file (its SHA-256 differs); resume "
+                                  "with the same file or choose another --name")
         if run.metrics_file.is_file():
             log.info("%s is already finished; nothing to resume", run)
             return run.path
@@ -112,6 +119,8 @@ def run_experiment(cfg: Config) -> Path:
             "decoder": DECODER_VERSION,
             **({"sources": str(Path(cfg.sources).resolve()), "sources_sha256": file_sha256(Path(cfg.sources))}
                if sources is not None else {}),
+            **({"boxes": str(Path(cfg.boxes).resolve()), "boxes_sha256": file_sha256(Path(cfg.boxes))}
+               if cfg.boxes else {}),
         }, split=split.report, skipped_files=len(data.skipped), versions=versions())
         atomic_write_text(run.split_file, manifest_csv(data.paths, data.labels, data.sha256, split))
         atomic_write_text(run.skipped_file, csv_text(["path", "reason"], data.skipped))
@@ -119,7 +128,8 @@ def run_experiment(cfg: Config) -> Path:
                                      cfg.framing)  # noqa: E731
         images = {name: data.images(rows) for name, rows in subsets.items()}
         labels = {name: data.labels[rows] for name, rows in subsets.items()}
-        result = train(cfg, run, build, strategy, images, labels, resume=resuming, times=times)  # every recipe
+        result = train(cfg, run, build, strategy, images, labels, resume=resuming, times=times,
+                       boxes=boxes)  # every recipe
 
         best = load_model(result.best_checkpoint)
         image_gflop = forward_flops(best) / 1e9

@@ -72,8 +72,15 @@ class CachedFeatures(keras.utils.PyDataset):
     def __len__(self) -> int:
         return -(-len(self.one_hot) // self.batch_size)
 
+    def rows(self, index: int) -> np.ndarray:
+        """The images of batch `index` of the current epoch, in increasing order."""
+        order = np.random.default_rng([self.seed, int(self.epoch.numpy())]).permutation(len(self.one_hot))
+        return np.sort(order[index * self.batch_size:(index + 1) * self.batch_size])
+
+    def view(self) -> np.ndarray:
+        """The current epoch's view."""
+        return self.views[int(self.epoch.numpy()) % len(self.views)]
+
     def __getitem__(self, index: int):
-        epoch = int(self.epoch.numpy())
-        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.one_hot))
-        rows = np.sort(order[index * self.batch_size:(index + 1) * self.batch_size])
-        return self.views[epoch % len(self.views)][rows], self.one_hot[rows]
+        rows = self.rows(index)
+        return self.view()[rows], self.one_hot[rows]

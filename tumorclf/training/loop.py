@@ -14,6 +14,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import keras
@@ -21,7 +22,9 @@ import numpy as np
 import tensorflow as tf
 
 from tumorclf.training.callbacks import Clock, EpochBackup, EpochSeeding, HeldOutCurve, HistoryWriter, Validation, keep_history
+from tumorclf.explain.boxes import Boxes
 from tumorclf.runs.config import Config
+from tumorclf.training.attention_prior import guide
 from tumorclf.models.flops import forward_flops
 from tumorclf.models.stem import split_model
 from tumorclf.training.feature_cache import CachedFeatures, cache_features
@@ -134,9 +137,11 @@ class Feed:
 
 
 def prepare(cfg: Config, strategy: tf.distribute.Strategy, model: keras.Model, images: dict[str, np.ndarray],
-            labels: dict[str, np.ndarray], times: PhaseTimes) -> tuple[keras.Model, Feed]:
+            labels: dict[str, np.ndarray], times: PhaseTimes, boxes: Sequence[Boxes | None] | None = None
+            ) -> tuple[keras.Model, Feed]:
     """The model to fit and its feed: the whole model on image batches, or (fast recipe) its top on the
-    stem's cached features, so the frozen stem runs once per image and view instead of every epoch."""
+    stem's cached features, so the frozen stem runs once per image and view instead of every epoch; with
+    `cfg.attention_prior`, the top trained against Grad-CAM outside the `boxes` (`training.attention_prior`)."""
     held_out = ("val", "test") if cfg.track_test else ("val",)
     if cfg.cached_features:
         with strategy.scope():
@@ -144,8 +149,13 @@ def prepare(cfg: Config, strategy: tf.distribute.Strategy, model: keras.Model, i
         with times.phase("feature cache") as phase:
             views, features, computed = cache_features(cfg, stem, images, held_out)
             phase.gflop = computed * forward_flops(stem) / 1e9
-        cached = CachedFeatures(views, labels["train"], cfg.batch_size, cfg.seed)
         held = {name: (features[name], labels[name]) for name in held_out}
+        if cfg.attention_prior:
+            with strategy.scope():
+                top, cached = guide(model, MODELS[cfg.model].fast_cut, views, images["train"], labels["train"],
+                                    boxes, cfg.batch_size, cfg.seed, cfg.attention_prior)
+        else:
+            cached = CachedFeatures(views, labels["train"], cfg.batch_size, cfg.seed)
         return top, Feed(cached, cached.epoch, cached.augmentation, held["val"], held.get("test"))
     data = make_train_dataset(images["train"], labels["train"], cfg.batch_size, cfg.seed, cfg.augment,
                               cfg.deterministic, cfg.acquisition, cfg.elastic)
@@ -191,12 +201,14 @@ def train(
     labels: dict[str, np.ndarray],
     resume: bool = False,
     times: PhaseTimes | None = None,
+    boxes: Sequence[Boxes | None] | None = None,
 ) -> TrainResult:
     """Train `cfg`'s recipe on the train/val(/test) `images` and `labels`, keeping the best whole model by
     validation F1 at `run.best_model`: the one entry point of every recipe and backend.
 
     With `resume`, continue after the last epoch recorded in `progress.json`, with its weights and
     optimizer state; a run that had done its epochs, stopped early or run out of time returns at once.
+    `boxes`: the training images' tumour boxes, for `cfg.attention_prior`.
     """
     state = RunState.read(run) if resume else RunState()
     clock = Clock(state.train_seconds, cfg.max_minutes)  # building and the fast recipe's caching count too
@@ -210,7 +222,7 @@ def train(
     with strategy.scope():
         model = build()
     times = PhaseTimes() if times is None else times
-    fitted, feed = prepare(cfg, strategy, model, images, labels, times)
+    fitted, feed = prepare(cfg, strategy, model, images, labels, times, boxes)
     validation = Validation(*feed.val, run.best_model, model, cfg.patience, state.best_val_f1, state.best_epoch)
     step_flops = forward_flops(fitted)  # per image; a training step costs about three forward passes
     epoch_gflop = (3 * len(labels["train"]) + len(labels["val"])) * step_flops / 1e9
