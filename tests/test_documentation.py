@@ -177,3 +177,33 @@ def test_readme_headline_numbers_are_those_of_the_results_file():
                                 strict=True):
             lo, hi = float(row[f"{metric}_lo"]), float(row[f"{metric}_hi"])
             assert cell.strip() == f"{float(row[metric]):.3f} [{lo:.3f}, {hi:.3f}]", (protocol, metric)
+
+
+def test_the_box_guidance_table_compares_configurations_over_seeds(tmp_path: Path):
+    from tumorclf.documentation.tables.cells import Results
+    from tumorclf.documentation.tables.explanations import box_guidance
+
+    def row(seed: int, attention: bool, auc: float | None) -> dict[str, str]:
+        name = f"vgg16_imagenet_lso-a_128px_seed{seed}_fast" + ("_attention0.5" if attention else "")
+        done = auc is not None
+        return {"run_name": name, "protocol": "leave-source-out:a", "status": "finished" if done else "",
+                **{m: str(auc) if done else "" for m in ("accuracy", "balanced_accuracy", "auc")},
+                **{f"{m}_{end}": str(auc + d) if done else "" for m in ("accuracy", "balanced_accuracy", "auc")
+                   for end, d in (("lo", -0.05), ("hi", 0.05))}}
+
+    folder = tmp_path / "experiments" / "results" / "box_guidance"
+    folder.mkdir(parents=True)
+    rows = [row(42, False, 0.60), row(42, True, 0.70), row(43, False, 0.62), row(43, True, 0.72),
+            row(44, False, None), row(44, True, None)]
+    with open(folder / "results.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    table = box_guidance(Results(tmp_path))
+    assert [r[:2] for r in table.rows][:3] == [["baseline (fast recipe)", "seed 42"],
+                                               ["baseline (fast recipe)", "seed 43"],
+                                               ["**baseline (fast recipe)**", "**across seeds**"]]
+    assert table.rows[0][4] == "0.600 [0.550, 0.650]"
+    assert table.rows[5][4].startswith("0.710 ± 0.014 (0.700-0.720, 2 seeds)")
+    assert "auc +0.100 (beyond the seed spread)" in table.note
+    assert "baseline (fast recipe) has 2; attention prior 0.5 has 2 of 3" in table.note

@@ -1,9 +1,11 @@
 """The tables of docs/explanations.md: where the models' Grad-CAM maps lie against the tumour boxes, read from
-the localisation.json files of experiments/localisation.sh."""
+the localisation.json files of experiments/localisation.sh, and box-guided training against the baseline across
+seeds (experiments/box_guidance.yaml)."""
 
 from __future__ import annotations
 
-from tumorclf.documentation.tables.cells import DATA, Results, Table, interval, number
+from tumorclf.documentation.tables.cells import DATA, Results, Table, interval, number, study_command, study_results
+from tumorclf.studies import seeds
 
 FOLDER = "localisation"
 COMMAND = (f"tumorclf study --config experiments/localisation.yaml --data {DATA}; "
@@ -69,4 +71,54 @@ def localisation_by_collection(results: Results) -> Table:
                  rows, _sources(results, scored), COMMAND)
 
 
-TABLES = {"localisation": localisation, "localisation-by-collection": localisation_by_collection}
+GUIDANCE = "box_guidance"
+GUIDANCE_METRICS = ("accuracy", "balanced_accuracy", "auc")
+GUIDANCE_SEEDS = 3  # what experiments/box_guidance.yaml trains of each configuration
+
+
+def _guidance_name(configuration: str) -> str:
+    weight = configuration.rpartition("_attention")[2] if "_attention" in configuration else None
+    return f"attention prior {weight}" if weight else "baseline (fast recipe)"
+
+
+def box_guidance(results: Results) -> Table:
+    """Leave-source-out test metrics of the fast recipe with and without the attention prior: each run with its
+    interval, then each configuration's mean and spread over seeds, and whether the prior's difference exceeds
+    the seed-to-seed spread."""
+    rows = results.csv(study_results(GUIDANCE))
+    entries = seeds.across_seeds(rows, GUIDANCE_METRICS)
+    table = []
+    for entry in entries:
+        name = _guidance_name(entry["configuration"])
+        for run, *values in zip(entry["runs"], *(entry[f"{m}_runs"] for m in GUIDANCE_METRICS)):
+            seed = run.rpartition("_seed")[2].split("_")[0]
+            table.append([name, f"seed {seed}", *(interval({"v": v, "v_lo": lo, "v_hi": hi}, "v")
+                                                   for v, lo, hi in values)])
+        table.append([f"**{name}**", "**across seeds**", *(seeds.format_summary(entry[m]) for m in GUIDANCE_METRICS)])
+    baseline = next((e for e in entries if "_attention" not in e["configuration"]), None)
+    verdicts = []
+    for entry in entries:
+        if baseline is None or entry is baseline:
+            continue
+        said = []
+        for metric in GUIDANCE_METRICS:
+            c = seeds.compare(baseline, entry, metric)
+            if c["difference"] is None:
+                continue
+            if min(c["seeds"]) < 2:
+                verdict = "no seed spread to compare with yet"
+            else:
+                verdict = f"{'beyond' if c['exceeds_seed_spread'] else 'within'} the seed spread"
+            said.append(f"{metric.replace('_', ' ')} {c['difference']:+.3f} ({verdict})")
+        verdicts.append(f"{_guidance_name(entry['configuration'])} minus the baseline: {', '.join(said)}.")
+    finished = {e["configuration"]: e[GUIDANCE_METRICS[0]]["n"] for e in entries}
+    planned = dict.fromkeys(seeds.configuration(row["run_name"]) for row in rows)  # the study's order
+    short = [f"{_guidance_name(name)} has {finished.get(name, 0)}" for name in planned
+             if finished.get(name, 0) < GUIDANCE_SEEDS]
+    note = " ".join(verdicts + ([f"Seeds still to train: {'; '.join(short)} of {GUIDANCE_SEEDS}."] if short else []))
+    return Table(["configuration", "run", "held out: accuracy", "held out: balanced accuracy", "held out: AUC"],
+                 table, [results.source(study_results(GUIDANCE))], study_command(GUIDANCE), note)
+
+
+TABLES = {"localisation": localisation, "localisation-by-collection": localisation_by_collection,
+          "box-guidance": box_guidance}
