@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import BLOB_CENTRE, BLOB_RADIUS
+from conftest import BLOB_CENTRE, BLOB_RADIUS, one_error_line
 from tumorclf.cli.main import main
 from tumorclf.errors import ConfigError
 from tumorclf.explain.boxes import Boxes
@@ -149,6 +149,13 @@ def test_a_guided_run_logs_its_outside_share_and_records_its_box_file(blob_datas
     resolved = json.loads((run / "config.json").read_text())["resolved"]
     assert resolved["boxes_sha256"] and resolved["boxes"] == str(boxes.resolve())
     assert keras.saving.load_model(run / "best.keras").name == "vgg16"  # the whole model, as without the prior
+
+    # a resume with another box file is refused (the run records its box file's SHA-256)
+    changed = tmp_path / "changed.csv"
+    changed.write_text(boxes.read_text().replace("blob", "other", 1))
+    capsys.readouterr()
+    assert main([*args[:-3], str(changed), "--attention-prior", "1", "--resume"]) != 0
+    assert "was started with another --boxes file" in one_error_line(capsys)
 
     # a box file that names no training image: one line, before any run folder is made
     other = tmp_path / "other.csv"

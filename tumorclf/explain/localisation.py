@@ -8,8 +8,8 @@ randomised (`explain.randomisation`). Written to the output folder:
 - ``localisation.csv``: one row per image and method (path, duplicate group, P(tumour), the scores, and the
   scores and rank correlation of the randomised model's map);
 - ``localisation.json``: per method, each score's mean with a 95% interval over duplicate groups (also per
-  ``box_source`` of the box file), the same for the randomised model, the rank correlation, and ``explains_model``: false when the method's
-  localisation survives the randomisation (its pointing and energy share stay within the trained model's
+  ``box_source`` of the box file), the same for the randomised model, the rank correlation, and
+  ``explains_model``: false when the method's localisation survives the randomisation (its pointing and energy share stay within the trained model's
   intervals or above them);
 - ``localisation_METHOD.png``: the four best and four worst localised images by energy share.
 """

@@ -231,7 +231,8 @@ class Config:
 
     def _differences(self, reference: dict[str, Any]) -> list[str]:
         """The measures whose value differs from `reference`, as words: a value (`percentile`), or a switch's
-        name (`acquisition`, or `no-acquisition` when it is off and `reference` has it on)."""
+        name (`acquisition`, or `no-acquisition` when it is off and `reference` has it on); then the attention
+        prior with its weight (`attention0.5`), which no recipe turns on."""
         parts = [(key if value else f"no-{key}") if isinstance(value, bool) else value
                  for key, value in ((key, getattr(self, key)) for key in reference) if value != reference[key]]
         return parts + ([f"attention{self.attention_prior:g}"] if self.attention_prior else [])

@@ -86,7 +86,6 @@ class AttentionPrior(keras.Model):
         a batch without a guided image."""
         with tf.GradientTape() as tape:
             maps, probs = self.probe(features, training=False)
-            tape.watch(maps)
             probs = ops.clip(ops.cast(probs, "float32"), 1e-7, 1.0)
             log_odds = ops.sum(ops.log(probs[:, 1]) - ops.log(probs[:, 0]))
         gradients = tape.gradient(log_odds, maps)

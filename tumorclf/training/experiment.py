@@ -90,9 +90,9 @@ def run_experiment(cfg: Config) -> Path:
         log.info("non-chief worker: the chief writes %s", cfg.run_dir)
     if resuming:
         check_same_config(run, cfg)
+        resolved = run.record().resolved if run.config_file.is_file() else {}
         for name in ("sources", "boxes"):
-            given = getattr(cfg, name)
-            recorded = run.record().resolved.get(f"{name}_sha256") if run.config_file.is_file() else None
+            given, recorded = getattr(cfg, name), resolved.get(f"{name}_sha256")
             if given and recorded not in (None, file_sha256(Path(given))):
                 raise ConfigError(f"{run} was started with another --{name} file (its SHA-256 differs); resume "
                                   "with the same file or choose another --name")
