@@ -111,7 +111,7 @@ def test_the_flags_are_checked_together():
         Config(model="vgg16", imagenet=True, recipe="fast", attention_prior=1.0)
     with pytest.raises(ConfigError, match="needs --boxes FILE.csv and a cached-feature recipe"):
         Config(model="simplecnn", attention_prior=1.0, boxes="b.csv")
-    with pytest.raises(ConfigError, match="read by --attention-prior only"):
+    with pytest.raises(ConfigError, match="read by --attention-prior and --lesion-zoom only"):
         Config(model="vgg16", imagenet=True, recipe="fast", boxes="b.csv")
     with pytest.raises(ConfigError, match=">= 0"):
         Config(model="vgg16", imagenet=True, recipe="fast", boxes="b.csv", attention_prior=-1)

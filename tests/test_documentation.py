@@ -183,8 +183,8 @@ def test_the_box_guidance_table_compares_configurations_over_seeds(tmp_path: Pat
     from tumorclf.documentation.tables.cells import Results
     from tumorclf.documentation.tables.explanations import box_guidance
 
-    def row(seed: int, attention: bool, auc: float | None) -> dict[str, str]:
-        name = f"vgg16_imagenet_lso-a_128px_seed{seed}_fast" + ("_attention0.5" if attention else "")
+    def row(seed: int, measure: str, auc: float | None) -> dict[str, str]:
+        name = f"vgg16_imagenet_lso-a_128px_seed{seed}_fast{measure}"
         done = auc is not None
         return {"run_name": name, "protocol": "leave-source-out:a", "status": "finished" if done else "",
                 **{m: str(auc) if done else "" for m in ("accuracy", "balanced_accuracy", "auc")},
@@ -193,8 +193,9 @@ def test_the_box_guidance_table_compares_configurations_over_seeds(tmp_path: Pat
 
     folder = tmp_path / "experiments" / "results" / "box_guidance"
     folder.mkdir(parents=True)
-    rows = [row(42, False, 0.60), row(42, True, 0.70), row(43, False, 0.62), row(43, True, 0.72),
-            row(44, False, None), row(44, True, None)]
+    prior, zoom = "_attention0.5", "_lesionzoom0.5"
+    rows = [row(42, "", 0.60), row(42, prior, 0.70), row(43, "", 0.62), row(43, prior, 0.72),
+            row(44, "", None), row(44, prior, None), row(42, zoom, 0.61)]
     with open(folder / "results.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -206,4 +207,6 @@ def test_the_box_guidance_table_compares_configurations_over_seeds(tmp_path: Pat
     assert table.rows[0][4] == "0.600 [0.550, 0.650]"
     assert table.rows[5][4].startswith("0.710 ± 0.014 (0.700-0.720, 2 seeds)")
     assert "auc +0.100 (beyond the seed spread)" in table.note
-    assert "baseline (fast recipe) has 2; attention prior 0.5 has 2 of 3" in table.note
+    assert "baseline (fast recipe) has 2; attention prior 0.5 has 2; lesion zoom 0.5 has 1 of 3" in table.note
+    assert table.rows[-1][:2] == ["**lesion zoom 0.5**", "**across seeds**"]
+    assert "lesion zoom 0.5 minus the baseline: accuracy +0.000 (no seed spread to compare with yet)" in table.note

@@ -91,11 +91,16 @@ class Config:
                                       "blur/sharpening, resampling, Rician noise", shown_default="the recipe's")
     elastic: bool | None = option(None, "train-time elastic deformation (smooth random warps that break the "
                                   "hemispheres' symmetry)", shown_default="the recipe's")
-    boxes: str | None = option(None, "with --attention-prior: CSV of tumour boxes (path,x0,y0,x1,y1 as fractions "
-                               "of width and height; paths as in the data folder)", launch=True, metavar="FILE.csv")
+    boxes: str | None = option(None, "with --attention-prior or --lesion-zoom: CSV of tumour boxes (path,x0,y0,x1,y1 "
+                               "as fractions of width and height; paths as in the data folder)",
+                               launch=True, metavar="FILE.csv")
     attention_prior: float = option(0.0, "with --recipe fast or robust and --boxes: weight of the share of a boxed "
                                     "training tumour slice's Grad-CAM map outside its box, added to the loss",
                                     metavar="WEIGHT", shown_default="0, off")
+    lesion_zoom: float = option(0.0, "with --recipe fast or robust and --boxes: share of each augmented view's "
+                                "training images replaced by a zoomed crop that keeps the tumour box in view (an "
+                                "image without a box is cropped around a box drawn from the others)",
+                                metavar="SHARE", shown_default="0, off")
     split: str = option("grouped", "grouped (leak-free), paper (over files) or source (leave-source-out: test on "
                         "--holdout-sources, train and validate on the others)", choices=SPLITS)
     sources: str | None = option(None, "with --split source: CSV of path,source (path relative to the data "
@@ -199,8 +204,13 @@ class Config:
         if self.attention_prior and not (self.boxes and self.cached_features):
             raise ConfigError("--attention-prior needs --boxes FILE.csv and a cached-feature recipe (--recipe fast "
                               "or robust)")
-        if self.boxes and not self.attention_prior:
-            raise ConfigError("--boxes is read by --attention-prior only; add --attention-prior WEIGHT")
+        if not 0 <= self.lesion_zoom <= 1:
+            raise ConfigError(f"lesion_zoom is a share of the training images, in [0, 1]; got {self.lesion_zoom}")
+        if self.lesion_zoom and not (self.boxes and self.cached_features and self.augment):
+            raise ConfigError("--lesion-zoom needs --boxes FILE.csv, a cached-feature recipe (--recipe fast or "
+                              "robust) and augmentation (it replaces images of the augmented views)")
+        if self.boxes and not (self.attention_prior or self.lesion_zoom):
+            raise ConfigError("--boxes is read by --attention-prior and --lesion-zoom only; add one of them")
         if not 0 < self.target_sensitivity <= 1:
             raise ConfigError(f"target_sensitivity must be in (0, 1], got {self.target_sensitivity}")
         if self.feature_views < 1:
@@ -231,11 +241,12 @@ class Config:
 
     def _differences(self, reference: dict[str, Any]) -> list[str]:
         """The measures whose value differs from `reference`, as words: a value (`percentile`), or a switch's
-        name (`acquisition`, or `no-acquisition` when it is off and `reference` has it on); then the attention
-        prior with its weight (`attention0.5`), which no recipe turns on."""
+        name (`acquisition`, or `no-acquisition` when it is off and `reference` has it on); then the box-guided
+        measures with their value (`attention0.5`, `lesionzoom0.5`), which no recipe turns on."""
         parts = [(key if value else f"no-{key}") if isinstance(value, bool) else value
                  for key, value in ((key, getattr(self, key)) for key in reference) if value != reference[key]]
-        return parts + ([f"attention{self.attention_prior:g}"] if self.attention_prior else [])
+        return (parts + ([f"attention{self.attention_prior:g}"] if self.attention_prior else [])
+                + ([f"lesionzoom{self.lesion_zoom:g}"] if self.lesion_zoom else []))
 
     def _measures(self) -> str:
         """The run name's suffix for measures that differ from the recipe's own (e.g. `_fast_percentile` or

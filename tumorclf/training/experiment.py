@@ -75,7 +75,7 @@ def run_experiment(cfg: Config) -> Path:
                        cfg.split_fractions, cfg.seed, cfg.near_duplicate_bits, sources, cfg.holdout)
     subsets = {name: split.indices(name) for name in ("train", "val", "test")}
     boxes = None  # the training images' tumour boxes, read before anything is written
-    if cfg.attention_prior:
+    if cfg.boxes:
         boxes = match_boxes(read_boxes(Path(cfg.boxes)), [Path(data.paths[i]) for i in subsets["train"]],
                             cfg.boxes)
     small = {name: len(rows) for name, rows in subsets.items() if len(rows) < cfg.batch_size}

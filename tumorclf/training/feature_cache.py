@@ -19,28 +19,38 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from collections.abc import Sequence
+
+from tumorclf.explain.boxes import Boxes
 from tumorclf.models.stem import feature_cache, stem_outputs
 from tumorclf.runs.config import Config
+from tumorclf.transforms.lesion_zoom import lesion_zoom
 from tumorclf.transforms.pipeline import augmenter
 
 log = logging.getLogger(__name__)
 
 
-def cache_features(cfg: Config, stem: keras.Model, images: dict[str, np.ndarray],
-                   held_out: tuple[str, ...]) -> tuple[list[np.ndarray], dict[str, np.ndarray], int]:
+def cache_features(cfg: Config, stem: keras.Model, images: dict[str, np.ndarray], held_out: tuple[str, ...],
+                   boxes: Sequence[Boxes | None] | None = None
+                   ) -> tuple[list[np.ndarray], dict[str, np.ndarray], int]:
     """(training views, {subset: features} of the `held_out` subsets, how many images the stem ran on), one
     log line per view; each read from the feature cache on disk when an earlier run computed it
-    (`tumorclf.models.stem`)."""
+    (`tumorclf.models.stem`). With `cfg.lesion_zoom`, the augmented views start from training images zoomed
+    around their `boxes` (`transforms.lesion_zoom`; the zoomed pixels are part of the cache key)."""
     started = time.time()
     cache = feature_cache(cfg.cache_dir)
     views, computed = [], 0
     n_views = cfg.feature_views if cfg.augment else 1  # without augmentation every view would be the same
     for view in range(n_views):
         log.info("fast recipe: caching view %d/%d of %d training images (%s)", view + 1, n_views,
-                 len(images["train"]), "augmented" if view else "as is")
+                 len(images["train"]), ("augmented" + (f", {cfg.lesion_zoom:g} of them zoomed around a box"
+                                                      if cfg.lesion_zoom else "")) if view else "as is")
         seed = cfg.seed + 10 * view
         augmentation = augmenter(seed, cfg.image_size, cfg.acquisition, cfg.elastic) if view else None
-        features, ran = stem_outputs(stem, images["train"], cfg.batch_size, f"features, train view {view + 1}",
+        pixels = images["train"]
+        if view and cfg.lesion_zoom:
+            pixels = lesion_zoom(pixels, [None if b is None else b.corners for b in boxes], cfg.lesion_zoom, seed)
+        features, ran = stem_outputs(stem, pixels, cfg.batch_size, f"features, train view {view + 1}",
                                      cache, augmentation, seed if view else None, cfg.deterministic)
         views.append(features)
         computed += ran * len(images["train"])

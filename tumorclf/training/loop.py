@@ -141,13 +141,14 @@ def prepare(cfg: Config, strategy: tf.distribute.Strategy, model: keras.Model, i
             ) -> tuple[keras.Model, Feed]:
     """The model to fit and its feed: the whole model on image batches, or (fast recipe) its top on the
     stem's cached features, so the frozen stem runs once per image and view instead of every epoch; with
-    `cfg.attention_prior`, the top trained against Grad-CAM outside the `boxes` (`training.attention_prior`)."""
+    `cfg.attention_prior`, the top trained against Grad-CAM outside the `boxes` (`training.attention_prior`); with
+    `cfg.lesion_zoom`, augmented views zoomed around them (`transforms.lesion_zoom`)."""
     held_out = ("val", "test") if cfg.track_test else ("val",)
     if cfg.cached_features:
         with strategy.scope():
             stem, top = split_model(model, MODELS[cfg.model].fast_cut)
         with times.phase("feature cache") as phase:
-            views, features, computed = cache_features(cfg, stem, images, held_out)
+            views, features, computed = cache_features(cfg, stem, images, held_out, boxes)
             phase.gflop = computed * forward_flops(stem) / 1e9
         held = {name: (features[name], labels[name]) for name in held_out}
         if cfg.attention_prior:
@@ -208,7 +209,7 @@ def train(
 
     With `resume`, continue after the last epoch recorded in `progress.json`, with its weights and
     optimizer state; a run that had done its epochs, stopped early or run out of time returns at once.
-    `boxes`: the training images' tumour boxes, for `cfg.attention_prior`.
+    `boxes`: the training images' tumour boxes, for `cfg.attention_prior` and `cfg.lesion_zoom`.
     """
     state = RunState.read(run) if resume else RunState()
     clock = Clock(state.train_seconds, cfg.max_minutes)  # building and the fast recipe's caching count too

@@ -76,14 +76,22 @@ GUIDANCE_METRICS = ("accuracy", "balanced_accuracy", "auc")
 GUIDANCE_SEEDS = 3  # what experiments/box_guidance.yaml trains of each configuration
 
 
+GUIDANCE_MEASURES = {"attention": "attention prior", "lesionzoom": "lesion zoom"}  # run name part: table name
+
+
 def _guidance_name(configuration: str) -> str:
-    weight = configuration.rpartition("_attention")[2] if "_attention" in configuration else None
-    return f"attention prior {weight}" if weight else "baseline (fast recipe)"
+    """"attention prior 0.5", "lesion zoom 0.5" (both, joined by " + "), or the baseline's name."""
+    measures = []
+    for part in configuration.split("_"):
+        for key, name in GUIDANCE_MEASURES.items():
+            if part.startswith(key):
+                measures.append(f"{name} {part[len(key):]}")
+    return " + ".join(measures) or "baseline (fast recipe)"
 
 
 def box_guidance(results: Results) -> Table:
-    """Leave-source-out test metrics of the fast recipe with and without the attention prior: each run with its
-    interval, then each configuration's mean and spread over seeds, and whether the prior's difference exceeds
+    """Leave-source-out test metrics of the fast recipe with and without each box-guided measure: each run with its
+    interval, then each configuration's mean and spread over seeds, and whether a measure's difference exceeds
     the seed-to-seed spread."""
     rows = results.csv(study_results(GUIDANCE))
     entries = seeds.across_seeds(rows, GUIDANCE_METRICS)
@@ -95,7 +103,8 @@ def box_guidance(results: Results) -> Table:
             table.append([name, f"seed {seed}", *(interval({"v": v, "v_lo": lo, "v_hi": hi}, "v")
                                                    for v, lo, hi in values)])
         table.append([f"**{name}**", "**across seeds**", *(seeds.format_summary(entry[m]) for m in GUIDANCE_METRICS)])
-    baseline = next((e for e in entries if "_attention" not in e["configuration"]), None)
+    baseline = next((e for e in entries if not _guidance_name(e["configuration"]).startswith(
+        tuple(GUIDANCE_MEASURES.values()))), None)
     verdicts = []
     for entry in entries:
         if baseline is None or entry is baseline:
