@@ -1,16 +1,21 @@
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from scipy.special import expit
 from scipy.stats import norm
+from sklearn import exceptions as skm_exceptions
 from sklearn import metrics as skm
 
 from tumorclf.metrics.bootstrap import (
     METRICS,
+    NEEDS_BOTH_CLASSES,
     bootstrap_intervals,
     format_interval,
     group_multiplicities,
+    not_reportable,
     point_metrics,
     weighted_metrics,
 )
@@ -212,7 +217,8 @@ def test_ece_by_hand():
 def test_undefined_metrics_are_nan():
     healthy = point_metrics(np.zeros(6, int), np.linspace(0.1, 0.9, 6), 0.5)
     assert np.isnan(healthy["sensitivity"]) and np.isnan(healthy["auc"])
-    assert healthy["specificity"] == 0.5 and healthy["balanced_accuracy"] == 0.5 and healthy["accuracy"] == 0.5
+    assert healthy["specificity"] == 0.5 and healthy["accuracy"] == 0.5
+    assert all(np.isnan(healthy[name]) for name in NEEDS_BOTH_CLASSES)  # not sklearn's one-class recall
     no_tumor_decision = point_metrics(np.array([0, 1, 1]), np.array([0.1, 0.2, 0.3]), 0.5)
     assert np.isnan(no_tumor_decision["precision"]) and no_tumor_decision["f1"] == 0.0
     assert no_tumor_decision["sensitivity"] == 0.0 and no_tumor_decision["auc"] == 1.0
@@ -274,3 +280,53 @@ def test_format_interval():
     assert format_interval({"value": 0.5, "ci95": None}) == "0.500"
     assert format_interval({"value": float("nan"), "ci95": None}) == "-"
     assert format_interval({"value": None, "ci95": None}) == "-"
+
+
+# --- one class: an external folder of tumour slices alone ---------------------------------------------------
+
+
+@pytest.mark.parametrize("label", [1, 0])
+def test_one_class_gives_its_recall_with_an_interval_and_nothing_degenerate(label):
+    rng = np.random.default_rng(9)
+    groups = np.repeat(np.arange(60), rng.integers(1, 4, 60))
+    y = np.full(len(groups), label)
+    p = np.round(rng.random(len(y)), 2)
+    pred = (p >= 0.5).astype(int)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no division-by-zero or empty-slice warnings
+        out = bootstrap_intervals(y, p, groups, 0.5, n_resamples=300, seed=4)
+    recall = "sensitivity" if label else "specificity"
+    assert out[recall]["value"] == pytest.approx(skm.recall_score(y, pred, pos_label=label))
+    assert out["accuracy"]["value"] == pytest.approx(skm.accuracy_score(y, pred)) == out[recall]["value"]
+    assert out["brier"]["value"] == pytest.approx(skm.brier_score_loss(y, p, pos_label=1))
+    for name in (recall, "accuracy", "brier"):
+        lo, hi = out[name]["ci95"]
+        assert lo <= out[name]["value"] <= hi and lo < hi, name
+    with pytest.warns(skm_exceptions.UndefinedMetricWarning):  # sklearn has no AUC of one class either
+        assert np.isnan(skm.roc_auc_score(y, p))
+    other = "specificity" if label else "sensitivity"
+    for name in (other, *NEEDS_BOTH_CLASSES):
+        assert np.isnan(out[name]["value"]) and out[name]["ci95"] is None, name
+    assert format_interval(out["auc"]) == "-"
+
+
+def test_resamples_that_draw_one_class_leave_the_two_class_metrics_out():
+    y, p = np.array([0, 1, 1, 1]), np.array([0.2, 0.4, 0.6, 0.9])
+    weights = np.array([[1.0, 1, 1, 1], [0, 2, 1, 1], [4, 0, 0, 0]])  # both classes, tumours only, healthy only
+    got = dict(zip(METRICS, weighted_metrics(y, p, 0.5, weights).T))
+    for name in NEEDS_BOTH_CLASSES:
+        assert np.isfinite(got[name][0]) and np.isnan(got[name][1:]).all(), name
+    assert got["sensitivity"].tolist()[:2] == [2 / 3, 0.5] and np.isnan(got["sensitivity"][2])
+    assert got["specificity"][2] == 1.0 and np.isnan(got["specificity"][1])
+    assert got["brier"][1] == pytest.approx(np.mean([0.36, 0.36, 0.16, 0.01]))
+
+
+def test_not_reportable_names_each_missing_metric_and_why():
+    tumour = not_reportable(np.ones(5, int))
+    assert set(tumour) == {"specificity", *NEEDS_BOTH_CLASSES}
+    assert tumour["specificity"] == "only Tumor slices: no Healthy slices"
+    assert all(why.startswith("only Tumor slices: ") for why in tumour.values())
+    assert "auc" in tumour and "sensitivity" not in tumour and "brier" not in tumour
+    healthy = not_reportable([0, 0])
+    assert set(healthy) == {"sensitivity", *NEEDS_BOTH_CLASSES} and healthy["sensitivity"].startswith("only Healthy")
+    assert not_reportable([0, 1, 1]) == {} and not_reportable([]) == {}

@@ -5,6 +5,11 @@ near-copies ten times and give intervals that are too narrow. Each resample ther
 groups with replacement (a cluster bootstrap) and takes all files of every drawn group; the interval is
 the percentile interval of the resampled metric (resamples where it is undefined, e.g. no tumor image
 for sensitivity, are left out).
+
+Images of one class only (an external folder of tumour slices, or a resample that drew one class) have a
+sensitivity or a specificity, an accuracy and a Brier score, but none of `NEEDS_BOTH_CLASSES`: those are NaN
+there rather than the degenerate values the formulas give (precision 1 or 0 by construction, balanced accuracy
+equal to the one recall), and `not_reportable` says why.
 """
 
 from __future__ import annotations
@@ -27,10 +32,31 @@ from tumorclf.metrics.classification import (
 )
 
 METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision", "f1", "auc", "brier", "ece")
+# why each of these means nothing on images of one class
+NEEDS_BOTH_CLASSES = {
+    "balanced_accuracy": "the mean of sensitivity and specificity needs both classes",
+    "precision": "the share of Tumor decisions that are right is 1 or 0 by construction with one class",
+    "f1": "it is built on precision",
+    "auc": "ranking tumour against healthy slices needs both classes",
+    "ece": "the observed tumour rate is the same in every bin, so ECE measures the distance from that class, "
+           "not calibration",
+}
+CLASS_NAMES = ("Healthy", "Tumor")  # label 0 and 1, as tumorclf.data.dataset names them
+
+
+def not_reportable(labels) -> dict[str, str]:
+    """`{metric: why}` for the `METRICS` that labels of one class cannot give (empty with both classes, or none)."""
+    present = np.unique(np.asarray(labels, dtype=np.int64))
+    if len(present) != 1:
+        return {}
+    only = CLASS_NAMES[int(present[0])]
+    missing = {"specificity" if only == "Tumor" else "sensitivity": f"no {CLASS_NAMES[1 - int(present[0])]} slices"}
+    return {name: f"only {only} slices: {why}" for name, why in {**missing, **NEEDS_BOTH_CLASSES}.items()}
 
 
 def point_metrics(labels, prob_tumor, threshold: float) -> dict[str, float]:
-    """The nine `METRICS` of P(Tumor) decided at `threshold` (NaN where undefined)."""
+    """The nine `METRICS` of P(Tumor) decided at `threshold` (NaN where undefined: `NEEDS_BOTH_CLASSES` with
+    one class)."""
     y = np.asarray(labels, dtype=np.int64)
     p = np.asarray(prob_tumor, dtype=np.float64)
     if not len(y):
@@ -39,10 +65,13 @@ def point_metrics(labels, prob_tumor, threshold: float) -> dict[str, float]:
     precision, _, f1 = precision_recall_f1(y, predicted)
     if not np.any(predicted == 1):
         precision = float("nan")  # no Tumor decision: undefined (not 0) in an interval
-    return {"accuracy": float(np.mean(predicted == y)), "balanced_accuracy": balanced_accuracy(y, predicted),
-            "sensitivity": sensitivity(y, predicted), "specificity": specificity(y, predicted),
-            "precision": float(precision), "f1": f1, "auc": roc_auc(y, p), "brier": brier_score(y, p),
-            "ece": expected_calibration_error(y, p)}
+    values = {"accuracy": float(np.mean(predicted == y)), "balanced_accuracy": balanced_accuracy(y, predicted),
+              "sensitivity": sensitivity(y, predicted), "specificity": specificity(y, predicted),
+              "precision": float(precision), "f1": f1, "auc": roc_auc(y, p), "brier": brier_score(y, p),
+              "ece": expected_calibration_error(y, p)}
+    if len(np.unique(y)) == 1:
+        values.update(dict.fromkeys(NEEDS_BOTH_CLASSES, float("nan")))
+    return values
 
 
 def group_multiplicities(groups, n_resamples: int, seed: int = 0, chunk: int = 250):
@@ -75,9 +104,10 @@ def weighted_metrics(y: np.ndarray, p: np.ndarray, threshold: float, weights: np
         tn, fn = neg - fp, pos - tp
         sens = np.where(pos > 0, tp / pos, np.nan)
         spec = np.where(neg > 0, tn / neg, np.nan)
-        balanced = np.where(np.isnan(sens), spec, np.where(np.isnan(spec), sens, (sens + spec) / 2))
-        precision = np.where(tp + fp > 0, tp / (tp + fp), np.nan)
-        f1 = np.where(tp > 0, 2 * tp / (2 * tp + fp + fn), 0.0)
+        both = (pos > 0) & (neg > 0)  # else NaN for NEEDS_BOTH_CLASSES, as in `point_metrics`
+        balanced = (sens + spec) / 2
+        precision = np.where(both & (tp + fp > 0), tp / (tp + fp), np.nan)
+        f1 = np.where(both, np.where(tp > 0, 2 * tp / (2 * tp + fp + fn), 0.0), np.nan)
         # AUC: each positive file scores the negatives strictly below it plus half of those tied with it
         order = np.argsort(p, kind="stable")
         sorted_p, sorted_w, sorted_pos = p[order], weights[:, order], positive[order]
@@ -87,11 +117,11 @@ def weighted_metrics(y: np.ndarray, p: np.ndarray, threshold: float, weights: np
         neg_below = np.concatenate([np.zeros((len(weights), 1)), np.cumsum(neg_w, axis=1)], axis=1)[:, tie_start]
         neg_tied = np.add.reduceat(neg_w, tie_start, axis=1)
         wins = ((sorted_w * sorted_pos) * (neg_below + 0.5 * neg_tied)[:, tie_of]).sum(axis=1)
-        auc = np.where((pos > 0) & (neg > 0), wins / (pos * neg), np.nan)
+        auc = np.where(both, wins / (pos * neg), np.nan)
         brier = weights @ (p - y) ** 2 / n
         which = np.clip((p * ECE_BINS).astype(np.int64), 0, ECE_BINS - 1)
         in_bin = np.eye(ECE_BINS)[which]
-        ece = np.abs(weights @ (in_bin * (y - p)[:, None])).sum(axis=1) / n
+        ece = np.where(both, np.abs(weights @ (in_bin * (y - p)[:, None])).sum(axis=1) / n, np.nan)
     columns = {"accuracy": (tp + tn) / n, "balanced_accuracy": balanced, "sensitivity": sens, "specificity": spec,
                "precision": precision, "f1": f1, "auc": auc, "brier": brier, "ece": ece}
     return np.stack([columns[name] for name in METRICS], axis=1)
