@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import one_error_line
 from tumorclf.data import dataset as data
 
 from tumorclf.data import decoder
@@ -120,6 +121,67 @@ def test_wrong_number_of_class_folders(tmp_path: Path, folders):
         (tmp_path / name).mkdir()
     with pytest.raises(DataError, match="expected exactly two class folders"):
         find_class_folders(tmp_path)
+
+
+@pytest.mark.parametrize("keep, label", [("tumor", 1), ("healthy", 0)])
+def test_one_class_folder_loads_only_for_evaluation(blob_dataset: Path, keep: str, label: int):
+    for path in (blob_dataset / ("healthy" if label else "tumor")).iterdir():
+        path.unlink()
+    (blob_dataset / ("healthy" if label else "tumor")).rmdir()
+    with pytest.raises(DataError, match="expected exactly two class folders"):  # training needs both classes
+        load_dataset(blob_dataset, 24)
+    ds = load_dataset(blob_dataset, 24, one_class=True)
+    assert len(ds) == 40 and set(ds.labels.tolist()) == {label} and ds.skipped == []
+    assert all(path.startswith(f"{keep}/") for path in ds.paths)
+    assert (ds.folders.healthy is None) == bool(label) and (ds.folders.tumor is None) == (not label)
+    assert f"{data.CLASS_NAMES[label].lower()}={keep!r} only" in ds.folders.how
+
+
+def test_one_class_folder_by_classes_or_beside_an_empty_one(blob_dataset: Path):
+    (blob_dataset / "tumor").rename(blob_dataset / "lesion")
+    for path in (blob_dataset / "healthy").iterdir():
+        path.unlink()
+    with pytest.raises(DataError, match="holds no files"):
+        load_dataset(blob_dataset, 24)
+    assert set(load_dataset(blob_dataset, 24, one_class=True).labels.tolist()) == {1}  # an empty healthy/ beside
+    (blob_dataset / "healthy").rmdir()
+    with pytest.raises(DataError, match="cannot tell whether 'lesion' .* --classes"):
+        load_dataset(blob_dataset, 24, one_class=True)
+    ds = load_dataset(blob_dataset, 24, ("normal", "lesion"), one_class=True)  # normal/ absent: one class
+    assert len(ds) == 40 and ds.folders.healthy is None and ds.labels.min() == 1
+    with pytest.raises(DataError, match="class folder named by --classes not found: .*normal"):
+        load_dataset(blob_dataset, 24, ("normal", "lesion"))
+    with pytest.raises(DataError, match="class folder named by --classes not found"):
+        load_dataset(blob_dataset, 24, ("normal", "other"), one_class=True)
+
+
+def test_one_class_loading_still_refuses_a_folder_without_images(tmp_path: Path):
+    with pytest.raises(DataError, match=r"expected one or two class folders in .*, found 0 \(none\)"):
+        load_dataset(tmp_path, 24, one_class=True)
+    (tmp_path / "tumor").mkdir()
+    with pytest.raises(DataError, match="class folder .*tumor \\(Tumor\\) holds no files"):
+        load_dataset(tmp_path, 24, one_class=True)
+    (tmp_path / "tumor" / "a.png").write_bytes(b"not an image")
+    (tmp_path / "tumor" / "b.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    with pytest.raises(DataError, match=r"no readable images in .* \(2 files skipped\)"):
+        load_dataset(tmp_path, 24, one_class=True)
+    for name in ("healthy", "x", "y"):
+        (tmp_path / name).mkdir()
+    with pytest.raises(DataError, match="expected one or two class folders .* found 4"):
+        load_dataset(tmp_path, 24, one_class=True)
+
+
+def test_training_refuses_a_one_class_folder(blob_dataset: Path, tmp_path: Path, capsys):
+    """Only evaluation relaxes the two-class rule: a model cannot learn from one class."""
+    from tumorclf.cli.main import main
+
+    for path in (blob_dataset / "healthy").iterdir():
+        path.unlink()
+    (blob_dataset / "healthy").rmdir()
+    assert main(["train", "--data", str(blob_dataset), "--out", str(tmp_path / "runs"), "--epochs", "1",
+                 "--image-size", "32"]) == 2
+    assert "expected exactly two class folders" in one_error_line(capsys)
+    assert not any((tmp_path / "runs").rglob("best.keras"))
 
 
 def test_missing_folder_and_empty_class(tmp_path: Path):

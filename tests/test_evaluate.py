@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from conftest import blob_image, one_error_line, read_csv, write_blob_dataset
 from tumorclf.metrics.bootstrap import METRICS, bootstrap_intervals
 from tumorclf.metrics.calibration import OperatingPoint, apply_temperature, fit_operating_point
 from tumorclf.cli.main import main
-from tumorclf.evaluation.evaluate import dataset_report
+from tumorclf.evaluation.evaluate import dataset_report, table
 from tumorclf.metrics.classification import confusion_matrix, decide, roc_auc
 from tumorclf.gate.quality_gate import REASONS
 
@@ -411,10 +412,18 @@ def test_bad_input_stops_with_one_clear_line(trained_run: Path, tmp_path: Path, 
                  "--out", str(tmp_path / "out")]) == 2
     assert "data folder not found" in one_error_line(capsys)
 
+    (tmp_path / "no_class").mkdir()
+    assert main(["evaluate", "--run", str(trained_run), "--data", str(tmp_path / "no_class"),
+                 "--out", str(tmp_path / "out")]) == 2
+    assert "expected one or two class folders" in one_error_line(capsys)
     (tmp_path / "one_class" / "healthy").mkdir(parents=True)
     assert main(["evaluate", "--run", str(trained_run), "--data", str(tmp_path / "one_class"),
                  "--out", str(tmp_path / "out")]) == 2
-    assert "expected exactly two class folders" in one_error_line(capsys)
+    assert "holds no files" in one_error_line(capsys)
+    (tmp_path / "one_class" / "healthy" / "notes.txt").write_text("not an image")
+    assert main(["evaluate", "--run", str(trained_run), "--data", str(tmp_path / "one_class"),
+                 "--out", str(tmp_path / "out")]) == 2
+    assert "no readable images in" in one_error_line(capsys)
 
     moved = copy_run(trained_run, tmp_path / "moved_run")
     record = json.loads((moved / "config.json").read_text())
@@ -561,3 +570,104 @@ def test_the_gate_reports_what_the_model_cannot_assess(trained_run: Path, tmp_pa
                      "--bootstrap", "0"]) == 0
     assert f"tumorclf gate --run {old}" in caplog.text
     assert "gate" not in json.loads((tmp_path / "old" / "evaluation.json").read_text())["datasets"]["odd"]
+
+
+ONE_CLASS_GAPS = {"tumour": {"specificity", "balanced_accuracy", "precision", "f1", "auc", "ece", "ece_uncalibrated"},
+                  "normals": {"sensitivity", "balanced_accuracy", "precision", "f1", "auc", "ece", "ece_uncalibrated"}}
+
+
+def one_class_folder(root: Path, keep: str, name: str, seed: int) -> Path:
+    """Blob slices of one class only, in a class folder called `name` (as figshare_meningioma's `Brain Tumor/`)."""
+    write_blob_dataset(root, per_class=10, size=48, seed=seed)
+    shutil.rmtree(root / ("tumor" if keep == "healthy" else "healthy"))
+    (root / keep).rename(root / name)
+    return root
+
+
+def assert_recall_at(rows: list[dict[str, str]], point: dict, recall: str) -> None:
+    """`recall` at an operating point is the share of the rows decided as their class at its threshold, from
+    predictions.csv's calibrated P(Tumor) (rounded to 6 decimals: no row lies that close to a threshold)."""
+    prob = np.array([float(row["prob_tumor"]) for row in rows])
+    assert np.all(np.abs(prob - point["threshold"]) > 1e-6)
+    called_tumour = np.mean(prob >= point["threshold"])
+    assert point[recall]["value"] == pytest.approx(called_tumour if recall == "sensitivity" else 1 - called_tumour)
+    lo, hi = point[recall]["ci95"]
+    assert lo <= point[recall]["value"] <= hi
+
+
+def test_a_one_class_folder_gets_the_metrics_its_class_allows(trained_run: Path, tmp_path: Path, capsys, caplog):
+    tumour = one_class_folder(tmp_path / "tumour", "tumor", "Brain Tumor", seed=41)
+    normals = one_class_folder(tmp_path / "normals", "healthy", "no", seed=42)
+    out = tmp_path / "eval"
+    with caplog.at_level("INFO", logger="tumorclf"):
+        assert main(["evaluate", "--run", str(trained_run), "--data", str(tumour), str(normals), "--out", str(out),
+                     *BOOTSTRAP]) == 0
+    printed = capsys.readouterr().out
+    assert "roc.png: tumour holds only Tumor slices, so it has no ROC curve" in caplog.text
+    assert "roc.png: normals holds only Healthy slices" in caplog.text
+    report = json.loads((out / "evaluation.json").read_text())
+    rows = read_csv(out / "predictions.csv")
+    for name, recall in (("tumour", "sensitivity"), ("normals", "specificity")):
+        entry = report["datasets"][name]
+        mine = [row for row in rows if row["dataset"] == name]
+        assert entry["n"] == len(mine) == 10 and {row["label"] for row in mine} == {CLASS[recall == "sensitivity"]}
+        assert set(entry["not_reportable"]) == ONE_CLASS_GAPS[name]
+        assert entry["not_reportable"]["auc"].startswith(f"only {CLASS[recall == 'sensitivity']} slices: ")
+        assert all(entry[key]["value"] is None and entry[key]["ci95"] is None for key in ONE_CLASS_GAPS[name])
+        # its one recall: the share of its slices decided as their class, at the threshold and every operating point
+        right = np.mean([row["predicted"] == row["label"] for row in mine])
+        assert value(entry[recall]) == pytest.approx(right) == value(entry["accuracy"])
+        assert entry["operating_points"].keys() == {"target_sensitivity", "youden", "default_0.5"}
+        for point in entry["operating_points"].values():
+            assert_recall_at(mine, point, recall)
+            assert point[{"sensitivity": "specificity", "specificity": "sensitivity"}[recall]]["value"] is None
+        assert entry["operating_points"]["target_sensitivity"][recall] == entry[recall]
+        assert 0 <= value(entry["brier"]) <= 1 and entry["brier"]["ci95"] is not None
+        assert entry["gate"]["accepted_metrics"]["not_reportable"].keys() <= ONE_CLASS_GAPS[name]
+    pooled = report["datasets"]["pooled"]  # both classes again: every metric
+    assert pooled["not_reportable"] == {} and pooled["n"] == 20
+    assert all(pooled[key]["value"] is not None for key in ONE_CLASS_GAPS["tumour"])
+
+    # the table: n/a where a class is missing, a line with the one recall at each operating point, no nan
+    lines = printed.strip().splitlines()
+    row = {line.split()[0]: i for i, line in enumerate(lines) if line.split()[0] in ("tumour", "normals", "pooled")}
+    assert lines[row["tumour"]].count("n/a") == 5 and lines[row["normals"]].count("n/a") == 5
+    assert "n/a" not in lines[row["pooled"]] and "nan" not in printed.lower()
+    assert lines[row["tumour"] + 1].startswith("  only Tumor slices (n/a: needs both classes); sensitivity at "
+                                               "target_sensitivity ")
+    assert "youden" in lines[row["tumour"] + 1] and "default_0.5 0.500: " in lines[row["tumour"] + 1]
+    assert lines[row["normals"] + 1].startswith("  only Healthy slices (n/a: needs both classes); specificity at ")
+    assert lines[row["tumour"] + 2].startswith("  gate: ") and "AUC n/a" in lines[row["tumour"] + 2]
+    for name in ("predictions.csv", "reliability.png", "roc.png"):
+        assert (out / name).stat().st_size > 0
+    assert (out / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # the tumour folder alone: no pooled entry, a ROC plot without a curve, and no warning
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["evaluate", "--run", str(trained_run), "--data", str(tumour), "--out", str(tmp_path / "alone"),
+                     "--bootstrap", "0"]) == 0
+    assert not [w for w in caught if issubclass(w.category, (RuntimeWarning, UserWarning))], \
+        [str(w.message) for w in caught]
+    alone = json.loads((tmp_path / "alone" / "evaluation.json").read_text())["datasets"]
+    assert set(alone) == {"tumour"} and value(alone["tumour"]["sensitivity"]) == value(
+        report["datasets"]["tumour"]["sensitivity"])
+    assert (tmp_path / "alone" / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "n/a" in capsys.readouterr().out
+
+
+def test_one_class_report_and_table_without_a_model():
+    rng = np.random.default_rng(2)
+    raw = rng.uniform(0.3, 1.0, 40)
+    point = OperatingPoint(temperature=1.0, threshold=0.6, target_sensitivity=0.95, youden_threshold=0.45,
+                           fitted_on="validation", n=40, validation={})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        entry = dataset_report(np.ones(40, int), raw, np.arange(40) // 2, point, 0.6, 200, 0)
+    assert set(entry["not_reportable"]) == ONE_CLASS_GAPS["tumour"]
+    for name, at in (("target_sensitivity", 0.6), ("youden", 0.45), ("default_0.5", 0.5)):
+        assert entry["operating_points"][name]["sensitivity"]["value"] == pytest.approx(np.mean(raw >= at))
+    assert entry["confusion_matrix"][0] == [0, 0]
+    text = table({"datasets": {"tumours": {**entry, "contaminated": 0}}})
+    assert text.splitlines()[1].split()[:4] == ["tumours", "40", "0", "n/a"]
+    assert f"sensitivity at target_sensitivity 0.600: {np.mean(raw >= 0.6):.3f} [" in text.splitlines()[2]

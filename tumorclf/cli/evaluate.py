@@ -1,4 +1,4 @@
-"""`tumorclf evaluate`: score a finished run on its own test split, or on other folders of two class folders,
+"""`tumorclf evaluate`: score a finished run on its own test split, or on other folders of class folders,
 at its validation-fitted operating point, with a contamination check and group-bootstrap intervals
 (`tumorclf.evaluation.evaluate`).
 
@@ -6,7 +6,8 @@ Usage: ``tumorclf evaluate --run RUN [--data DIR ...] [--target-sensitivity S] [
 [--overwrite] [--threshold T] [--classes HEALTHY TUMOR] [--batch-size N] [--seed N] [--no-gate]``
 
 Without ``--data`` the run's own test split is scored again. With ``--data``, each folder holds two class
-folders named as for training (or ``--classes``); each is reported on its own and, with several, pooled.
+folders named as for training (or ``--classes``), or one (then only the metrics its class allows, the others
+n/a); each is reported on its own and, with several, pooled.
 ``--target-sensitivity`` other than the run's refits the operating point for this evaluation only;
 ``--no-gate`` scores without the run's quality gate.
 
@@ -32,8 +33,8 @@ if TYPE_CHECKING:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     flags.add_run(p)
     p.add_argument("--data", nargs="+", type=Path, metavar="DIR",
-                   help="folders of two class folders to score, each on its own and (several) pooled "
-                        "(default: the run's own test split)")
+                   help="folders of two class folders (or of one: only its class's metrics) to score, each on "
+                        "its own and (several) pooled (default: the run's own test split)")
     p.add_argument("--classes", nargs=2, metavar=("HEALTHY", "TUMOR"),
                    help="with --data: the class folder names, where the folder names do not tell")
     p.add_argument("--target-sensitivity", type=float, metavar="S",

@@ -40,8 +40,8 @@ class DataError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class ClassFolders:
-    healthy: Path
-    tumor: Path
+    healthy: Path | None  # None: a one-class folder (`find_class_folders(one_class=True)`) without this class
+    tumor: Path | None
     how: str  # how the assignment was decided, for the log and the config
 
 
@@ -67,24 +67,45 @@ class Dataset:
         return len(self.paths)
 
 
-def find_class_folders(root: Path, classes: tuple[str, str] | None = None) -> ClassFolders:
-    """Decide which sub-folder is Healthy (0) and which is Tumor (1)."""
+def class_of_name(name: str) -> int | None:
+    """The label a folder name says (0 for a healthy word, checked first, 1 for a tumour word), or None."""
+    words = set(re.split(r"[^a-z0-9]+", name.lower()))
+    if words & HEALTHY_WORDS:
+        return 0
+    if words & TUMOR_WORDS:
+        return 1
+    return None
+
+
+def find_class_folders(root: Path, classes: tuple[str, str] | None = None, one_class: bool = False) -> ClassFolders:
+    """Decide which sub-folder is Healthy (0) and which is Tumor (1). With `one_class` (evaluation only: training
+    needs both classes) a folder may hold one of them, decided by its name or named by `classes`; the absent
+    class is None."""
     if not root.is_dir():
         raise DataError(f"data folder not found: {root}")
     if classes is not None:
         healthy, tumor = (root / name for name in classes)
-        for folder in (healthy, tumor):
-            if not folder.is_dir():
-                raise DataError(f"class folder named by --classes not found: {folder}")
-        return ClassFolders(healthy, tumor, f"given by --classes: healthy={classes[0]!r}, tumor={classes[1]!r}")
+        missing = [folder for folder in (healthy, tumor) if not folder.is_dir()]
+        if len(missing) == 2 or (missing and not one_class):
+            raise DataError(f"class folder named by --classes not found: {missing[0]}")
+        return ClassFolders(None if healthy in missing else healthy, None if tumor in missing else tumor,
+                            f"given by --classes: healthy={classes[0]!r}, tumor={classes[1]!r}")
     subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if one_class and len(subdirs) == 1:
+        label = class_of_name(subdirs[0].name)
+        if label is None:
+            raise DataError(f"cannot tell whether {subdirs[0].name!r} in {root} holds healthy or tumour slices "
+                            "(a healthy folder's name contains healthy/normal/no/not, a tumour folder's "
+                            "tumor/tumour/glioma/...); name it with --classes HEALTHY_FOLDER TUMOR_FOLDER")
+        found = (subdirs[0], None) if label == 0 else (None, subdirs[0])
+        return ClassFolders(*found, f"from the folder name: {CLASS_NAMES[label].lower()}={subdirs[0].name!r} only")
     if len(subdirs) != 2:
         names = ", ".join(p.name for p in subdirs) or "none"
         raise DataError(
-            f"expected exactly two class folders in {root}, found {len(subdirs)} ({names}); "
-            "name them with --classes HEALTHY_FOLDER TUMOR_FOLDER"
+            f"expected {'one or two' if one_class else 'exactly two'} class folders in {root}, found "
+            f"{len(subdirs)} ({names}); name them with --classes HEALTHY_FOLDER TUMOR_FOLDER"
         )
-    healthy = [p for p in subdirs if HEALTHY_WORDS & set(re.split(r"[^a-z0-9]+", p.name.lower()))]
+    healthy = [p for p in subdirs if class_of_name(p.name) == 0]
     if len(healthy) != 1:
         raise DataError(
             f"cannot tell which of {subdirs[0].name!r} and {subdirs[1].name!r} is the healthy class "
@@ -172,25 +193,26 @@ def expand_inputs(inputs: list[Path]) -> list[Path]:
 
 def label_from_folder(path: Path) -> int | None:
     """The true label implied by a file's class folder name, or None when the name does not say."""
-    words = set(re.split(r"[^a-z0-9]+", path.parent.name.lower()))
-    if words & HEALTHY_WORDS:
-        return 0
-    if words & TUMOR_WORDS:
-        return 1
-    return None
+    return class_of_name(path.parent.name)
 
 
-def list_files(folders: ClassFolders) -> tuple[list[tuple[Path, int]], list[tuple[Path, str]]]:
+def list_files(folders: ClassFolders, one_class: bool = False) -> tuple[list[tuple[Path, int]], list[tuple[Path, str]]]:
     """Every non-hidden file below each class folder with its label, in a stable order, and the entries
-    that cannot be used with their reason (see `scan_below`)."""
+    that cannot be used with their reason (see `scan_below`). An empty class folder is an error, unless
+    `one_class` and the other one holds something."""
     files: list[tuple[Path, int]] = []
     problems: list[tuple[Path, str]] = []
+    empty: list[str] = []
     for label, folder in enumerate((folders.healthy, folders.tumor)):
+        if folder is None:
+            continue
         found = scan_below(folder)
         if not found.files and not found.problems:
-            raise DataError(f"class folder {folder} ({CLASS_NAMES[label]}) holds no files")
+            empty.append(f"class folder {folder} ({CLASS_NAMES[label]}) holds no files")
         files.extend((p, label) for p in found.files)
         problems.extend(found.problems)
+    if empty and not (one_class and (files or problems)):
+        raise DataError(empty[0])
     return files, problems
 
 
@@ -250,25 +272,29 @@ def load_dataset(
     classes: tuple[str, str] | None = None,
     cache_dir: str | os.PathLike | None = None,
     max_files: int | None = None,
+    *,
+    one_class: bool = False,
 ) -> Dataset:
     """Scan, hash and decode a class-folder dataset, reusing the on-disk cache when it matches.
 
     The cache is keyed by the files' content (SHA-256), the image size, the decoder version and the formats it
     reads (`CACHE_FORMATS`), so renaming files does not invalidate it and a second run decodes nothing.
     Entries that cannot be used (dangling links, unreadable or undecodable files) end in `Dataset.skipped`
-    with their reason.
+    with their reason. Both classes must have readable images, unless `one_class` (for evaluation: a folder
+    of tumour slices alone still has a sensitivity): then one class folder, or one with images, is enough.
     """
     root = Path(root)
-    folders = find_class_folders(root, classes)
+    folders = find_class_folders(root, classes, one_class)
     log.info("classes %s", folders.how)
-    files, problems = list_files(folders)
+    files, problems = list_files(folders, one_class)
     if max_files is not None and max_files < len(files):
         picks = np.random.default_rng(0).choice(len(files), size=max_files, replace=False)
         files = [files[i] for i in sorted(picks)]
     dataset = load_files(root, folders, files, image_size, cache_dir, problems)
-    for label, name in enumerate(CLASS_NAMES):
-        if not np.any(dataset.labels == label):
-            raise DataError(f"no readable {name} images in {root} ({len(dataset.skipped)} files skipped)")
+    absent = [name for label, name in enumerate(CLASS_NAMES) if not np.any(dataset.labels == label)]
+    if absent and not (one_class and len(absent) == 1):
+        what = f"{absent[0]} " if len(absent) == 1 else ""
+        raise DataError(f"no readable {what}images in {root} ({len(dataset.skipped)} files skipped)")
     return dataset
 
 

@@ -4,8 +4,10 @@ command is `tumorclf evaluate`).
 
 Without ``data_dirs`` the run's own test split is scored again (the files `split.csv` assigns to test, under
 the run's data folder, with the decoder training used). With ``data_dirs``, each folder holds two class
-folders named as for training (or ``classes``); each is reported on its own and, with several, all of
-them pooled (duplicate groups formed across the folders).
+folders named as for training (or ``classes``), or only one of them (a collection of tumour slices alone);
+each is reported on its own and, with several, all of them pooled (duplicate groups formed across the
+folders). A dataset of one class gets the metrics that class allows (sensitivity or specificity, accuracy,
+Brier score, at every operating point); the others are None and its ``not_reportable`` says why.
 
 - **Operating point** (`tumorclf.metrics.calibration`): a temperature and thresholds fitted on the run's
   validation predictions only (``val_predictions.csv``), then applied unchanged here. A run trained
@@ -41,7 +43,7 @@ from tumorclf.data import dataset as data  # noqa: E402
 from tumorclf.utils.files import (atomic_write_bytes, atomic_write_json, atomic_write_text, csv_text,  # noqa: E402
                                 figure_png, json_safe)
 from tumorclf.metrics import DEFAULT_RESAMPLES  # noqa: E402
-from tumorclf.metrics.bootstrap import bootstrap_intervals, format_interval  # noqa: E402
+from tumorclf.metrics.bootstrap import bootstrap_intervals, format_interval, not_reportable  # noqa: E402
 from tumorclf.metrics.calibration import OperatingPoint, fit_operating_point, reliability  # noqa: E402
 from tumorclf.data.decoder import DECODER_VERSION  # noqa: E402
 from tumorclf.errors import UsageError  # noqa: E402
@@ -62,6 +64,7 @@ OUTPUT_FILES = ("evaluation.json", "predictions.csv", "skipped.csv", "contaminat
 EVALUATION_FILE, PREDICTIONS_FILE, SKIPPED_FILE, CONTAMINATED_FILE, RELIABILITY_PNG, ROC_PNG = OUTPUT_FILES
 PREDICTION_COLUMNS = ["dataset", "path", "label", "prob_tumor_raw", "prob_tumor", "predicted", "group",
                       "contaminated", "quality", "ood_score"]  # the last two empty without a gate
+NOT_REPORTABLE_CELL = "n/a"  # a table cell of a metric the dataset's one class cannot give
 TABLE_METRICS = [("balanced_accuracy", "balanced acc"), ("sensitivity", "sensitivity"),
                  ("specificity", "specificity"), ("auc", "AUC"), ("ece", "ECE")]
 
@@ -112,8 +115,9 @@ class Reference:
 
 
 def external(folder: Path, image_size: int, classes: tuple[str, str] | None, cache_dir) -> data.Dataset:
-    """A folder of two class folders (training's naming rules), decoded as in training."""
-    return data.load_dataset(folder, image_size, classes, cache_dir)
+    """A folder of two class folders, or of one (training's naming rules), decoded as in training: a collection
+    of one tumour type alone can still say how many of its tumours the model finds."""
+    return data.load_dataset(folder, image_size, classes, cache_dir, one_class=True)
 
 
 def dataset_names(folders: list[Path]) -> list[str]:
@@ -234,9 +238,10 @@ def score(model, gate: Gate | None, dataset: data.Dataset, batch_size: int,
 def subset_metrics(labels: np.ndarray, raw: np.ndarray, groups: np.ndarray, point: OperatingPoint,
                    threshold: float, n_bootstrap: int, seed: int) -> dict:
     """The bootstrap METRICS of some of a dataset's files, as `dataset_report` computes them: on calibrated
-    P(Tumor) at `threshold`, the AUC on the raw scores."""
+    P(Tumor) at `threshold`, the AUC on the raw scores; and those its files' one class cannot give."""
     return {**bootstrap_intervals(labels, point.calibrate(raw), groups, threshold, n_bootstrap, seed),
-            "auc": bootstrap_intervals(labels, raw, groups, threshold, n_bootstrap, seed)["auc"]}
+            "auc": bootstrap_intervals(labels, raw, groups, threshold, n_bootstrap, seed)["auc"],
+            "not_reportable": not_reportable(labels)}
 
 
 def gate_report(labels: np.ndarray, raw: np.ndarray, groups: np.ndarray, codes: np.ndarray, point: OperatingPoint,
@@ -253,7 +258,8 @@ def gate_report(labels: np.ndarray, raw: np.ndarray, groups: np.ndarray, codes: 
 def dataset_report(labels: np.ndarray, raw: np.ndarray, groups: np.ndarray, point: OperatingPoint,
                    threshold: float, n_bootstrap: int, seed: int) -> dict:
     """Every metric with its group-bootstrap interval, on calibrated P(Tumor) decided at `threshold`, plus
-    the uncalibrated ECE and Brier score and sensitivity/specificity at each operating point."""
+    the uncalibrated ECE and Brier score and sensitivity/specificity at each operating point. Images of one
+    class leave some of them None; `not_reportable` names those, with why (empty with both classes)."""
     calibrated = point.calibrate(raw)
 
     def intervals(prob: np.ndarray, at: float) -> dict:
@@ -262,9 +268,13 @@ def dataset_report(labels: np.ndarray, raw: np.ndarray, groups: np.ndarray, poin
     main = intervals(calibrated, threshold)
     uncalibrated = intervals(raw, DEFAULT_THRESHOLD)
     main["auc"] = uncalibrated["auc"]  # same resamples; raw order, as a small temperature saturates ties into 0/1
+    missing = not_reportable(labels)
+    if "ece" in missing:
+        missing["ece_uncalibrated"] = missing["ece"]
     report = {"n": int(len(labels)), "groups": int(len(np.unique(groups))), "threshold": threshold, **main,
               "ece_uncalibrated": uncalibrated["ece"], "brier_uncalibrated": uncalibrated["brier"],
-              "confusion_matrix": confusion_matrix(labels, decide(calibrated, threshold)).tolist()}
+              "confusion_matrix": confusion_matrix(labels, decide(calibrated, threshold)).tolist(),
+              "not_reportable": missing}
     points = {"target_sensitivity": point.threshold, "youden": point.youden_threshold,
               "default_0.5": DEFAULT_THRESHOLD}
     report["operating_points"] = {}
@@ -363,10 +373,15 @@ def reliability_png(scored: list[Scored], point: OperatingPoint) -> bytes:
 
 
 def roc_png(scored: list[Scored], point: OperatingPoint, threshold: float) -> bytes:
-    """ROC curve of each dataset with the operating points (chosen on validation) marked."""
+    """ROC curve of each dataset with the operating points (chosen on validation) marked. A dataset of one
+    class has no ROC curve (one of its axes has no images) and is left out, with a note in the log."""
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
     for item in scored:
+        if len(np.unique(item.labels)) < 2:
+            log.info("roc.png: %s holds only %s slices, so it has no ROC curve; left out", item.name,
+                     data.CLASS_NAMES[int(item.labels[0])])
+            continue
         calibrated = point.calibrate(item.prob_tumor)
         fpr, tpr, _ = roc_curve(item.labels, item.prob_tumor)  # the raw order: the reported AUC's curve
         line, = ax.plot(fpr, tpr, label=item.name)
@@ -376,7 +391,10 @@ def roc_png(scored: list[Scored], point: OperatingPoint, threshold: float) -> by
                     label=f"{item.name}: {what} {at:.3f}")
     ax.set(xlabel="False positive rate", ylabel="True positive rate",
            title=f"ROC, operating point for sensitivity >= {point.target_sensitivity:g} on validation")
-    ax.legend(loc="lower right", fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right", fontsize=7)
+    else:
+        ax.text(0.5, 0.25, "no dataset holds both classes:\nno ROC curve", ha="center")
     return figure_png(fig)
 
 
@@ -412,30 +430,46 @@ def gate_columns(item: Scored):
     return [(quality, round(float(ood), 4)) for quality, ood in zip(reasons(item.quality), item.ood_score)]
 
 
+def metric_cell(metrics: dict, key: str) -> str:
+    """`metrics[key]` as `format_interval` writes it, or n/a where the dataset's one class cannot give it."""
+    return NOT_REPORTABLE_CELL if key in metrics.get("not_reportable", {}) else format_interval(metrics[key])
+
+
 def table(report: dict) -> str:
-    """The datasets of a report as text: n, contaminated, and each headline metric with its interval; with a
-    gate, a line under each dataset with its rejections and the metrics of the accepted images."""
+    """The datasets of a report as text: n, contaminated, and each headline metric with its interval; under a
+    dataset of one class, a line with its one recall at each operating point; with a gate, a line under each
+    dataset with its rejections and the metrics of the accepted images."""
     width = max(len("dataset"), *(len(name) for name in report["datasets"]))
     cells = [["dataset", "n", "contam."] + [title for _, title in TABLE_METRICS] + ["ECE raw"]]
     for name, metrics in report["datasets"].items():
         cells.append([name, str(metrics["n"]), str(metrics["contaminated"])]
-                     + [format_interval(metrics[key]) for key, _ in TABLE_METRICS]
-                     + [format_interval(metrics["ece_uncalibrated"])])
+                     + [metric_cell(metrics, key) for key, _ in TABLE_METRICS]
+                     + [metric_cell(metrics, "ece_uncalibrated")])
     widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
     widths[0] = width
     lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
              for row in cells]
     out = lines[:1]
     for line, metrics in zip(lines[1:], report["datasets"].values()):
-        out += [line] + ([f"  {gate_line(metrics['n'], metrics['gate'])}"] if "gate" in metrics else [])
+        out += ([line] + ([f"  {one_class_line(metrics)}"] if metrics.get("not_reportable") else [])
+                + ([f"  {gate_line(metrics['n'], metrics['gate'])}"] if "gate" in metrics else []))
     return "\n".join(out)
+
+
+def one_class_line(metrics: dict) -> str:
+    """`only Tumor slices (n/a: needs both classes); sensitivity at target_sensitivity 0.894: 0.650 [...], ...`"""
+    _, tumor = (sum(row) for row in metrics["confusion_matrix"])  # rows: true Healthy, true Tumor
+    only, recall = ("Tumor", "sensitivity") if tumor else ("Healthy", "specificity")
+    at = ", ".join(f"{name} {point['threshold']:.3f}: {format_interval(point[recall])}"
+                   for name, point in metrics["operating_points"].items())
+    return f"only {only} slices ({NOT_REPORTABLE_CELL}: needs both classes); {recall} at {at}"
 
 
 def gate_line(n: int, gate: dict) -> str:
     """`gate: rejected 12 of 690 (1.7%): out_of_distribution 10, blank 2; accepted: balanced acc 0.970 ...`"""
     why = ", ".join(f"{reason} {count}" for reason, count in sorted(gate["rejected"].items(), key=lambda kv: -kv[1])
                     if count)
-    accepted = ", ".join(f"{title} {format_interval(gate['accepted_metrics'][key])}" for key, title in TABLE_METRICS)
+    accepted = ", ".join(f"{title} {metric_cell(gate['accepted_metrics'], key)}" for key, title in TABLE_METRICS)
     rejected = f"gate: rejected {gate['rejected_total']} of {n} ({gate['rejection_rate']:.1%})"
     return f"{rejected}{f': {why}' if why else ''}; accepted: {accepted}"
 
