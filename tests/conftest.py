@@ -10,6 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# One OpenBLAS thread (numpy, scipy; set before either loads, inherited by the processes a test starts): its
+# linear algebra here is small (the gate's 512-feature Ledoit-Wolf covariance and its inverse, fitted at the end
+# of every training run), and its threads spin-wait against TensorFlow's pools and the other pytest-xdist
+# worker: that fit took 3-13 s in a test's training run instead of 1-2 s.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # as many workers as cores: one TensorFlow thread each (and in the processes a test starts, which inherit
     # these), instead of every worker's thread pools spanning all cores and preempting each other's small ops
