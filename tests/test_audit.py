@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import blob_image, write_blob_dataset
+from conftest import blob_image, shared_once, write_blob_dataset
 from tumorclf.cli.main import main
 
 WEIGHTS = Path(__file__).resolve().parents[1].parent / "shared" / "weights"
@@ -38,7 +39,8 @@ def plant_faults(root: Path, per_class: int = 30, size: int = 64) -> Path:
     Image.fromarray(np.full((size, size), 1, np.uint8)).save(root / "healthy" / "blank.png")
     yy, xx = np.mgrid[:size, :size] / size
     photo = np.stack([255 * xx, 255 * yy, 255 * (1 - xx) * (0.5 + 0.5 * np.sin(12 * yy))], -1)
-    Image.fromarray((photo + rng.normal(0, 10, photo.shape)).clip(0, 255).astype(np.uint8)).save(root / "healthy" / "photo.jpg")
+    photo = (photo + rng.normal(0, 10, photo.shape)).clip(0, 255).astype(np.uint8)
+    Image.fromarray(photo).save(root / "healthy" / "photo.jpg")
     Image.fromarray(blob_image(rng, size, True)).save(root / "healthy" / "misfiled.png")
     Image.fromarray(blob_image(rng, 24, True)).save(root / "tumor" / "tiny.png")
     Image.fromarray(blob_image(rng, size, False)).resize((180, 72)).save(root / "healthy" / "wide.png")
@@ -60,22 +62,27 @@ def read_findings(out: Path) -> dict[str, list[tuple[str, float]]]:
 
 @pytest.fixture(scope="module")
 def audited(tmp_path_factory) -> tuple[Path, Path, dict[str, str], int]:
-    """The planted folder audited once at 128 px with a sources file whose sources follow the label."""
+    """The planted folder audited once at 128 px with a sources file whose sources follow the label. Once per
+    session: under pytest-xdist the workers share it (`shared_once`; no test changes it)."""
     if not (WEIGHTS / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5").is_file():
         pytest.skip("shared VGG16 ImageNet weights not found")
-    base = tmp_path_factory.mktemp("audit")
-    root = plant_faults(base / "data")
-    before = snapshot(root)
-    sources = base / "sources.csv"
-    with open(sources, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "source"])
-        for path in before:
-            writer.writerow([path, "collection_a" if path.startswith("healthy/") else "collection_b"])
-    out = base / "out"
-    code = main(["audit", "--data", str(root), "--out", str(out), "--image-size", "128",
-                 "--weights-dir", str(WEIGHTS), "--sources", str(sources), "--cache-dir", str(base / "cache")])
-    return root, out, before, code
+
+    def make(base: Path) -> None:
+        root = plant_faults(base / "data")
+        before = snapshot(root)
+        sources = base / "sources.csv"
+        with open(sources, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["path", "source"])
+            for path in before:
+                writer.writerow([path, "collection_a" if path.startswith("healthy/") else "collection_b"])
+        code = main(["audit", "--data", str(root), "--out", str(base / "out"), "--image-size", "128",
+                     "--weights-dir", str(WEIGHTS), "--sources", str(sources), "--cache-dir", str(base / "cache")])
+        (base / "audited.json").write_text(json.dumps({"before": before, "code": code}))
+
+    base = shared_once(tmp_path_factory, "audited", make)
+    recorded = json.loads((base / "audited.json").read_text())
+    return base / "data", base / "out", recorded["before"], recorded["code"]
 
 
 def clean(paths: list[str]) -> list[str]:
