@@ -198,11 +198,14 @@ def untrained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.mark.parametrize("which", ["trained", "untrained"])
-def test_serve_bytes_matches_tumorclf_predict(which: str, exported: Path, calibrated_run: Path, untrained,
-                                             tmp_path: Path):
+def test_serve_bytes_matches_tumorclf_predict(which: str, exported: Path, calibrated_run: Path, tmp_path: Path,
+                                             request: pytest.FixtureRequest):
     """The parity of the two serving paths: encoded bytes decoded in the graph give the P(tumour) that
     `tumorclf predict` gives on the same files, for every format and size."""
-    keras_file, saved = (calibrated_run / "best.keras", exported) if which == "trained" else untrained
+    # `untrained` only where it is used: under pytest-xdist the [trained] case often runs on the other worker,
+    # which then built and exported an untrained model for nothing
+    keras_file, saved = ((calibrated_run / "best.keras", exported) if which == "trained"
+                         else request.getfixturevalue("untrained"))
     files = write_inputs(tmp_path / "inputs")
     out = tmp_path / "preds.json"
     served = serve_bytes_outputs(saved, [f.read_bytes() for f in files])
