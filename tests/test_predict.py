@@ -266,18 +266,22 @@ def test_cli_temperature_from_the_card_and_threshold_override(tmp_path: Path, mo
 @pytest.fixture(scope="module")
 def unsaturated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """An untrained SimpleCNN (probabilities spread around 0.5, not saturated) as a folder like an export's:
-    a SavedModel with model.keras beside it (no model card yet); and a folder of blob images."""
-    from conftest import write_blob_dataset
+    a SavedModel with model.keras beside it (no model card yet); and a folder of blob images. Once per session:
+    under pytest-xdist the workers share it (`shared_once`; no test changes it)."""
+    from conftest import shared_once, write_blob_dataset
 
     from tumorclf.serving.export import export_saved_model
     from tumorclf.models.factory import build_model
 
-    root = tmp_path_factory.mktemp("unsaturated")
-    keras.utils.set_random_seed(0)
-    model = build_model("simplecnn", 32)
-    export_saved_model(model, root / "model")
-    model.save(root / "model" / "model.keras")
-    return root / "model", write_blob_dataset(root / "data", per_class=12, size=48, seed=3)
+    def make(root: Path) -> None:
+        keras.utils.set_random_seed(0)
+        model = build_model("simplecnn", 32)
+        export_saved_model(model, root / "model")
+        model.save(root / "model" / "model.keras")
+        write_blob_dataset(root / "data", per_class=12, size=48, seed=3)
+
+    root = shared_once(tmp_path_factory, "predict_unsaturated", make)
+    return root / "model", root / "data"
 
 
 def run_predict(model: Path, inputs: Path, out: Path, *extra: str) -> list[dict]:
