@@ -25,8 +25,10 @@ def peak_memory_mib() -> float:
 
 
 def bench_model(name: str, image_size: int, batch_size: int, steps: int, precision: str, limits: dict,
-                jit_compile: bool = False) -> dict:
-    """Training and inference images/s on synthetic data, FLOPs per image and efficiency vs the matmul limit."""
+                jit_compile: bool = False, conv_input_gradient: str = "forward") -> dict:
+    """Training and inference images/s on synthetic data, FLOPs per image and efficiency vs the matmul limit;
+    `conv_input_gradient`: "forward" as training computes them on CPU (`training.conv_gradient`), or
+    "tensorflow", TensorFlow's own kernel."""
     import keras
 
     from tumorclf.models.factory import build_model
@@ -35,7 +37,7 @@ def bench_model(name: str, image_size: int, batch_size: int, steps: int, precisi
     policy = select_precision(precision)
     keras.mixed_precision.set_global_policy(policy)
     model = build_model(name, image_size)
-    compile_model(model, 1e-4, 0.9, jit_compile)
+    compile_model(model, 1e-4, 0.9, jit_compile, forward_input_gradients=conv_input_gradient == "forward")
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (batch_size, image_size, image_size, 3)).astype("float32")
     y = np.eye(2, dtype="float32")[rng.integers(0, 2, batch_size)]
@@ -53,7 +55,8 @@ def bench_model(name: str, image_size: int, batch_size: int, steps: int, precisi
     limit = limits["bfloat16" if policy == "mixed_bfloat16" else "float32"] * 1e9
     keras.mixed_precision.set_global_policy("float32")
     return {
-        "model": name, "precision": policy, "jit_compile": jit_compile, "image_size": image_size,
+        "model": name, "precision": policy, "jit_compile": jit_compile, "conv_input_gradient": conv_input_gradient,
+        "image_size": image_size,
         "batch_size": batch_size,
         "train_img_per_s": round(train_rate, 2), "infer_img_per_s": round(infer_rate, 2),
         "forward_gflops_per_img": round(flops / 1e9, 3),
@@ -118,6 +121,7 @@ def bench_fit_real_vs_synthetic(name: str, data_dir: Path, image_size: int, batc
 
 def benchmark(models: list[str], image_size: int = 224, batch_size: int = 32, steps: int = 5,
               precision: str = "auto", data_dir: Path | None = None, jit_compile: bool = False,
+              conv_input_gradient: str = "forward",
               echo: Callable[[str], None] = functools.partial(print, flush=True)) -> dict:
     """The matmul limit, each of `models` on synthetic data and, with `data_dir`, the input pipeline and fit()
     on real vs synthetic data. `echo` gets each result as a line as soon as it is measured: a benchmark of
@@ -129,7 +133,7 @@ def benchmark(models: list[str], image_size: int = 224, batch_size: int = 32, st
     echo(f"{'model':<12} {'precision':<15} {'train img/s':>11} {'infer img/s':>11} {'GFLOP/img':>9} "
          f"{'efficiency':>10} {'peak MiB':>9}")
     for name in models:
-        row = bench_model(name, image_size, batch_size, steps, precision, limits, jit_compile)
+        row = bench_model(name, image_size, batch_size, steps, precision, limits, jit_compile, conv_input_gradient)
         results["models"].append(row)
         echo(f"{name:<12} {row['precision']:<15} {row['train_img_per_s']:>11} {row['infer_img_per_s']:>11} "
              f"{row['forward_gflops_per_img']:>9} {row['efficiency']:>10} {row['peak_rss_mib']:>9}")

@@ -25,6 +25,7 @@ from tumorclf.training.callbacks import Clock, EpochBackup, EpochSeeding, HeldOu
 from tumorclf.explain.boxes import Boxes
 from tumorclf.runs.config import Config
 from tumorclf.training.attention_prior import guide
+from tumorclf.training.conv_gradient import use_forward_input_gradients
 from tumorclf.models.flops import forward_flops
 from tumorclf.models.stem import split_model
 from tumorclf.training.feature_cache import CachedFeatures, cache_features
@@ -93,10 +94,14 @@ def is_multiworker(strategy: tf.distribute.Strategy) -> bool:
 
 
 def compile_model(model: keras.Model, learning_rate: float, momentum: float, jit_compile: bool = False,
-                  optimizer: str = "sgd") -> None:
+                  optimizer: str = "sgd", forward_input_gradients: bool = True) -> None:
     """Categorical cross-entropy on one-hot labels, with SGD and momentum (the paper's recipe) or Adam
     (`optimizer="adam"`: the fast recipe, which on cached features converges in a few epochs).
-    `jit_compile`: XLA for the train step (optional: `tumorclf bench --jit-compile` measures it)."""
+    `jit_compile`: XLA for the train step (optional: `tumorclf bench --jit-compile` measures it).
+    `forward_input_gradients`: convolutions' input gradients as forward convolutions on CPU
+    (`training.conv_gradient`; `tumorclf bench --conv-input-gradient tensorflow` measures without)."""
+    if forward_input_gradients:
+        use_forward_input_gradients(model)
     if optimizer == "adam":
         chosen = keras.optimizers.Adam(learning_rate=learning_rate)
     else:
