@@ -26,6 +26,10 @@ PRECISION = {"float32": "bench_precision_float32.json", "mixed_bfloat16": "bench
 BENCH_COMMAND = f"tumorclf bench --model simplecnn vgg16 resnet50 --steps 6 --data {DATA} --out bench_cpu_2core"
 BENCH_20_COMMAND = f"tumorclf bench --model simplecnn --steps 20 --data {DATA} --out bench_cpu_2core_simplecnn_20steps"
 XLA_COMMAND = "tumorclf bench --model vgg16 --steps 6 --jit-compile --out bench_cpu_2core_xla"
+# two repetitions of each, the second in the opposite order: bench numbers on this machine move by tens of percent
+CONV_GRADIENT = {(n, name): f"bench_conv_gradient_{name}_{n}.json" for n in (1, 2) for name in ("tensorflow", "forward")}
+CONV_GRADIENT_COMMAND = ("tumorclf bench --model vgg16 resnet50 --batch-size 8 --steps 3 --conv-input-gradient {1} "
+                         "--out bench_conv_gradient_{1}_{0}")
 PRECISION_COMMAND = "tumorclf bench --model simplecnn vgg16 --steps 6 --precision {0} --out bench_precision_{0}"
 
 CURVES = "time_to_accuracy_vgg16_paper_split.csv"
@@ -91,6 +95,33 @@ def xla(results: Results) -> Table:
     return Table(["XLA", "training img/s", "inference img/s", "training efficiency", "peak memory (GiB)"], rows,
                  [results.source(BENCH), results.source(BENCH_XLA)], joined(BENCH_COMMAND, XLA_COMMAND),
                  "VGG16, 224 px, batch 32, mixed_bfloat16.")
+
+
+def machine_words(facts: dict) -> str:
+    """"2 cores of an AMD EPYC without bfloat16 instructions", from a bench file's `machine`."""
+    bf16 = "with" if facts.get("avx512_bf16") else "without"
+    return f"{facts['cpus']} cores of an {facts['cpu']} {bf16} bfloat16 instructions"
+
+
+def conv_gradient(results: Results) -> Table:
+    """Training speed with convolutions' input gradients from TensorFlow's kernel and as forward convolutions, in
+    two repetitions, and the inference speed the same benchmark measured after those training steps."""
+    runs = {key: results.json(file) for key, file in CONV_GRADIENT.items()}
+    rows = []
+    for n in (1, 2):
+        for model in [row["model"] for row in runs[n, "forward"]["models"]]:
+            theirs = the_row(runs[n, "tensorflow"]["models"], model=model)
+            mine = the_row(runs[n, "forward"]["models"], model=model)
+            rows.append([model, str(n), number(theirs["train_img_per_s"], 2), number(mine["train_img_per_s"], 2),
+                         ratio(mine["train_img_per_s"], theirs["train_img_per_s"]),
+                         f"{number(theirs['infer_img_per_s'], 1)} / {number(mine['infer_img_per_s'], 1)}"])
+    first = runs[1, "forward"]["models"][0]
+    return Table(["model", "repetition", "training img/s, TensorFlow's input gradient",
+                  "training img/s, as forward convolutions (default)", "speed-up", "inference img/s after them (TensorFlow's / forward)"],
+                 rows, [results.source(file) for file in CONV_GRADIENT.values()],
+                 joined(*(CONV_GRADIENT_COMMAND.format(*key) for key in CONV_GRADIENT)),
+                 f"{first['image_size']} px, batch {first['batch_size']}, {first['precision']}, synthetic data; "
+                 f"{machine_words(runs[1, 'forward']['machine'])}.")
 
 
 def input_pipeline(results: Results) -> Table:
@@ -203,6 +234,7 @@ def run_times(results: Results) -> Table:
 
 
 TABLES = {"performance-machine": machine, "performance-models": models, "performance-xla": xla,
+          "performance-conv-gradient": conv_gradient,
           "performance-input-pipeline": input_pipeline, "performance-fit": fit, "performance-precision": precision,
           "performance-recipes": recipes, "performance-time-to-accuracy": time_to_accuracy,
           "performance-run-times": run_times}
