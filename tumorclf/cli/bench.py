@@ -2,7 +2,7 @@
 input pipeline and fit() on real vs synthetic data.
 
 Usage: ``tumorclf bench [--model simplecnn vgg16] [--image-size 224] [--batch-size 32] [--data DIR]
-[--jit-compile] [--conv-input-gradient forward|tensorflow] [--out DIR]``
+[--jit-compile] [--conv-input-gradient tensorflow|forward] [--out DIR]``
 
 Prints each result as it is measured; with `--out DIR`, writes them all to `DIR/bench.json`.
 """
@@ -37,9 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="real dataset for the pipeline and fit() measurements (default: $TUMORCLF_DATA; skipped "
                         "when neither is given)")
     p.add_argument("--jit-compile", action="store_true", help="XLA-compile the synthetic train steps")
-    p.add_argument("--conv-input-gradient", choices=("forward", "tensorflow"), default="forward",
-                   help="convolutions' input gradients: as forward convolutions, as training computes them on CPU, or "
-                        "TensorFlow's own kernel (default: forward)")
+    p.add_argument("--conv-input-gradient", choices=("tensorflow", "forward"), default="tensorflow",
+                   help="convolutions' input gradients: TensorFlow's own kernel, as training computes them, or as "
+                        "forward convolutions (faster on CPU; not yet used by training) (default: tensorflow)")
     flags.add_out(p, f"write the results to DIR/{BENCH_FILE} (default: print them only)")
 
 
