@@ -378,7 +378,7 @@ def roc_png(scored: list[Scored], point: OperatingPoint, threshold: float) -> by
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
     for item in scored:
-        if len(np.unique(item.labels)) < 2:
+        if not_reportable(item.labels):
             log.info("roc.png: %s holds only %s slices, so it has no ROC curve; left out", item.name,
                      data.CLASS_NAMES[int(item.labels[0])])
             continue
@@ -458,8 +458,8 @@ def table(report: dict) -> str:
 
 def one_class_line(metrics: dict) -> str:
     """`only Tumor slices (n/a: needs both classes); sensitivity at target_sensitivity 0.894: 0.650 [...], ...`"""
-    _, tumor = (sum(row) for row in metrics["confusion_matrix"])  # rows: true Healthy, true Tumor
-    only, recall = ("Tumor", "sensitivity") if tumor else ("Healthy", "specificity")
+    only, recall = (("Tumor", "sensitivity") if "specificity" in metrics["not_reportable"]
+                    else ("Healthy", "specificity"))
     at = ", ".join(f"{name} {point['threshold']:.3f}: {format_interval(point[recall])}"
                    for name, point in metrics["operating_points"].items())
     return f"only {only} slices ({NOT_REPORTABLE_CELL}: needs both classes); {recall} at {at}"

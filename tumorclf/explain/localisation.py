@@ -9,8 +9,8 @@ randomised (`explain.randomisation`). Written to the output folder:
   scores and rank correlation of the randomised model's map);
 - ``localisation.json``: per method, each score's mean with a 95% interval over duplicate groups (also per
   ``box_source`` of the box file), the same for the randomised model, the rank correlation, and
-  ``explains_model``: false when the method's localisation survives the randomisation (its pointing and energy share stay within the trained model's
-  intervals or above them);
+  ``explains_model``: false when the method's localisation survives the randomisation (its pointing and energy
+  share stay within the trained model's intervals or above them);
 - ``localisation_METHOD.png``: the four best and four worst localised images by energy share.
 """
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from tumorclf.metrics import DEFAULT_RESAMPLES
+from tumorclf.data.dataset import CLASS_NAMES
 from tumorclf.metrics.calibration import (
     ECE_BINS,
     expected_calibration_error,
@@ -41,7 +42,6 @@ NEEDS_BOTH_CLASSES = {
     "ece": "the observed tumour rate is the same in every bin, so ECE measures the distance from that class, "
            "not calibration",
 }
-CLASS_NAMES = ("Healthy", "Tumor")  # label 0 and 1, as tumorclf.data.dataset names them
 
 
 def not_reportable(labels) -> dict[str, str]:

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
-
-from collections.abc import Sequence
 
 from tumorclf.explain.boxes import Boxes
 from tumorclf.models.stem import feature_cache, stem_outputs

@@ -74,9 +74,8 @@ def localisation_by_collection(results: Results) -> Table:
 GUIDANCE = "box_guidance"
 GUIDANCE_METRICS = ("accuracy", "balanced_accuracy", "auc")
 GUIDANCE_SEEDS = 3  # what experiments/box_guidance.yaml trains of each configuration
-
-
 GUIDANCE_MEASURES = {"attention": "attention prior", "lesionzoom": "lesion zoom"}  # run name part: table name
+GUIDANCE_BASELINE = "baseline (fast recipe)"
 
 
 def _guidance_name(configuration: str) -> str:
@@ -86,7 +85,7 @@ def _guidance_name(configuration: str) -> str:
         for key, name in GUIDANCE_MEASURES.items():
             if part.startswith(key):
                 measures.append(f"{name} {part[len(key):]}")
-    return " + ".join(measures) or "baseline (fast recipe)"
+    return " + ".join(measures) or GUIDANCE_BASELINE
 
 
 def box_guidance(results: Results) -> Table:
@@ -103,8 +102,7 @@ def box_guidance(results: Results) -> Table:
             table.append([name, f"seed {seed}", *(interval({"v": v, "v_lo": lo, "v_hi": hi}, "v")
                                                    for v, lo, hi in values)])
         table.append([f"**{name}**", "**across seeds**", *(seeds.format_summary(entry[m]) for m in GUIDANCE_METRICS)])
-    baseline = next((e for e in entries if not _guidance_name(e["configuration"]).startswith(
-        tuple(GUIDANCE_MEASURES.values()))), None)
+    baseline = next((e for e in entries if _guidance_name(e["configuration"]) == GUIDANCE_BASELINE), None)
     verdicts = []
     for entry in entries:
         if baseline is None or entry is baseline:

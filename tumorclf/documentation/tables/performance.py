@@ -27,7 +27,8 @@ BENCH_COMMAND = f"tumorclf bench --model simplecnn vgg16 resnet50 --steps 6 --da
 BENCH_20_COMMAND = f"tumorclf bench --model simplecnn --steps 20 --data {DATA} --out bench_cpu_2core_simplecnn_20steps"
 XLA_COMMAND = "tumorclf bench --model vgg16 --steps 6 --jit-compile --out bench_cpu_2core_xla"
 # two repetitions of each, the second in the opposite order: bench numbers on this machine move by tens of percent
-CONV_GRADIENT = {(n, name): f"bench_conv_gradient_{name}_{n}.json" for n in (1, 2) for name in ("tensorflow", "forward")}
+CONV_GRADIENT = {(n, name): f"bench_conv_gradient_{name}_{n}.json"
+                 for n in (1, 2) for name in ("tensorflow", "forward")}
 CONV_GRADIENT_COMMAND = ("tumorclf bench --model vgg16 resnet50 --batch-size 8 --steps 3 --conv-input-gradient {1} "
                          "--out bench_conv_gradient_{1}_{0}")
 PRECISION_COMMAND = "tumorclf bench --model simplecnn vgg16 --steps 6 --precision {0} --out bench_precision_{0}"
@@ -117,7 +118,8 @@ def conv_gradient(results: Results) -> Table:
                          f"{number(theirs['infer_img_per_s'], 1)} / {number(mine['infer_img_per_s'], 1)}"])
     first = runs[1, "forward"]["models"][0]
     return Table(["model", "repetition", "training img/s, TensorFlow's input gradient (default)",
-                  "training img/s, as forward convolutions", "speed-up", "inference img/s after them (TensorFlow's / forward)"],
+                  "training img/s, as forward convolutions", "speed-up",
+                  "inference img/s after them (TensorFlow's / forward)"],
                  rows, [results.source(file) for file in CONV_GRADIENT.values()],
                  joined(*(CONV_GRADIENT_COMMAND.format(*key) for key in CONV_GRADIENT)),
                  f"{first['image_size']} px, batch {first['batch_size']}, {first['precision']}, synthetic data; "
