@@ -37,9 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="real dataset for the pipeline and fit() measurements (default: $TUMORCLF_DATA; skipped "
                         "when neither is given)")
     p.add_argument("--jit-compile", action="store_true", help="XLA-compile the synthetic train steps")
-    p.add_argument("--conv-input-gradient", choices=("tensorflow", "forward"), default="tensorflow",
-                   help="convolutions' input gradients: TensorFlow's own kernel, as training computes them, or as "
-                        "forward convolutions (faster on CPU; not yet used by training) (default: tensorflow)")
+    p.add_argument("--conv-input-gradient", choices=("tensorflow", "forward"), default="forward",
+                   help="convolutions' input gradients: as forward convolutions, as training computes them, or "
+                        "TensorFlow's own kernel (slower on CPU) (default: forward)")
     flags.add_out(p, f"write the results to DIR/{BENCH_FILE} (default: print them only)")
 
 

@@ -25,10 +25,10 @@ def peak_memory_mib() -> float:
 
 
 def bench_model(name: str, image_size: int, batch_size: int, steps: int, precision: str, limits: dict,
-                jit_compile: bool = False, conv_input_gradient: str = "tensorflow") -> dict:
+                jit_compile: bool = False, conv_input_gradient: str = "forward") -> dict:
     """Training and inference images/s on synthetic data, FLOPs per image and efficiency vs the matmul limit;
-    `conv_input_gradient`: "tensorflow", TensorFlow's own kernel, as training computes them, or "forward", as
-    forward convolutions (`training.conv_gradient`)."""
+    `conv_input_gradient`: "forward", as forward convolutions (`training.conv_gradient`), as training computes
+    them, or "tensorflow", TensorFlow's own kernel."""
     import keras
 
     from tumorclf.models.factory import build_model
@@ -121,7 +121,7 @@ def bench_fit_real_vs_synthetic(name: str, data_dir: Path, image_size: int, batc
 
 def benchmark(models: list[str], image_size: int = 224, batch_size: int = 32, steps: int = 5,
               precision: str = "auto", data_dir: Path | None = None, jit_compile: bool = False,
-              conv_input_gradient: str = "tensorflow",
+              conv_input_gradient: str = "forward",
               echo: Callable[[str], None] = functools.partial(print, flush=True)) -> dict:
     """The matmul limit, each of `models` on synthetic data and, with `data_dir`, the input pipeline and fit()
     on real vs synthetic data. `echo` gets each result as a line as soon as it is measured: a benchmark of

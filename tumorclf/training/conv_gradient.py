@@ -9,10 +9,8 @@ less time at 128 px and 38% less at 224 px with the forward form (`tests/test_co
 gradients are TensorFlow's own). Only the computation of the gradient changes: the layers stay Keras' Conv2D, so
 saved models, exports and Grad-CAM see the same model. GPUs have fast input-gradient kernels: left as they are.
 
-Training does not use it yet (`compile_model(forward_input_gradients=False)`): with it, the suite's small trained
-model came out more confident, and three tests whose tolerances assume unsaturated probabilities (ONNX parity
-after a temperature, an AUC recomputed from 6-decimal CSV values) failed; they must be made robust first.
-`tumorclf bench --conv-input-gradient forward` measures it.
+Training uses it (`compile_model(forward_input_gradients=True)`, the default); `tumorclf bench
+--conv-input-gradient tensorflow|forward` measures either form.
 """
 
 from __future__ import annotations

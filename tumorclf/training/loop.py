@@ -94,13 +94,12 @@ def is_multiworker(strategy: tf.distribute.Strategy) -> bool:
 
 
 def compile_model(model: keras.Model, learning_rate: float, momentum: float, jit_compile: bool = False,
-                  optimizer: str = "sgd", forward_input_gradients: bool = False) -> None:
+                  optimizer: str = "sgd", forward_input_gradients: bool = True) -> None:
     """Categorical cross-entropy on one-hot labels, with SGD and momentum (the paper's recipe) or Adam
     (`optimizer="adam"`: the fast recipe, which on cached features converges in a few epochs).
     `jit_compile`: XLA for the train step (optional: `tumorclf bench --jit-compile` measures it).
     `forward_input_gradients`: convolutions' input gradients as forward convolutions on CPU
-    (`training.conv_gradient`; `tumorclf bench --conv-input-gradient forward` measures it; training does not use it
-    yet, see that module)."""
+    (`training.conv_gradient`: the same gradients, faster; `tumorclf bench --conv-input-gradient` compares)."""
     if forward_input_gradients:
         use_forward_input_gradients(model)
     if optimizer == "adam":
