@@ -111,6 +111,8 @@ class Config:
                                          metavar="NAME", shown_default="none, they are an error")
     seed: int = option(42, "seed of the split, the data order, augmentation and initialisation; several seeds "
                        "train one run each and report the mean and spread", metavar="N", per_run=True)
+    split_seed: int | None = option(None, "seed of the split alone: runs of several --seed values that share one "
+                                    "split can be evaluated as an ensemble", metavar="N", shown_default="--seed")
     split_fractions: tuple[float, float, float] = option((0.70, 0.15, 0.15), "train, val and test fractions",
                                                          metavar="F")
     near_duplicate_bits: int = option(4, "pHash distance that counts as a near-duplicate (-1: byte identity only)",
@@ -237,7 +239,16 @@ class Config:
         weights = "imagenet" if self.imagenet else "scratch"
         recipe = "" if self.recipe == "paper" else f"_{self.recipe}"
         split = f"lso-{self.holdout_sources.replace(',', '+')}" if self.split == "source" else self.split
-        return f"{self.model}_{weights}_{split}_{self.image_size}px_seed{self.seed}{recipe}{self._measures()}"
+        return (f"{self.model}_{weights}_{split}_{self.image_size}px_seed{self.seed}{self._split_seed_suffix()}"
+                f"{recipe}{self._measures()}")
+
+    @property
+    def split_seed_used(self) -> int:
+        """The seed the split is drawn with: --split-seed, else --seed."""
+        return self.seed if self.split_seed is None else self.split_seed
+
+    def _split_seed_suffix(self) -> str:
+        return "" if self.split_seed_used == self.seed else f"-split{self.split_seed}"
 
     def _differences(self, reference: dict[str, Any]) -> list[str]:
         """The measures whose value differs from `reference`, as words: a value (`percentile`), or a switch's

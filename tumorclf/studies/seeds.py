@@ -14,7 +14,7 @@ import re
 
 from tumorclf.runs.config import ConfigError, coerce
 
-SEED = re.compile(r"_seed\d+")
+SEED = re.compile(r"_seed\d+(-split\d+)?")  # a run trained with another --split-seed than its seed: `_seed43-split42`
 
 
 def seed_list(seeds, where: str) -> list[int | None]:

@@ -72,7 +72,7 @@ def run_experiment(cfg: Config) -> Path:
     if sources is not None:
         check_holdout(sources, cfg.holdout)
     split = make_split(cfg.split, data.labels, data.image_index, data.unique_images,
-                       cfg.split_fractions, cfg.seed, cfg.near_duplicate_bits, sources, cfg.holdout)
+                       cfg.split_fractions, cfg.split_seed_used, cfg.near_duplicate_bits, sources, cfg.holdout)
     subsets = {name: split.indices(name) for name in ("train", "val", "test")}
     boxes = None  # the training images' tumour boxes, read before anything is written
     if cfg.boxes:
