@@ -255,3 +255,18 @@ def test_measure_flags_parse(tmp_path):
                               "--no-acquisition"])
     cfg = build_config(**vars(args))
     assert (cfg.intensity, cfg.framing, cfg.acquisition) == ("raw", "foreground", False)
+
+
+def test_external_folders_are_a_list_that_does_not_change_the_run():
+    cfg = flags("--external", "a/b", "c")
+    assert cfg.external == "a/b,c" and cfg.external_folders == [Path("a/b"), Path("c")]
+    assert cfg.run_name == flags().run_name and "external" not in cfg.defining()
+    assert flags().external_folders == []
+
+
+def test_a_split_seed_names_the_run_and_defines_it_as_used():
+    assert Config(seed=43, split_seed=42).run_name.endswith("_seed43-split42")
+    assert Config(seed=42, split_seed=42).run_name == Config(seed=42).run_name
+    assert Config(seed=42, split_seed=42).defining() == Config(seed=42).defining()
+    assert Config(seed=43, split_seed=42).defining()["split_seed"] == 42
+    assert Config(seed=43).split_seed_used == 43

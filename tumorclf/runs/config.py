@@ -122,6 +122,10 @@ class Config:
     target_sensitivity: float = option(0.95, "the operating point: the highest threshold on calibrated P(Tumor) "
                                        "that reaches this sensitivity on the validation split", launch=True,
                                        metavar="F")
+    external: str | None = option(None, "folders of labelled slices from collections the model never trains on "
+                                  "(one-class folders allowed), evaluated after the test at every operating point "
+                                  "into the run's evaluation_external folder", launch=True, metavar="DIR",
+                                  many=True)
     classes: tuple[str, str] | None = option(None, "name the two class folders: HEALTHY TUMOR", metavar="DIR",
                                              shown_default="told apart by their names")
     cache_dir: str | None = option(None, "decoded-image cache", launch=True, metavar="DIR",
@@ -281,6 +285,11 @@ class Config:
         return tuple(self.holdout_sources.split(",")) if self.holdout_sources else ()
 
     @property
+    def external_folders(self) -> list[Path]:
+        """The external validation folders (--external), in the order given."""
+        return [Path(folder) for folder in self.external.split(",")] if self.external else []
+
+    @property
     def run_dir(self) -> Path:
         return Path(self.output) / self.run_name
 
@@ -306,8 +315,10 @@ class Config:
         return cls(**values)
 
     def defining(self) -> dict[str, Any]:
-        """The values that define the run's result (not how it is launched)."""
-        return {f.name: v for f, v in zip(fields(self), self.to_dict().values()) if not f.metadata["launch"]}
+        """The values that define the run's result (not how it is launched); the split seed as used, so that
+        `--split-seed 42 --seed 42` is the run of `--seed 42`."""
+        values = {f.name: v for f, v in zip(fields(self), self.to_dict().values()) if not f.metadata["launch"]}
+        return {**values, "split_seed": self.split_seed_used}
 
 
 def _hints() -> dict[str, Any]:

@@ -84,6 +84,8 @@ class RunDir:
     tensorboard_dir = property(lambda self: self.path / "tensorboard")
     gradcam_dir = property(lambda self: self.path / "gradcam")
     evaluation_dir = property(lambda self: self.path / "evaluation")  # `tumorclf evaluate`'s default --out
+    # `train --external`'s evaluation: an `evaluation*` folder, so the model card lists it
+    external_dir = property(lambda self: self.path / "evaluation_external")
 
     BACKUP_PATTERN = "epoch_*.weights.h5"
 
@@ -239,6 +241,11 @@ class RunDir:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
             raise RunError(f"{self.metrics_file} is corrupt: threshold {value!r} is not a number in [0, 1]")
         return float(value)
+
+    def external_report(self) -> dict[str, Any] | None:
+        """The evaluation.json of `train --external`, or None when the run has none."""
+        path = self.external_dir / "evaluation.json"
+        return self._json(path) if path.is_file() else None
 
     def progress(self) -> dict[str, Any] | None:
         """progress.json (the resume state after the last completed epoch), or None before the first."""

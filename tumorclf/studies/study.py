@@ -55,6 +55,8 @@ INTEGERS = ("n_test", "epochs_run", "best_epoch")
 COLUMNS = ["run_name", "protocol", "model", "imagenet", "recipe", "measures", "split", "image_size", "epochs",
            "max_minutes", "seed",
            *MEASURED, "status"]
+EXTERNAL = "external_"  # the prefix of the columns of a run's external folders (`external_columns`)
+EXTERNAL_METRICS = ("sensitivity", "specificity")
 LSO = "leave-source-out"
 BARE = "†"  # marks a table value without its interval
 STUDY_KEYS = {"defaults", "runs", "splits", "output", "results", "data", "bootstrap", "seeds"}
@@ -198,6 +200,7 @@ def _budget_differences(row: dict[str, str], cfg: Config) -> list[str]:
 def kept_row(earlier: dict[str, str], cfg: Config) -> dict:
     """The measured numbers of an earlier finished row, and a status that says where they come from."""
     row = {name: _number(earlier.get(name), name in INTEGERS) for name in MEASURED}
+    row.update({name: _number(value) for name, value in earlier.items() if name.startswith(EXTERNAL)})
     if row["sensitivity"] is None:  # the same number (Tumor positive) under its older name
         row["sensitivity"] = row["recall"]
     for name, same in SAME_AS.items():  # rows written before recall had its own interval columns
@@ -275,11 +278,27 @@ def row_for(cfg: Config, status: str, earlier: EarlierResults | None = None,
     run = RunDir(cfg.run_dir)
     if run.metrics_file.is_file():
         row.update(measured_row(run, n_resamples))
+        row.update(external_columns(run.external_report()))
         row["status"] = "finished"
     elif earlier is not None:
         previous = earlier.match(cfg)
         if previous is not None:
             row.update(kept_row(previous, cfg))
+    return row
+
+
+def external_columns(report: dict | None) -> dict:
+    """`external_NAME_n` and `external_NAME_{sensitivity,specificity}` with `_lo`/`_hi`, at the run's operating
+    point, of each folder of the run's external evaluation (`train --external`); none without one."""
+    row: dict = {}
+    for name, entry in (report or {}).get("datasets", {}).items():
+        if entry.get("folder") is None:  # all folders pooled
+            continue
+        row[f"{EXTERNAL}{name}_n"] = entry["n"]
+        for metric in EXTERNAL_METRICS:
+            low, high = entry[metric]["ci95"] or (None, None)
+            row.update({f"{EXTERNAL}{name}_{metric}": entry[metric]["value"], f"{EXTERNAL}{name}_{metric}_lo": low,
+                        f"{EXTERNAL}{name}_{metric}_hi": high})
     return row
 
 
@@ -346,8 +365,10 @@ def write_results(rows: list[dict], results: Path) -> None:
     def text(value):
         return "" if value is None else value
 
+    external = list(dict.fromkeys(key for row in rows for key in row if key.startswith(EXTERNAL)))
+    columns = [*COLUMNS[:-1], *external, COLUMNS[-1]]
     atomic_write_text(results / "results.csv",
-                      csv_text(COLUMNS, ([text(row.get(c)) for c in COLUMNS] for row in rows)))
+                      csv_text(columns, ([text(row.get(c)) for c in columns] for row in rows)))
 
 
 def _cell(row: dict | None, key: str) -> str:

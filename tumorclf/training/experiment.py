@@ -16,6 +16,7 @@ import tensorflow as tf
 from tumorclf.data.dataset import CLASS_NAMES, DataError, file_sha256, load_dataset
 from tumorclf.data.decoder import DECODER_VERSION
 from tumorclf.data.splits import check_holdout, make_split, manifest_csv, read_sources
+from tumorclf.evaluation.external import check_external, evaluate_external, summary_lines
 from tumorclf.evaluation.reports import write_reports
 from tumorclf.explain.boxes import match_boxes, read_boxes
 from tumorclf.gate.quality_gate import fit_gate
@@ -63,6 +64,7 @@ def run_experiment(cfg: Config) -> Path:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     weights, weights_origin = resolve_weights(cfg.model, cfg.imagenet, cfg.weights_dir)
+    check_external(cfg.external_folders, cfg.resolved_data())
     if cfg.fine_tune == "from_layer":  # layer names are known only from a built model: check before writing
         set_trainable(build_model(cfg.model, cfg.image_size), "from_layer", cfg.unfreeze_from)
     times = PhaseTimes()
@@ -180,6 +182,9 @@ def run_experiment(cfg: Config) -> Path:
             shutil.rmtree(run_dir, ignore_errors=True)
     print(f"test accuracy {metrics['accuracy']:.4f}, F1 {metrics['f1']:.4f}, AUC {metrics['auc']:.4f} "
           f"(best epoch {result.best_epoch} of {result.epochs_run}, {metrics['train_minutes']} min of training)")
+    if cfg.external and run_dir == cfg.run_dir:
+        for line in summary_lines(evaluate_external(RunDir(cfg.run_dir), cfg.external_folders)):
+            print(f"external {line}")
     return cfg.run_dir
 
 
