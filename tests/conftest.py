@@ -33,6 +33,16 @@ tf.config.set_logical_device_configuration(
 )
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "brain_tumor_dataset"
+# Modules whose tests train, start processes or export (tens of seconds each) run first: pytest-xdist's work
+# stealing (`--dist worksteal`) then ends the session on short tests instead of one worker finishing a long one
+# alone while the other idles.
+SLOW_FIRST = ("test_reliability.py", "test_fast.py", "test_attention_prior.py", "test_export.py", "test_models.py",
+              "test_predict.py", "test_explain.py", "test_gate_serving.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))  # stable: each module keeps its order
 
 
 BLOB_CENTRE = (0.3, 0.3)  # tumour blob centre, as fractions of the image size
