@@ -59,7 +59,7 @@ EXTERNAL = "external_"  # the prefix of the columns of a run's external folders 
 EXTERNAL_METRICS = ("sensitivity", "specificity")
 LSO = "leave-source-out"
 BARE = "†"  # marks a table value without its interval
-STUDY_KEYS = {"defaults", "runs", "splits", "output", "results", "data", "bootstrap", "seeds"}
+STUDY_KEYS = {"defaults", "runs", "splits", "output", "results", "data", "bootstrap", "seeds", "tta"}
 SOURCE_KEYS = ("sources", "holdout_sources", "unlisted_source")  # Config keys of the source split only
 # The study's own numbers, where this project's issues quote them (accuracy as a fraction).
 PAPER = {("simplecnn", False): {"accuracy": 0.771}, ("vgg16", True): {"accuracy": 0.9783, "f1": 0.9759}}

@@ -1,0 +1,248 @@
+"""The transfer table: how each configuration of a study does where it was not trained, at every operating point.
+
+A recipe chosen on in-source accuracy can miss the tumours of another collection (docs/robustness.md). For every
+finished run of a study, `record_transfer` puts on record, at each operating point the evaluation reports
+(the validation-fitted one, the others it stores, and 0.5), sensitivity and specificity with their 95% intervals:
+
+- on the run's own test split (the grouped split's in-source slices, or the held-out collections of a
+  leave-source-out run), from the ablation's evaluation of the run;
+- on each external folder of the study (`external:`), from the run's `evaluation_external` (written by
+  `train --external`) or, for a run trained without it, from an evaluation written under RESULTS/evaluations;
+
+and, per configuration, for two measures:
+
+- **ensemble** of its seeds (runs that share one split, `--split-seed`): the mean of the members' calibrated
+  P(Tumor), its operating point fitted on their shared validation split (`tumorclf.metrics.ensemble`), built
+  from the members' predictions already on record (no model is run again);
+- **tta** (test-time augmentation, the study's `tta:` views) of each run on the external folders, with its
+  operating point refitted on the validation split's augmented predictions (`tumorclf.evaluation.combined`).
+
+Each row is one (configuration, measure, run or ensemble, dataset, operating point); `transfer.csv` is derived
+from evaluation files that are kept, so it is rewritten whole; `transfer.md` aggregates the seeds (mean ± sd,
+min-max) beside the ensemble.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from tumorclf.data.dataset import CLASS_NAMES
+from tumorclf.errors import UserError
+from tumorclf.metrics import DEFAULT_RESAMPLES
+from tumorclf.metrics.bootstrap import format_interval
+from tumorclf.runs.config import Config
+from tumorclf.runs.folder import RunDir
+from tumorclf.studies import seeds
+from tumorclf.studies.ablation import EVALUATIONS, evaluate_run
+from tumorclf.studies.study import protocol
+from tumorclf.utils.files import atomic_write_text, csv_text
+
+log = logging.getLogger(__name__)
+
+TRANSFER_FILE = "transfer.csv"
+TABLE_FILE = "transfer.md"
+TEST = "test"
+METRICS = ("sensitivity", "specificity", "auc")
+COLUMNS = ["configuration", "protocol", "measure", "runs", "seeds", "dataset", "point", "threshold", "n",
+           *[f"{m}{end}" for m in METRICS for end in ("", "_lo", "_hi")], "evaluation", "status"]
+
+
+def report_rows(report: dict, where: str) -> list[dict]:
+    """One row per (dataset, operating point) of an evaluation.json (the pooled dataset left out): n, the
+    threshold, sensitivity and specificity at it and the dataset's AUC, each with its interval (None where the
+    dataset's one class cannot give it)."""
+    rows = []
+    for name, entry in report["datasets"].items():
+        if entry.get("folder") is None:  # several folders pooled
+            continue
+        missing = entry.get("not_reportable") or {}
+        auc = _metric(entry["auc"], "auc" in missing)
+        for point, values in entry["operating_points"].items():
+            row = {"dataset": name, "point": point, "threshold": values["threshold"], "n": entry["n"],
+                   "evaluation": where, "status": "evaluated"}
+            for metric in ("sensitivity", "specificity"):
+                row.update(_prefixed(metric, _metric(values[metric], metric in missing)))
+            row.update(_prefixed("auc", auc))
+            rows.append(row)
+    return rows
+
+
+def _metric(values: dict | None, missing: bool) -> tuple:
+    if missing or not values or values.get("value") is None or values["value"] != values["value"]:
+        return None, None, None
+    low, high = values.get("ci95") or (None, None)
+    return values["value"], low, high
+
+
+def _prefixed(metric: str, values: tuple) -> dict:
+    return dict(zip((metric, f"{metric}_lo", f"{metric}_hi"), values))
+
+
+def external_evaluation(cfg: Config, results: Path, n_bootstrap: int) -> tuple[dict | None, str]:
+    """The run's evaluation of the study's external folders: its own (`train --external`) when it covers them,
+    else one written (once) under RESULTS/evaluations/RUN/external."""
+    from tumorclf.evaluation.evaluate import EVALUATION_FILE, evaluate, write_outputs
+
+    run = RunDir(cfg.run_dir)
+    wanted = {str(folder.resolve()) for folder in cfg.external_folders}
+    own = run.external_report()
+    if own is not None and wanted <= {str(Path(e["folder"]).resolve()) for e in own["datasets"].values()
+                                      if e.get("folder")}:
+        return own, str(run.external_dir / EVALUATION_FILE)
+    out = results / EVALUATIONS / cfg.run_name / "external"
+    if not (out / EVALUATION_FILE).is_file():
+        log.info("transfer: evaluating %s on %s", cfg.run_name, ", ".join(map(str, cfg.external_folders)))
+        report, scored, point = evaluate(run, data_dirs=cfg.external_folders, n_bootstrap=n_bootstrap)
+        write_outputs(out, report, scored, point)
+    return json.loads((out / EVALUATION_FILE).read_text()), str(out / EVALUATION_FILE)
+
+
+def tta_evaluation(cfg: Config, results: Path, views: list[str], n_bootstrap: int) -> tuple[dict, str]:
+    """The run's test-time augmented evaluation on the study's external folders (written once)."""
+    from tumorclf.evaluation.combined import Combined
+    from tumorclf.evaluation.evaluate import EVALUATION_FILE, evaluate, write_outputs
+
+    out = results / EVALUATIONS / cfg.run_name / f"tta_{'+'.join(views)}"
+    if not (out / EVALUATION_FILE).is_file():
+        log.info("transfer: evaluating %s with test-time views %s", cfg.run_name, " ".join(views))
+        run = RunDir(cfg.run_dir)
+        report, scored, point = evaluate(run, data_dirs=cfg.external_folders, n_bootstrap=n_bootstrap,
+                                         scoring=Combined([run], views))
+        write_outputs(out, report, scored, point)
+    return json.loads((out / EVALUATION_FILE).read_text()), str(out / EVALUATION_FILE)
+
+
+def predictions(evaluation: str, dataset: str) -> dict[str, tuple[int, float, int]]:
+    """path -> (label, raw P(Tumor), duplicate group) of one dataset of an evaluation's predictions.csv."""
+    with open(Path(evaluation).parent / "predictions.csv", newline="") as handle:
+        return {row["path"]: (CLASS_NAMES.index(row["label"]), float(row["prob_tumor_raw"]), int(row["group"]))
+                for row in csv.DictReader(handle) if row["dataset"] == dataset}
+
+
+def ensemble_rows(cfgs: list[Config], evaluations: dict[str, dict[str, str]], n_bootstrap: int) -> list[dict]:
+    """The rows of the ensemble of `cfgs` (one configuration, several seeds) on each dataset all members were
+    evaluated on, from their predictions (`evaluations`: run name -> dataset -> evaluation.json path)."""
+    from tumorclf.evaluation.evaluate import dataset_report
+    from tumorclf.metrics.ensemble import ensemble_probabilities
+    from tumorclf.runs.ensemble import ensemble_point, member_points
+
+    runs = [RunDir(cfg.run_dir) for cfg in cfgs]
+    point = ensemble_point(runs)
+    points = member_points(runs)
+    datasets = set.intersection(*(set(evaluations[cfg.run_name]) for cfg in cfgs))
+    rows = []
+    for dataset in sorted(datasets):
+        members = [predictions(evaluations[cfg.run_name][dataset], dataset) for cfg in cfgs]
+        paths = sorted(members[0])
+        if any(set(member) != set(paths) for member in members):
+            raise UserError(f"the members' {dataset} predictions are not of the same files")
+        labels = np.array([members[0][p][0] for p in paths])
+        groups = np.array([members[0][p][2] for p in paths])
+        score = ensemble_probabilities([np.array([m[p][1] for p in paths]) for m in members], points)
+        entry = dataset_report(labels, score, groups, point, point.threshold, n_bootstrap, 0)
+        rows += report_rows({"datasets": {dataset: {**entry, "folder": dataset}}}, "from the members' predictions")
+    return rows
+
+
+def record_transfer(configs: list[Config], results: Path, tta_views: list[str] | None = None,
+                    n_bootstrap: int = DEFAULT_RESAMPLES) -> list[dict]:
+    """Write RESULTS/transfer.csv and transfer.md from the finished runs of `configs`; returns the rows."""
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    rows: list[dict] = []
+    evaluations: dict[str, dict[str, str]] = {}
+    finished = [cfg for cfg in configs if RunDir(cfg.run_dir).finished]
+    for cfg in finished:
+        about = {"configuration": seeds.configuration(cfg.run_name), "protocol": protocol(cfg), "runs": cfg.run_name,
+                 "seeds": str(cfg.seed)}
+        try:
+            test = evaluate_run(cfg, results / EVALUATIONS / cfg.run_name, n_bootstrap)
+            evaluations[cfg.run_name] = {TEST: str(test)}
+            rows += [{**about, "measure": "single", **row}
+                     for row in report_rows(json.loads(test.read_text()), str(test))]
+            if cfg.external_folders:
+                report, where = external_evaluation(cfg, results, n_bootstrap)
+                evaluations[cfg.run_name].update({name: where for name in report["datasets"]})
+                rows += [{**about, "measure": "single", **row} for row in report_rows(report, where)]
+                if tta_views:
+                    report, where = tta_evaluation(cfg, results, tta_views, n_bootstrap)
+                    rows += [{**about, "measure": "tta", **row} for row in report_rows(report, where)]
+        except Exception as exc:  # noqa: BLE001 - a failure is a row, as every measure's failures are recorded
+            log.warning("transfer: %s: %s", cfg.run_name, exc)
+            rows.append({**about, "measure": "single", "status": f"failed: {' '.join(str(exc).split())}"})
+    by_configuration: dict[str, list[Config]] = {}
+    for cfg in finished:
+        if cfg.run_name in evaluations:
+            by_configuration.setdefault(seeds.configuration(cfg.run_name), []).append(cfg)
+    for name, members in by_configuration.items():
+        if len(members) < 2:
+            continue
+        about = {"configuration": name, "protocol": protocol(members[0]), "measure": "ensemble",
+                 "runs": "+".join(cfg.run_name for cfg in members), "seeds": "+".join(str(c.seed) for c in members)}
+        try:
+            rows += [{**about, **row} for row in ensemble_rows(members, evaluations, n_bootstrap)]
+        except Exception as exc:  # noqa: BLE001
+            log.warning("transfer: ensemble of %s: %s", about["runs"], exc)
+            rows.append({**about, "status": f"failed: {' '.join(str(exc).split())}"})
+    atomic_write_text(results / TRANSFER_FILE, csv_text(["evaluated_at", *COLUMNS],
+                                                        ([stamp, *(_text(r.get(c)) for c in COLUMNS)] for r in rows)))
+    atomic_write_text(results / TABLE_FILE, markdown(rows))
+    return rows
+
+
+def _text(value) -> str:
+    if value is None:
+        return ""
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def _number(value) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number == number else None
+
+
+# the table's columns: (dataset kind, operating point, metric)
+TABLE_CELLS = (("external", "target_sensitivity", "sensitivity"), ("external", "high_sensitivity", "sensitivity"),
+               ("external", "default_0.5", "sensitivity"), ("test", "target_sensitivity", "sensitivity"),
+               ("test", "target_sensitivity", "specificity"))
+
+
+def markdown(rows: list[dict]) -> str:
+    """Per configuration and measure: each cell the mean ± sd over seeds (single, tta) or the ensemble's value
+    with its 95% interval, at the operating points of `TABLE_CELLS`."""
+    ok = [row for row in rows if row.get("status") == "evaluated"]
+    externals = sorted({row["dataset"] for row in ok if row["dataset"] != TEST})
+    cells = [(dataset, point, metric) for kind, point, metric in TABLE_CELLS
+             for dataset in (externals if kind == "external" else [TEST])]
+    cells = [c for c in cells if any(r["dataset"] == c[0] and r["point"] == c[1] for r in ok)]
+    header = ["configuration", "protocol", "measure", *[f"{d}: {m} at {p}" for d, p, m in cells]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    keys = list(dict.fromkeys((r["configuration"], r["protocol"], r["measure"]) for r in ok))
+    for configuration, protocol_name, measure in keys:
+        mine = [r for r in ok if (r["configuration"], r["protocol"], r["measure"]) == (configuration, protocol_name,
+                                                                                       measure)]
+        out = [f"`{configuration}`", protocol_name, measure]
+        for dataset, point, metric in cells:
+            found = [r for r in mine if r["dataset"] == dataset and r["point"] == point]
+            values = [v for v in (_number(r.get(metric)) for r in found) if v is not None]
+            if not values:
+                out.append("-")
+            elif measure == "ensemble":
+                r = found[0]
+                ci = [_number(r.get(f"{metric}_lo")), _number(r.get(f"{metric}_hi"))]
+                out.append(format_interval({"value": values[0], "ci95": ci if None not in ci else None}))
+            else:
+                out.append(seeds.format_summary(seeds.summary(values)))
+        lines.append("| " + " | ".join(out) + " |")
+    failed = sum(1 for row in rows if str(row.get("status", "")).startswith("failed"))
+    lines += ["", f"Single and tta: mean ± standard deviation over seeds (min-max); ensemble: its value with a 95% "
+              f"interval over duplicate groups. {len(rows)} rows in {TRANSFER_FILE}, {failed} failed."]
+    return "\n".join(lines) + "\n"
