@@ -23,6 +23,9 @@ Brier score, at every operating point); the others are None and its ``not_report
   a quality (``ok`` or why the model cannot assess it) in the same pass. Metrics stay those of all images;
   each dataset adds the rejections by reason and the metrics of the accepted images alone.
 
+A `Scoring` (`tumorclf.evaluation.combined`: an ensemble of runs, test-time augmentation) replaces the run's
+probabilities and operating point; the rest (contamination check, groups, gate, report) stays the run's.
+
 `write_outputs` writes, atomically, `OUTPUT_FILES` into a folder: ``predictions.csv``, ``skipped.csv``,
 ``contaminated.csv``, ``reliability.png``, ``roc.png`` and, last, ``evaluation.json``.
 """
@@ -53,6 +56,7 @@ from tumorclf.transforms.pipeline import make_dataset, predict_images  # noqa: E
 from tumorclf.utils.progress import keras_progress  # noqa: E402
 from tumorclf.runs.folder import DEFAULT_THRESHOLD, RunDir, RunError  # noqa: E402
 from tumorclf.runs.own_split import own_split  # noqa: E402
+from tumorclf.evaluation.scoring import Scoring  # noqa: E402
 from tumorclf.data.splits import group_duplicates, perceptual_hash  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -288,10 +292,12 @@ def dataset_report(labels: np.ndarray, raw: np.ndarray, groups: np.ndarray, poin
 def evaluate(run: RunDir, data_dirs: list[Path] | None = None, threshold: float | None = None,
              batch_size: int | None = None, classes: tuple[str, str] | None = None,
              target_sensitivity: float | None = None, n_bootstrap: int = DEFAULT_RESAMPLES,
-             seed: int = 0, use_gate: bool = True) -> tuple[dict, list[Scored], OperatingPoint]:
+             seed: int = 0, use_gate: bool = True,
+             scoring: Scoring | None = None) -> tuple[dict, list[Scored], OperatingPoint]:
     """Score `run` on its test split (no `data_dirs`) or on each folder of `data_dirs`, through the run's
     quality gate when it has one and `use_gate`; returns the report (the content of evaluation.json), the
-    scored datasets and the operating point applied."""
+    scored datasets and the operating point applied. A `scoring` gives the probabilities and operating point
+    instead of the run's model alone."""
     run.require_finished()
     record = run.record()
     cfg = record.config
@@ -314,13 +320,15 @@ def evaluate(run: RunDir, data_dirs: list[Path] | None = None, threshold: float 
     model = run.load_model()
     if gate is not None:
         gate.check(model, run.path)
-    point, saved = operating_point(run, model, batch_size, target_sensitivity)
+    point, saved = (scoring.operating_point(model, batch_size, target_sensitivity) if scoring
+                    else operating_point(run, model, batch_size, target_sensitivity))
     threshold = point.threshold if threshold is None else threshold
     reference = reference_set(run)
     scorer = gated_model(model, gate) if gate else model
     scored = []
     for name, dataset in datasets.items():
-        probs, quality, ood = score(scorer, gate, dataset, batch_size, f"predicting {name}")
+        probs, quality, ood = (scoring.score if scoring else score)(scorer, gate, dataset, batch_size,
+                                                                    f"predicting {name}")
         groups = (test_groups(run, dataset) if not data_dirs
                   else group_duplicates(dataset.image_index, dataset.unique_images, cfg.near_duplicate_bits)[0])
         scored.append(Scored(name, dataset, probs, groups,
@@ -332,7 +340,7 @@ def evaluate(run: RunDir, data_dirs: list[Path] | None = None, threshold: float 
                             "interval": "percentile"},
               "contamination_check": {"sha256": True, "perceptual_hash_bits": cfg.near_duplicate_bits,
                                       "near_copies": reference.hashes is not None},
-              **({"gate": gate.summary()} if gate else {}),
+              **({"gate": gate.summary()} if gate else {}), **(scoring.summary() if scoring else {}),
               "datasets": {}}
     checked = "sha256 and perceptual hash" if reference.hashes is not None else "sha256 only (data folder gone)"
     parts = [(item.name, str(item.dataset.root), len(item.dataset.skipped), item.labels, item.prob_tumor,
