@@ -229,3 +229,51 @@ def test_members_of_another_split_or_size_are_refused_in_one_line(trained_run: P
     assert "give --out" in one_error_line(capsys)
     assert main(["evaluate", "--run", str(trained_run), "--tta", "sideways", "--out", str(out)]) == 2
     assert "unknown test-time view sideways" in one_error_line(capsys) and not out.exists()
+
+
+def test_export_of_an_ensemble_is_one_savedmodel_at_the_ensembles_operating_point(trained_run: Path,
+                                                                                   tmp_path: Path, capsys):
+    import tensorflow as tf
+
+    from tumorclf.metrics.classification import decide
+
+    first = RunDir(trained_run)
+    own = first.operating_point()
+    second = RunDir(copy_with_operating_point(trained_run, tmp_path / "hot", temperature=2.5 * own.temperature,
+                                              threshold=own.threshold))
+    out = tmp_path / "export"
+    assert main(["export", "--run", str(first.path), str(second.path), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    card = json.loads((out / "model_card.json").read_text())
+    expected = ensemble_point([first, second])
+    assert card["temperature"] == expected.temperature and card["threshold"] == expected.threshold
+    assert card["ensemble"]["member_temperatures"] == [own.temperature, 2.5 * own.temperature]
+    assert card["quality_gate"] is None and "quality" not in card["output"] and card["evaluations"] == {}
+    assert "## Ensemble" in (out / "MODEL_CARD.md").read_text()
+
+    images = own_split(first, ("test",)).images()[:16].astype(np.float32)
+    raw = first.load_model().predict(images, verbose=0)[:, 1]
+    mean = ensemble_probabilities([raw, raw], [own, second.operating_point()])
+    served = tf.saved_model.load(str(out)).signatures["serve"](images=tf.constant(images))
+    assert np.allclose(served["probabilities"].numpy()[:, 1], mean, atol=1e-5)
+    calibrated = apply_temperature(mean, expected.temperature)
+    assert np.allclose(served["prob_tumor"].numpy(), calibrated, atol=1e-5)
+    sure = np.abs(calibrated - expected.threshold) > 1e-4
+    assert np.array_equal(served["decision"].numpy()[sure], decide(calibrated, expected.threshold)[sure])
+    assert "quality" not in served
+
+    # tumorclf predict takes the export's folder: the card's temperature and threshold, the ensemble's mean
+    pictures = sorted((Path(json.loads((trained_run / "config.json").read_text())["resolved"]["data"]) / "tumor")
+                      .iterdir())[:3]
+    assert main(["predict", "--model-file", str(out), "--inputs", *map(str, pictures), "--out",
+                 str(tmp_path / "predictions")]) == 0
+    capsys.readouterr()
+    rows = read_csv(tmp_path / "predictions" / "predictions.csv")
+    raw = column(rows, "prob_tumor_raw")
+    assert len(rows) == 3 and np.allclose(column(rows, "prob_tumor"), apply_temperature(raw, expected.temperature),
+                                          atol=1e-5)
+
+    # what a single run's export adds is refused for an ensemble, in one line, and so is another split
+    assert main(["export", "--run", str(first.path), str(second.path), "--out", str(tmp_path / "x"),
+                 "--format", "onnx"]) == 2
+    assert "drop --format onnx" in one_error_line(capsys) and not (tmp_path / "x").exists()

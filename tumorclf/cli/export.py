@@ -1,14 +1,16 @@
 """`tumorclf export`: a run's best model as a SavedModel (signatures serve, serve_bytes) and/or model.onnx, with
 model.keras, the run's quality gate and a model card, in one folder (`tumorclf.serving.export`).
 
-Usage: ``tumorclf export --run RUN [--out DIR] [--format savedmodel onnx] [--threshold T] [--overwrite]
+Usage: ``tumorclf export --run RUN [RUN ...] [--out DIR] [--format savedmodel onnx] [--threshold T] [--overwrite]
 [--measure N] [--evaluation DIR ...]``
 
 ``--out`` is the export's folder (default ``saved_models/<run name>``); an earlier export there is replaced
 only with ``--overwrite``, and never a run folder or a folder of other files. ``--evaluation`` adds
 evaluations of this run written elsewhere (``tumorclf evaluate --run RUN --out DIR``) to the model card,
 beside the run's own ``evaluation*/`` subfolders. ``--measure N`` times each format and in-process Keras on
-the same N images and records img/s in the card.
+the same N images and records img/s in the card. Several ``--run`` export their ensemble as one SavedModel
+(`tumorclf.serving.ensemble`: the mean of the members' calibrated P(Tumor) at the ensemble's operating point;
+no gate, no ONNX, no --measure or --evaluation).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from tumorclf.serving.formats import DEFAULT_FORMATS, FORMATS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    flags.add_run(p)
+    flags.add_run(p, "a finished run folder; several: one SavedModel of their ensemble (same split, image size and "
+                     "classes)", many=True)
     flags.add_out(p, "the export's folder (default: saved_models/<run name>)")
     p.add_argument("--format", nargs="+", default=list(DEFAULT_FORMATS), metavar="FORMAT", dest="formats",
                    help=f"one or more of {' '.join(FORMATS)} (default: {' '.join(DEFAULT_FORMATS)}): the "
@@ -45,8 +48,18 @@ def run(args: argparse.Namespace) -> int:
     """Check the arguments only the command line can get wrong; `export_run` checks the rest."""
     if args.measure < 0:
         raise UsageError(f"export: --measure must be 0 or a positive number of images, got {args.measure}")
+    if len(args.run) > 1:
+        given = [flag for flag, value in (("--measure", args.measure), ("--evaluation", args.evaluation),
+                                          ("--format onnx", "onnx" in args.formats)) if value]
+        if given:
+            raise UsageError(f"export: an ensemble (several --run) is exported as a SavedModel alone; drop "
+                             f"{', '.join(given)}")
+        from tumorclf.serving.ensemble import export_ensemble
+
+        print(export_ensemble(args.run, args.out, args.threshold, args.overwrite))
+        return 0
     from tumorclf.serving.export import export_run
 
-    print(export_run(args.run, args.out, args.threshold, args.overwrite, args.measure, args.evaluation,
+    print(export_run(args.run[0], args.out, args.threshold, args.overwrite, args.measure, args.evaluation,
                      args.formats))
     return 0
