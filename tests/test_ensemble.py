@@ -15,7 +15,7 @@ from conftest import copy_with_operating_point, one_error_line, read_csv, write_
 from tumorclf.cli.main import main
 from tumorclf.errors import UsageError
 from tumorclf.evaluation.combined import Combined
-from tumorclf.evaluation.evaluate import evaluate
+from tumorclf.evaluation.evaluate import dataset_report, evaluate
 from tumorclf.metrics.calibration import OperatingPoint, apply_temperature, fit_operating_point
 from tumorclf.metrics.ensemble import ensemble_operating_point, ensemble_probabilities
 from tumorclf.runs.ensemble import ensemble_point, member_validation
@@ -180,6 +180,18 @@ def test_the_ensemble_averages_each_members_calibrated_probability(trained_run: 
     assert ensemble == ensemble_operating_point(labels, raws, [own, second.operating_point()],
                                                 own.target_sensitivity) == ensemble_point([first, second])
     assert report["threshold"] == ensemble.threshold and report["temperature"] == ensemble.temperature
+
+    # the same report without running a model: the members' test_predictions.csv (6 decimals) and split.csv's groups
+    members = [read_csv(run.predictions_file) for run in (first, second)]
+    assert [row["path"] for row in members[0]] == scored[0].dataset.paths
+    group = {row["path"]: int(row["group"]) for row in read_csv(first.split_file)}
+    labels = np.array([int(row["label"]) for row in members[0]])
+    mean = ensemble_probabilities([column(rows, "prob_tumor") for rows in members], [own, second.operating_point()])
+    offline = dataset_report(labels, mean, np.array([group[row["path"]] for row in members[0]]),
+                             ensemble_point([first, second]), ensemble.threshold, 0, 0)
+    test = report["datasets"]["test"]
+    assert offline["confusion_matrix"] == test["confusion_matrix"] and offline["groups"] == test["groups"]
+    assert offline["auc"]["value"] == pytest.approx(test["auc"]["value"], abs=0.01)
 
 
 def test_ensembles_and_tta_score_other_folders_and_one_class_folders(trained_run: Path, tmp_path: Path, capsys):
