@@ -7,7 +7,8 @@ import pytest
 from scipy.special import expit
 from sklearn import metrics as skm
 
-from tumorclf.metrics.calibration import (CLIP, CalibrationError, OperatingPoint, apply_temperature, expected_calibration_error,
+from tumorclf.metrics.calibration import (CLIP, HIGH_SENSITIVITY_TARGET, CalibrationError, OperatingPoint,
+                                          apply_temperature, expected_calibration_error,
                                   fit_operating_point, fit_temperature, logit, margin_below, reliability, sensitivity,
                                   threshold_for_sensitivity, youden_threshold)
 from tumorclf.metrics.classification import decide, roc_auc, specificity
@@ -238,3 +239,35 @@ def test_non_finite_or_out_of_range_probabilities_are_refused(bad):
     p[7] = bad
     with pytest.raises(CalibrationError, match="not in \\[0, 1\\]"):
         fit_operating_point(y, p)
+
+
+def test_the_high_sensitivity_point_is_the_highest_threshold_reaching_its_target():
+    y, p = validation_like(4)
+    op = fit_operating_point(y, p, target_sensitivity=0.95)
+    calibrated = op.calibrate(p)
+    assert op.high_sensitivity_threshold == threshold_for_sensitivity(y, calibrated, HIGH_SENSITIVITY_TARGET)
+    assert op.high_sensitivity_threshold <= op.threshold  # a higher target never needs a higher threshold
+    decided = decide(calibrated, op.high_sensitivity_threshold)
+    assert op.validation["sensitivity_at_high_sensitivity"] == sensitivity(y, decided) >= HIGH_SENSITIVITY_TARGET
+    assert op.validation["specificity_at_high_sensitivity"] == specificity(y, decided)
+
+
+def test_an_operating_point_json_from_before_the_high_sensitivity_point_still_loads(tmp_path):
+    from tumorclf.runs.folder import RunDir
+    from tumorclf.runs.points import HIGH_SENSITIVITY, available
+
+    y, p = validation_like(8)
+    old = fit_operating_point(y, p).to_dict()
+    del old["high_sensitivity_threshold"]
+    old["validation"] = {k: v for k, v in old["validation"].items() if not k.endswith("_high_sensitivity")}
+    run = RunDir(tmp_path)
+    run.operating_point_file.write_text(json.dumps(old))
+    rows = "".join(f"f{i},{label},{float(prob)!r}\n" for i, (label, prob) in enumerate(zip(y, p)))
+    run.val_predictions_file.write_text("path,label,prob_tumor\n" + rows)
+    point = run.operating_point()
+    assert point.high_sensitivity_threshold is None and point.threshold == old["threshold"]
+    before = run.operating_point_file.read_bytes()
+    high = available(run)[HIGH_SENSITIVITY]  # fitted from val_predictions.csv, the file left as it is
+    assert high.threshold == threshold_for_sensitivity(y, point.calibrate(p), HIGH_SENSITIVITY_TARGET)
+    assert run.operating_point_file.read_bytes() == before
+    assert set(available(run)) == {"validation", "high_sensitivity", "youden", "default_0.5"}

@@ -15,7 +15,8 @@ from PIL import Image
 
 from conftest import blob_image, one_error_line, read_csv, write_blob_dataset
 from tumorclf.metrics.bootstrap import METRICS, bootstrap_intervals
-from tumorclf.metrics.calibration import OperatingPoint, apply_temperature, fit_operating_point
+from tumorclf.metrics.calibration import (HIGH_SENSITIVITY_TARGET, OperatingPoint, apply_temperature,
+                                          fit_operating_point, threshold_for_sensitivity)
 from tumorclf.cli.main import main
 from tumorclf.evaluation.evaluate import dataset_report, table
 from tumorclf.metrics.classification import confusion_matrix, decide, roc_auc
@@ -37,8 +38,8 @@ def assert_auc_of_rounded(auc: float, labels: np.ndarray, rounded: np.ndarray) -
 
 
 def table_lines(out: str) -> list[str]:
-    """The printed lines without the gate's line under each dataset."""
-    return [line for line in out.strip().splitlines() if not line.startswith("  gate: ")]
+    """The printed lines without the gate's and the high-sensitivity point's lines under each dataset."""
+    return [line for line in out.strip().splitlines() if not line.startswith(("  gate: ", "  at high_sensitivity "))]
 
 
 def copy_run(trained_run: Path, where: Path) -> Path:
@@ -105,6 +106,10 @@ def test_test_split_again_equals_the_runs_metrics(trained_run: Path, tmp_path: P
     assert test["operating_points"]["target_sensitivity"]["threshold"] == point.threshold
     assert test["operating_points"]["youden"]["threshold"] == point.youden_threshold
     assert test["operating_points"]["default_0.5"]["threshold"] == 0.5
+    high = test["operating_points"]["high_sensitivity"]  # the highest reaching 0.99 on validation: never above
+    assert high["threshold"] == point.high_sensitivity_threshold <= point.threshold
+    assert high["sensitivity"]["value"] >= test["sensitivity"]["value"]
+    assert f"  at high_sensitivity {high['threshold']:.3f}: sensitivity " in printed
     assert_intervals(test)
     rows = read_csv(run / "evaluation" / "predictions.csv")
     assert list(rows[0]) == ["dataset", "path", "label", "prob_tumor_raw", "prob_tumor", "predicted", "group",
@@ -299,6 +304,23 @@ def test_the_operating_point_is_fitted_on_validation_only(trained_run: Path, tmp
     assert (run / "operating_point.json").read_bytes() == saved_bytes
     assert not (run / "val_predictions.csv").exists()
     assert_calibrated(read_csv(tmp_path / "saved" / "predictions.csv"), 2.5, 0.7)
+
+
+def test_an_operating_point_from_before_the_high_sensitivity_point_gets_it_for_the_report(trained_run: Path,
+                                                                                          tmp_path: Path, capsys):
+    run = copy_run(trained_run, tmp_path / "run")
+    old = json.loads((run / "operating_point.json").read_text())
+    del old["high_sensitivity_threshold"]
+    (run / "operating_point.json").write_text(json.dumps(old))
+    before = (run / "operating_point.json").read_bytes()
+    assert main(["evaluate", "--run", str(run), "--out", str(tmp_path / "eval"), "--bootstrap", "0"]) == 0
+    capsys.readouterr()
+    report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    labels, raw = val_rows(run)
+    point = OperatingPoint.from_dict(old)
+    expected = threshold_for_sensitivity(labels, point.calibrate(raw), HIGH_SENSITIVITY_TARGET)
+    assert report["datasets"]["test"]["operating_points"]["high_sensitivity"]["threshold"] == expected
+    assert (run / "operating_point.json").read_bytes() == before  # fitted for the report, the file unchanged
 
 
 def test_intervals_resample_duplicate_groups_not_files():
@@ -624,7 +646,7 @@ def test_a_one_class_folder_gets_the_metrics_its_class_allows(trained_run: Path,
         # its one recall: the share of its slices decided as their class, at the threshold and every operating point
         right = np.mean([row["predicted"] == row["label"] for row in mine])
         assert value(entry[recall]) == pytest.approx(right) == value(entry["accuracy"])
-        assert entry["operating_points"].keys() == {"target_sensitivity", "youden", "default_0.5"}
+        assert entry["operating_points"].keys() == {"target_sensitivity", "high_sensitivity", "youden", "default_0.5"}
         for point in entry["operating_points"].values():
             assert_recall_at(mine, point, recall)
             assert point[{"sensitivity": "specificity", "specificity": "sensitivity"}[recall]]["value"] is None

@@ -13,6 +13,9 @@ Brier score, at every operating point); the others are None and its ``not_report
   validation predictions only (``val_predictions.csv``), then applied unchanged here. A run trained
   before operating points existed gets its validation split predicted and its operating point saved in
   the run folder (once). A ``target_sensitivity`` other than the run's refits for this evaluation only.
+  Each dataset reports sensitivity and specificity at every point (``operating_points``: target_sensitivity,
+  high_sensitivity, youden, default_0.5); an operating_point.json from before ``high_sensitivity`` gets it
+  fitted from the validation predictions for the report, the file left unchanged.
 - **Contamination check**: every scored image is matched against the images the run trained and
   validated on, by SHA-256 and by perceptual hash within the run's near-duplicate distance. Metrics are
   reported on all images and on the clean ones; ``contaminated.csv`` lists the matches.
@@ -47,7 +50,8 @@ from tumorclf.utils.files import (atomic_write_bytes, atomic_write_json, atomic_
                                 figure_png, json_safe)
 from tumorclf.metrics import DEFAULT_RESAMPLES  # noqa: E402
 from tumorclf.metrics.bootstrap import bootstrap_intervals, format_interval, not_reportable  # noqa: E402
-from tumorclf.metrics.calibration import OperatingPoint, fit_operating_point, reliability  # noqa: E402
+from tumorclf.metrics.calibration import (OperatingPoint, fit_operating_point, reliability,  # noqa: E402
+                                          with_high_sensitivity)
 from tumorclf.data.decoder import DECODER_VERSION  # noqa: E402
 from tumorclf.errors import UsageError  # noqa: E402
 from tumorclf.metrics.classification import confusion_matrix, decide, roc_curve  # noqa: E402
@@ -220,6 +224,8 @@ def operating_point(run: RunDir, model, batch_size: int, target: float | None) -
         saved = fit_operating_point(labels, prob, run.config().target_sensitivity)
         run.write_operating_point(saved)
         log.info("saved the operating point fitted on validation in %s", run.operating_point_file)
+    if saved.high_sensitivity_threshold is None:  # saved before it existed: for this report, the file unchanged
+        saved = with_high_sensitivity(saved, *validation_predictions(run, model, batch_size))
     if target is None or target == saved.target_sensitivity:
         return saved, True
     labels, prob = validation_predictions(run, model, batch_size)
@@ -279,10 +285,12 @@ def dataset_report(labels: np.ndarray, raw: np.ndarray, groups: np.ndarray, poin
               "ece_uncalibrated": uncalibrated["ece"], "brier_uncalibrated": uncalibrated["brier"],
               "confusion_matrix": confusion_matrix(labels, decide(calibrated, threshold)).tolist(),
               "not_reportable": missing}
-    points = {"target_sensitivity": point.threshold, "youden": point.youden_threshold,
-              "default_0.5": DEFAULT_THRESHOLD}
+    points = {"target_sensitivity": point.threshold, "high_sensitivity": point.high_sensitivity_threshold,
+              "youden": point.youden_threshold, "default_0.5": DEFAULT_THRESHOLD}
     report["operating_points"] = {}
     for name, at in points.items():
+        if at is None:  # a point saved before high_sensitivity existed, given here as it is
+            continue
         metrics = main if at == threshold else intervals(calibrated, at)
         report["operating_points"][name] = {"threshold": at, "sensitivity": metrics["sensitivity"],
                                             "specificity": metrics["specificity"]}
@@ -445,8 +453,9 @@ def metric_cell(metrics: dict, key: str) -> str:
 
 def table(report: dict) -> str:
     """The datasets of a report as text: n, contaminated, and each headline metric with its interval; under a
-    dataset of one class, a line with its one recall at each operating point; with a gate, a line under each
-    dataset with its rejections and the metrics of the accepted images."""
+    dataset of one class, a line with its one recall at each operating point, under one of both classes its
+    sensitivity and specificity at the high-sensitivity point; with a gate, a line under each dataset with its
+    rejections and the metrics of the accepted images."""
     width = max(len("dataset"), *(len(name) for name in report["datasets"]))
     cells = [["dataset", "n", "contam."] + [title for _, title in TABLE_METRICS] + ["ECE raw"]]
     for name, metrics in report["datasets"].items():
@@ -459,7 +468,9 @@ def table(report: dict) -> str:
              for row in cells]
     out = lines[:1]
     for line, metrics in zip(lines[1:], report["datasets"].values()):
-        out += ([line] + ([f"  {one_class_line(metrics)}"] if metrics.get("not_reportable") else [])
+        out += ([line] + ([f"  {one_class_line(metrics)}"] if metrics.get("not_reportable") else
+                          [f"  {high_sensitivity_line(metrics)}"] if "high_sensitivity" in metrics["operating_points"]
+                          else [])
                 + ([f"  {gate_line(metrics['n'], metrics['gate'])}"] if "gate" in metrics else []))
     return "\n".join(out)
 
@@ -471,6 +482,13 @@ def one_class_line(metrics: dict) -> str:
     at = ", ".join(f"{name} {point['threshold']:.3f}: {format_interval(point[recall])}"
                    for name, point in metrics["operating_points"].items())
     return f"only {only} slices ({NOT_REPORTABLE_CELL}: needs both classes); {recall} at {at}"
+
+
+def high_sensitivity_line(metrics: dict) -> str:
+    """`at high_sensitivity 0.012: sensitivity 1.000 [...], specificity 0.310 [...]`"""
+    point = metrics["operating_points"]["high_sensitivity"]
+    return (f"at high_sensitivity {point['threshold']:.3f}: sensitivity {format_interval(point['sensitivity'])}, "
+            f"specificity {format_interval(point['specificity'])}")
 
 
 def gate_line(n: int, gate: dict) -> str:

@@ -3,7 +3,10 @@
 A run's raw P(Tumor) is over-confident after fine-tuning, and a threshold of 0.5 fixes no clinical
 trade-off. From the validation predictions this module fits one temperature T (calibrated P(Tumor) =
 sigmoid(logit(P) / T), the binary form of temperature scaling, Guo et al. 2017) and two thresholds on the
-calibrated probability: the highest that still reaches a target sensitivity, and the one of Youden's J.
+calibrated probability: the highest that still reaches a target sensitivity, and the one of Youden's J; and
+a third, the highest that reaches `HIGH_SENSITIVITY_TARGET` (a point for settings where a missed tumour costs
+far more than a false alarm). Files written before it existed lack it (`high_sensitivity_threshold` None);
+`with_high_sensitivity` fits it from the same validation predictions.
 The result (`OperatingPoint`) is saved in the run folder and applied unchanged to test and external data,
 by `predict`, by both export signatures and by `evaluate`. Temperature scaling is monotonic and keeps 0.5
 at 0.5, so decisions at 0.5 and (but for ties that float64 saturation creates at extreme temperatures)
@@ -22,7 +25,7 @@ count-weighted mean |observed tumor rate - mean predicted P(Tumor)|.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from scipy.optimize import minimize_scalar
@@ -36,6 +39,7 @@ ECE_BINS = 15
 CLIP = 1e-7  # probabilities are clipped to [CLIP, 1 - CLIP] before the logit (as Keras clips its losses)
 TEMPERATURE_RANGE = (0.05, 20.0)
 DEFAULT_TARGET_SENSITIVITY = 0.95
+HIGH_SENSITIVITY_TARGET = 0.99  # the target of `OperatingPoint.high_sensitivity_threshold`
 
 
 class CalibrationError(UserError, ValueError):
@@ -137,6 +141,8 @@ class OperatingPoint:
     fitted_on: str
     n: int  # validation images
     validation: dict  # ece before/after, sensitivity and specificity at each threshold, on validation
+    # on calibrated P(Tumor): the highest reaching HIGH_SENSITIVITY_TARGET on validation; None in files from before it
+    high_sensitivity_threshold: float | None = None
 
     def calibrate(self, prob_tumor) -> np.ndarray:
         return apply_temperature(prob_tumor, self.temperature)
@@ -146,7 +152,20 @@ class OperatingPoint:
 
     @classmethod
     def from_dict(cls, values: dict) -> "OperatingPoint":
-        return cls(**{key: values[key] for key in cls.__dataclass_fields__})
+        optional = {"high_sensitivity_threshold"}  # absent from files written before it existed
+        return cls(**{key: values[key] for key in cls.__dataclass_fields__ if key not in optional or key in values})
+
+
+def with_high_sensitivity(point: OperatingPoint, labels, prob_tumor) -> OperatingPoint:
+    """`point` with its high-sensitivity threshold (and its validation sensitivity and specificity) fitted from
+    the validation labels and raw P(Tumor) it was fitted on, for points saved before that threshold existed."""
+    y = np.asarray(labels, dtype=np.int64)
+    calibrated = point.calibrate(prob_tumor)
+    threshold = threshold_for_sensitivity(y, calibrated, HIGH_SENSITIVITY_TARGET)
+    decided = decide(calibrated, threshold)
+    return replace(point, high_sensitivity_threshold=threshold, validation={
+        **point.validation, "sensitivity_at_high_sensitivity": sensitivity(y, decided),
+        "specificity_at_high_sensitivity": specificity(y, decided)})
 
 
 def fit_operating_point(labels, prob_tumor, target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY,
@@ -171,10 +190,10 @@ def fit_operating_point(labels, prob_tumor, target_sensitivity: float = DEFAULT_
     youden = youden_threshold(y, calibrated)
     at = {name: (sensitivity(y, decide(calibrated, t)), specificity(y, decide(calibrated, t)))
           for name, t in (("target", threshold), ("youden", youden))}
-    return OperatingPoint(
+    return with_high_sensitivity(OperatingPoint(
         temperature=temperature, threshold=threshold, target_sensitivity=float(target_sensitivity),
         youden_threshold=youden, fitted_on=fitted_on, n=int(len(y)),
         validation={"temperature_fit": fit, "ece_before": expected_calibration_error(y, raw),
                     "ece_after": expected_calibration_error(y, calibrated),
                     "sensitivity_at_threshold": at["target"][0], "specificity_at_threshold": at["target"][1],
-                    "sensitivity_at_youden": at["youden"][0], "specificity_at_youden": at["youden"][1]})
+                    "sensitivity_at_youden": at["youden"][0], "specificity_at_youden": at["youden"][1]}), y, raw)

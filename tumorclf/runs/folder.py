@@ -77,6 +77,7 @@ class RunDir:
     predictions_file = property(lambda self: self.path / "test_predictions.csv")
     val_predictions_file = property(lambda self: self.path / "val_predictions.csv")
     operating_point_file = property(lambda self: self.path / "operating_point.json")
+    calibrated_points_file = property(lambda self: self.path / "operating_points.json")  # `tumorclf calibrate`'s
     log_file = property(lambda self: self.path / "run.log")
     progress_file = property(lambda self: self.path / "progress.json")
     timing_file = property(lambda self: self.path / "timing.json")  # wall seconds per phase
@@ -216,10 +217,30 @@ class RunDir:
             value = getattr(point, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise RunError(f"{self.operating_point_file} is corrupt: {key} {value!r} is not a number >= 0")
+        high = point.high_sensitivity_threshold
+        if high is not None and (isinstance(high, bool) or not isinstance(high, (int, float)) or not 0 <= high <= 1):
+            raise RunError(f"{self.operating_point_file} is corrupt: high_sensitivity_threshold {high!r} is not a "
+                           "number in [0, 1]")
         if not point.temperature > 0 or not point.threshold <= 1:
             raise RunError(f"{self.operating_point_file} is corrupt: temperature {point.temperature} or threshold "
                            f"{point.threshold} out of range")
         return point
+
+    def calibrated_points(self) -> dict[str, Any]:
+        """operating_points.json: {"selected": a name or None, "points": {name: point}} of the operating points
+        `tumorclf calibrate` fitted on other folders (`tumorclf.runs.points`); empty when there is none."""
+        if not self.calibrated_points_file.is_file():
+            return {"selected": None, "points": {}}
+        raw = self._json(self.calibrated_points_file)
+        points, selected = raw.get("points"), raw.get("selected")
+        if not isinstance(points, dict) or not all(isinstance(p, dict) for p in points.values()):
+            raise RunError(f"{self.calibrated_points_file} is corrupt: `points` is not an object of objects")
+        if selected is not None and selected not in points:
+            raise RunError(f"{self.calibrated_points_file} is corrupt: selected {selected!r} is none of its points")
+        return {"selected": selected, "points": points}
+
+    def write_calibrated_points(self, points: dict[str, Any]) -> None:
+        self._write(lambda: atomic_write_json(self.calibrated_points_file, json_safe(points)))
 
     def temperature(self) -> float:
         """The run's calibration temperature (1.0: uncalibrated, for runs without an operating point)."""
