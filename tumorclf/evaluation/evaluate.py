@@ -15,7 +15,7 @@ Brier score, at every operating point); the others are None and its ``not_report
   the run folder (once). A ``target_sensitivity`` other than the run's refits for this evaluation only.
   Each dataset reports sensitivity and specificity at every point (``operating_points``: target_sensitivity,
   high_sensitivity, youden, default_0.5); an operating_point.json from before ``high_sensitivity`` gets it
-  fitted from the validation predictions for the report, the file left unchanged.
+  fitted from val_predictions.csv for the report, the file left unchanged (without that file it is absent).
 - **Contamination check**: every scored image is matched against the images the run trained and
   validated on, by SHA-256 and by perceptual hash within the run's near-duplicate distance. Metrics are
   reported on all images and on the clean ones; ``contaminated.csv`` lists the matches.
@@ -224,8 +224,8 @@ def operating_point(run: RunDir, model, batch_size: int, target: float | None) -
         saved = fit_operating_point(labels, prob, run.config().target_sensitivity)
         run.write_operating_point(saved)
         log.info("saved the operating point fitted on validation in %s", run.operating_point_file)
-    if saved.high_sensitivity_threshold is None:  # saved before it existed: for this report, the file unchanged
-        saved = with_high_sensitivity(saved, *validation_predictions(run, model, batch_size))
+    if saved.high_sensitivity_threshold is None and run.val_predictions_file.is_file():  # saved before it existed
+        saved = with_high_sensitivity(saved, *validation_predictions(run, model, batch_size))  # file unchanged
     if target is None or target == saved.target_sensitivity:
         return saved, True
     labels, prob = validation_predictions(run, model, batch_size)
