@@ -22,6 +22,7 @@ from tumorclf.errors import UsageError, UserError
 COMMANDS: dict[str, str] = {
     "train": "train one configuration, keep the best epoch by validation F1, test it",
     "evaluate": "score a finished run on its test split or on other class folders",
+    "calibrate": "fit a run's operating point on a site's own labelled folder, without retraining",
     "predict": "P(tumour) of images, folders and volumes: a .keras model, a SavedModel or a model.onnx",
     "explain": "Grad-CAM overlays of images, for one run or several side by side, or scored against tumour boxes",
     "gate": "fit the input quality gate of a finished run trained before it existed",
