@@ -1,8 +1,8 @@
 """`tumorclf export`: a run's best model as a SavedModel (signatures serve, serve_bytes) and/or model.onnx, with
 model.keras, the run's quality gate and a model card, in one folder (`tumorclf.serving.export`).
 
-Usage: ``tumorclf export --run RUN [RUN ...] [--out DIR] [--format savedmodel onnx] [--threshold T] [--overwrite]
-[--measure N] [--evaluation DIR ...]``
+Usage: ``tumorclf export --run RUN [RUN ...] [--out DIR] [--format savedmodel onnx] [--threshold T |
+--operating-point NAME] [--overwrite] [--measure N] [--evaluation DIR ...]``
 
 ``--out`` is the export's folder (default ``saved_models/<run name>``); an earlier export there is replaced
 only with ``--overwrite``, and never a run folder or a folder of other files. ``--evaluation`` adds
@@ -35,6 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="decision threshold on calibrated P(Tumor), applied by the SavedModel's signatures and "
                         "model.onnx and recorded in the model card (default: the run's operating threshold; the "
                         "temperature is always the run's)")
+    flags.add_operating_point(p, "the export")
     flags.add_overwrite(p, "an earlier export at --out (never a run folder or other files)")
     p.add_argument("--measure", type=int, default=0, metavar="N",
                    help="time each exported format and in-process Keras on the same N images (img/s, batch 32) "
@@ -48,12 +49,14 @@ def run(args: argparse.Namespace) -> int:
     """Check the arguments only the command line can get wrong; `export_run` checks the rest."""
     if args.measure < 0:
         raise UsageError(f"export: --measure must be 0 or a positive number of images, got {args.measure}")
+    flags.check_point_or_threshold(args, "export")
     if len(args.run) > 1:
         given = [flag for flag, value in (("--measure", args.measure), ("--evaluation", args.evaluation),
-                                          ("--format onnx", "onnx" in args.formats)) if value]
+                                          ("--format onnx", "onnx" in args.formats),
+                                          ("--operating-point", args.operating_point)) if value]
         if given:
-            raise UsageError(f"export: an ensemble (several --run) is exported as a SavedModel alone; drop "
-                             f"{', '.join(given)}")
+            raise UsageError(f"export: an ensemble (several --run) is exported as a SavedModel alone, at its own "
+                             f"operating point; drop {', '.join(given)}")
         from tumorclf.serving.ensemble import export_ensemble
 
         print(export_ensemble(args.run, args.out, args.threshold, args.overwrite))
@@ -61,5 +64,5 @@ def run(args: argparse.Namespace) -> int:
     from tumorclf.serving.export import export_run
 
     print(export_run(args.run[0], args.out, args.threshold, args.overwrite, args.measure, args.evaluation,
-                     args.formats))
+                     args.formats, args.operating_point))
     return 0

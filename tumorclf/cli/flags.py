@@ -68,6 +68,19 @@ def add_run(parser: argparse.ArgumentParser, help: str = "a finished run folder"
                         help=help)
 
 
+def add_operating_point(parser: argparse.ArgumentParser, of: str) -> None:
+    parser.add_argument("--operating-point", metavar="NAME",
+                        help=f"the operating point {of} decides at: validation, high_sensitivity, youden, default_0.5 "
+                             "or a name of tumorclf calibrate (when not given: the one calibrate --select chose, "
+                             "else validation); an export has only the point it was exported with")
+
+
+def check_point_or_threshold(args: argparse.Namespace, command: str) -> None:
+    """`--threshold` and `--operating-point` both choose the threshold: one of them at most."""
+    if args.threshold is not None and args.operating_point is not None:
+        raise UsageError(f"{command}: give --threshold or --operating-point, not both")
+
+
 def add_model_file(parser: argparse.ArgumentParser, help: str) -> None:
     # one of the two is required: argparse would count a required --model-file missing when only --model is given
     which = parser.add_mutually_exclusive_group(required=True)

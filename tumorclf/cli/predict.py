@@ -2,7 +2,7 @@
 or an export's ``model.onnx``.
 
 Usage: ``tumorclf predict --model-file PATH --inputs PATH [PATH ...] [--out DIR] [--format csv|json]
-[--threshold T] [--batch-size N] [--no-gate] [--slices middle|all|K]``
+[--threshold T | --operating-point NAME] [--batch-size N] [--no-gate] [--slices middle|all|K]``
 
 One row per file, or per chosen slice of a volume (`tumorclf.serving.predictors`: its columns, calibration,
 operating point and quality gate). ``--out DIR`` writes ``DIR/predictions.csv`` (``predictions.json`` with
@@ -43,6 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="calibrated P(Tumor) at or above which Tumor is predicted; replaces the threshold only, "
                         "the temperature stays the model's (default: the model card's threshold, or the run's "
                         f"for a best.keras, else {DEFAULT_THRESHOLD:g})")
+    flags.add_operating_point(p, "a run's best.keras or an export")
     flags.add_batch_size(p, str(BATCH_SIZE))
     p.add_argument("--no-gate", action="store_true",
                    help="no input quality gate: quality and ood_score stay empty and every readable image is "
@@ -91,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("predict: nothing to score: give the images with --inputs PATH [PATH ...]")
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         raise UsageError(f"predict: --threshold must be in [0, 1], got {args.threshold}")
+    flags.check_point_or_threshold(args, "predict")
     flags.check_batch_size(args, "predict")
     batch_size = BATCH_SIZE if args.batch_size is None else args.batch_size
     target, form = destination(args.out, args.format)
@@ -101,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     from tumorclf.serving.predictors import open_model, predict_files
     from tumorclf.utils.files import atomic_write_text
 
-    model = open_model(args.model_file, args.threshold, gated=not args.no_gate)
+    model = open_model(args.model_file, args.threshold, gated=not args.no_gate, point_name=args.operating_point)
     from tumorclf.gate.quality_gate import OK, REASONS  # loaded with the model
 
     files = expand_inputs(args.inputs)

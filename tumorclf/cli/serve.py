@@ -1,7 +1,7 @@
 """`tumorclf serve`: a local web page: drop a slice, see P(tumour), the decision and the Grad-CAM overlay.
 
 Usage: ``tumorclf serve --model-file PATH [--host 127.0.0.1] [--port 8000] [--max-upload-mb 20]
-[--save-uploads DIR] [--threshold T] [--no-gate]``
+[--save-uploads DIR] [--threshold T | --operating-point NAME] [--no-gate]``
 
 ``--model-file`` is anything ``tumorclf predict --model-file`` accepts; the page answers as predict does
 (`tumorclf.serving.web`). The port is taken before the model is loaded and the ``--save-uploads`` folder is
@@ -40,6 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, metavar="T",
                    help="calibrated P(Tumor) at or above which Tumor is decided, as for predict (default: the "
                         f"model card's, or the run's for a best.keras, else {DEFAULT_THRESHOLD:g})")
+    flags.add_operating_point(p, "the page of a run's best.keras or an export")
     p.add_argument("--no-gate", action="store_true",
                    help="no input quality gate: every readable image is decided, as predict --no-gate")
 
@@ -47,6 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         raise UsageError(f"serve: --threshold must be in [0, 1], got {args.threshold}")
+    flags.check_point_or_threshold(args, "serve")
     if not 0 <= args.port <= 65535:
         raise UsageError(f"serve: --port must be in [0, 65535], got {args.port}")
     if not 0 < args.max_upload_mb <= 1024:
@@ -60,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
     with listen(args.host, args.port) as sock:  # a taken port fails before the model is loaded
         app = create_app(args.model_file, args.threshold, not args.no_gate, args.max_upload_mb, args.save_uploads,
-                         args.host)
+                         args.host, args.operating_point)
         server = make_server(args.host, args.port, app, threaded=True, fd=sock.fileno())
     if args.host not in LOCAL_HOSTS:
         log.warning("listening on %s: the page has no authentication, anyone who can reach this address can "

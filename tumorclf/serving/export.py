@@ -44,11 +44,13 @@ threshold, blank spread and colour chroma are kept in the SavedModel (variable c
 copied beside ``model.keras`` so `tumorclf predict` gates that file too. A run without a gate exports as
 before: no quality outputs, every image decided.
 
-The temperature and threshold are the run's (`RunDir.temperature()`, `RunDir.threshold()`: its
+The temperature and threshold are those of the run's chosen operating point (`tumorclf.runs.points.chosen`:
+``--operating-point NAME``, else the one ``calibrate --select`` chose, else ``validation``, its
 ``operating_point.json`` fitted on validation; runs without one: T = 1 and the threshold of its
-``metrics.json``); a given ``threshold`` replaces the threshold only. They are also kept in the SavedModel
-(variable collection ``operating_point``: temperature, threshold, raw cutoff), in ``model.onnx``'s
-``metadata_props`` and in ``model_card.json``.
+``metrics.json``); a given ``threshold`` replaces the threshold only. The card's ``operating_point_in_use``
+names the point and says what it was fitted on; `tumorclf predict` reads it from there. Temperature and
+threshold are also kept in the SavedModel (variable collection ``operating_point``: temperature, threshold,
+raw cutoff), in ``model.onnx``'s ``metadata_props`` and in ``model_card.json``.
 
 The folder also holds ``model.keras``, ``model_card.json`` (read by `tumorclf predict` for its default
 temperature and threshold; its ``formats`` list the model files, ``onnx`` the ONNX model's opset,
@@ -87,6 +89,7 @@ from tumorclf.serving.onnx_export import require as require_onnx
 from tumorclf.serving.predictors import MODEL_CARD_FILE  # the card's file name predict reads its defaults from
 from tumorclf.serving.predictors import KerasPredictor, OnnxPredictor, SavedModelPredictor
 from tumorclf.runs.folder import DEFAULT_THRESHOLD, RunDir, RunExistsError
+from tumorclf.runs.points import NamedPoint, chosen
 from tumorclf.serving.graph import OperatingPointHead, QualityHead, decision_cutoff, pixel_spec, serving_functions
 
 log = logging.getLogger(__name__)
@@ -302,10 +305,12 @@ def signatures_card(size: int, gated: bool) -> dict:
 
 
 def model_card(run: RunDir, threshold: float | None = None, evaluations: list[Path] | None = None,
-               formats: tuple[str, ...] = DEFAULT_FORMATS) -> dict:
+               formats: tuple[str, ...] = DEFAULT_FORMATS, point_name: str | None = None) -> dict:
     """What a user of the export needs to know, from the run's record, metrics, operating point, quality gate
     and evaluations (its `evaluation*` subfolders and the folders `evaluations`, see `external_evaluations`).
-    `threshold` replaces the run's (`RunDir.threshold()`) when given. `formats` (of `FORMATS`) are the model
+    The threshold is that of the run's chosen point (`tumorclf.runs.points.chosen`: `point_name`, else the one
+    selected, else the validation one; ``operating_point_in_use`` names it); a given `threshold` replaces it.
+    `formats` (of `FORMATS`) are the model
     files the export holds beside model.keras; the SavedModel's signatures are described when it is one of
     them (`export_run` adds the ONNX file's facts). A run's unreadable gate is a `GateError`."""
     record, metrics = run.record(), run.metrics()
@@ -314,14 +319,17 @@ def model_card(run: RunDir, threshold: float | None = None, evaluations: list[Pa
     size = cfg.image_size
     trained_decoder = record.decoder
     point = run.operating_point()
-    temperature = run.temperature()
+    in_use = chosen(run, point_name)
+    temperature = in_use.temperature
     if threshold is None:
-        threshold = run.threshold()
-        threshold_source = (run.operating_point_file.name if point else
+        threshold = in_use.threshold
+        threshold_source = (run.calibrated_points_file.name if in_use.provenance else
+                            run.operating_point_file.name if point else
                             run.metrics_file.name if "threshold" in metrics else "default")
     else:
         threshold = float(threshold)
-        threshold_source = "--threshold" + (f" (the operating point's is {point.threshold:g})" if point else "")
+        threshold_source = "--threshold" + (f" (the operating point's is {in_use.threshold:g})" if point else "")
+        in_use = NamedPoint("--threshold", temperature, threshold, f"given on the command line ({threshold_source})")
     holdout = getattr(cfg, "holdout_sources", None)
     found_evaluations = run_evaluations(run)
     found_evaluations.update(external_evaluations(run, evaluations or [], found_evaluations))
@@ -344,6 +352,7 @@ def model_card(run: RunDir, threshold: float | None = None, evaluations: list[Pa
         "threshold_source": threshold_source,
         "raw_cutoff": cutoff if math.isfinite(cutoff) else None,
         "operating_point": point.to_dict() if point else None,
+        "operating_point_in_use": in_use.to_dict(),
         "quality_gate": gate_card(gate),
         "leave_source_out": None if cfg.split != "source" else {
             "held_out_sources": holdout.split(",") if holdout else [],
@@ -443,6 +452,8 @@ def card_markdown(card: dict) -> str:
         if not card["threshold_source"].startswith(("operating_point", "default")) and \
                 card["threshold"] != point.get("threshold"):
             lines.append(f"- This export decides at {card['threshold']:g} instead ({card['threshold_source']}).")
+        if card.get("operating_point_in_use"):
+            lines.append(f"- This export decides at the {card['operating_point_in_use']['description']}.")
     else:
         lines.append(f"None: the run has no operating_point.json. P(Tumor) is not calibrated (temperature 1) and "
                      f"the threshold {card['threshold']:g} comes from {card['threshold_source']}.")
@@ -555,11 +566,12 @@ def measure_inference(model: keras.Model, folder: Path, n: int, formats: tuple[s
 
 def export_run(run_dir: str | Path | RunDir, out: str | Path | None = None, threshold: float | None = None,
                overwrite: bool = False, measure: int = 0, evaluations: list[Path] | None = None,
-               formats: tuple[str, ...] | list[str] = DEFAULT_FORMATS) -> Path:
+               formats: tuple[str, ...] | list[str] = DEFAULT_FORMATS, point_name: str | None = None) -> Path:
     """Export the run's best model to `out` (default `saved_models/<run name>`) in `formats` (of `FORMATS`);
     returns the folder.
 
-    The run's temperature and `threshold` (default: the run's operating threshold) are applied in every
+    The run's temperature and `threshold` (default: the threshold of the run's chosen point, `point_name` or
+    the one selected, `tumorclf.runs.points.chosen`) are applied in every
     signature and graph and recorded in the model card, with the run's evaluations and those of the folders
     `evaluations` (`external_evaluations`). The run's quality gate, when it has one, adds its outputs to them
     and is copied beside model.keras. `measure` > 0 times every format and Keras (`measure_inference`)."""
@@ -572,10 +584,10 @@ def export_run(run_dir: str | Path | RunDir, out: str | Path | None = None, thre
         raise UsageError(f"export: --threshold must be in [0, 1], got {threshold}")
     out = Path(out) if out else Path("saved_models") / run.name
     check_destination(run, out, overwrite)
-    card = model_card(run, threshold, evaluations, formats)  # reads every run file before the slow part
+    card = model_card(run, threshold, evaluations, formats, point_name)  # reads every run file before the slow part
     gate = Gate.load(run.path)
-    log.info("%s: temperature %g, threshold %g (from %s)", run, card["temperature"], card["threshold"],
-             card["threshold_source"])
+    log.info("%s: %s; temperature %g, threshold %g (from %s)", run, card["operating_point_in_use"]["description"],
+             card["temperature"], card["threshold"], card["threshold_source"])
     if gate is None:
         log.warning("%s has no quality gate (fit one with `tumorclf gate --run %s`): the export's predictions are "
                     "not gated", run, run.path)

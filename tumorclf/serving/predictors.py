@@ -34,8 +34,9 @@ decided.
 
 The temperature T and the threshold are the ones recorded with the model (`recorded_operating_point`):
 the ``temperature`` and ``threshold`` of ``model_card.json`` beside it (written by `tumorclf export`),
-else, for a SavedModel or model.onnx, the operating point saved inside it, else the run folder's
-(`RunDir.temperature()`, `RunDir.threshold()`) for a run's ``best.keras``, else T = 1 and
+else, for a SavedModel or model.onnx, the operating point saved inside it, else the run folder's chosen
+point (`tumorclf.runs.points.chosen`: ``--operating-point NAME``, else the one ``calibrate --select``
+chose, else the validation one) for a run's ``best.keras``, else T = 1 and
 ``tumorclf.runs.folder.DEFAULT_THRESHOLD``. T = 1 means uncalibrated: ``prob_tumor`` equals
 ``prob_tumor_raw``. ``--threshold`` replaces the threshold only. For an export, these rows equal the
 SavedModel's own ``prob_tumor``, ``decision`` (-1: empty ``predicted``), ``quality`` and ``ood_score``
@@ -51,7 +52,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -215,12 +216,40 @@ def _card_number(card: Path, values: dict, key: str, default: float | None, vali
     return float(value)
 
 
-def recorded_operating_point(model_path: Path, need_threshold: bool = True) -> tuple[float, float, str] | None:
-    """(temperature, threshold, where they came from) recorded with a model: `model_card.json` beside it (a
-    SavedModel folder, or the folder of its model.keras; a card without `temperature`, from before
-    operating points, means 1), else the run folder of a best.keras (its operating_point.json, else its
-    metrics.json threshold and temperature 1); None when neither records them. Without `need_threshold`
-    (--threshold given) a card's missing or invalid threshold is no error (`DEFAULT_THRESHOLD` stands in)."""
+class RecordedPoint(NamedTuple):
+    """The operating point recorded with a model: temperature, threshold, the file they came from, and the
+    sentence naming the point (`tumorclf.runs.points.NamedPoint.describe`; None where nothing names it)."""
+
+    temperature: float
+    threshold: float
+    source: str
+    description: str | None = None
+
+
+def card_point(card: Path, values: dict, point_name: str | None) -> str | None:
+    """The description of the point an export was made with (its card's ``operating_point_in_use``); a
+    `point_name` other than that one is a `PointError`: an export carries the one point it was exported with."""
+    from tumorclf.runs.points import PointError
+
+    in_use = values.get("operating_point_in_use") if isinstance(values.get("operating_point_in_use"), dict) else {}
+    if point_name is not None and point_name != in_use.get("name"):
+        raise PointError(f"the export {card.parent} carries no operating point {point_name!r}; it has: "
+                         f"{in_use.get('name') or 'none named (exported before named points)'} (export the run "
+                         "again with --operating-point to change it)")
+    return in_use.get("description")
+
+
+def recorded_operating_point(model_path: Path, need_threshold: bool = True,
+                             point_name: str | None = None) -> RecordedPoint | None:
+    """The operating point recorded with a model: `model_card.json` beside it (a SavedModel folder, or the
+    folder of its model.keras; a card without `temperature`, from before operating points, means 1), else the
+    run folder of a best.keras (its chosen point, `tumorclf.runs.points.chosen`: `point_name`, else the one
+    selected, else the validation one; its metrics.json threshold and temperature 1 for runs without an
+    operating point); None when neither records them. Without `need_threshold` (--threshold given) a card's
+    missing or invalid threshold is no error (`DEFAULT_THRESHOLD` stands in). A `point_name` the model does
+    not have is a `PointError` listing the ones it has."""
+    from tumorclf.runs.points import PointError, chosen
+
     model_path = Path(model_path)
     folder = model_path if model_path.is_dir() else model_path.parent
     card = folder / MODEL_CARD_FILE
@@ -239,14 +268,19 @@ def recorded_operating_point(model_path: Path, need_threshold: bool = True) -> t
                 raise
             threshold = DEFAULT_THRESHOLD
         temperature = _card_number(card, values, "temperature", 1.0, lambda v: np.isfinite(v) and v > 0)
-        return temperature, threshold, str(card)
+        return RecordedPoint(temperature, threshold, str(card), card_point(card, values, point_name))
     run = RunDir(folder)
     if model_path.is_file() and model_path == run.best_model and run.metrics_file.is_file():
         try:
-            point = run.operating_point()
-            return run.temperature(), run.threshold(), str(run.operating_point_file if point else run.metrics_file)
+            point = chosen(run, point_name)
+            source = (run.calibrated_points_file if point.provenance else run.operating_point_file
+                      if run.operating_point() else run.metrics_file)
+            return RecordedPoint(point.temperature, point.threshold, str(source), point.describe())
         except RunError as exc:
             raise ModelError(str(exc)) from None
+    if point_name is not None:
+        raise PointError(f"{model_path} has no named operating points (--operating-point needs a run's best.keras "
+                         "or an export of tumorclf export)")
     return None
 
 
@@ -360,7 +394,7 @@ def predict_files(predict: Predictor, size: int, files: list[Path], threshold: f
             progress.close()
 
 
-def operating_point_for(model_path: Path, recorded: tuple[float, float, str] | None, predictor: Predictor,
+def operating_point_for(model_path: Path, recorded: RecordedPoint | None, predictor: Predictor,
                         threshold_given: bool = False) -> tuple[float, float, str]:
     """The temperature and threshold predict applies: `recorded` (the model card or run folder), else the
     operating point saved in a SavedModel, else 1 and `DEFAULT_THRESHOLD`. A model card whose temperature is
@@ -371,7 +405,7 @@ def operating_point_for(model_path: Path, recorded: tuple[float, float, str] | N
         if saved is not None:
             return saved[0], saved[1], f"the {kind} {model_path}"
         return 1.0, DEFAULT_THRESHOLD, "default"
-    temperature, threshold, source = recorded
+    temperature, threshold, source, _ = recorded
     if saved is not None:
         if saved[0] != temperature:
             raise ModelError(f"{source} says temperature {temperature:g} but the {kind} {model_path} calibrates "
@@ -393,16 +427,19 @@ class OpenedModel:
     temperature: float
     threshold: float
     source: str
+    point: str | None = None  # the sentence naming the operating point applied (None: --threshold, or unnamed)
 
 
-def open_model(model_path: Path, threshold: float | None = None, gated: bool = True) -> OpenedModel:
-    """Load a model as predict and `tumorclf serve` both do: the operating point recorded with it (a bad
-    model card stops here, before the model is loaded; `threshold` replaces the threshold only), a warning
-    when it was trained with another decoder or has no quality gate, then the predictor."""
+def open_model(model_path: Path, threshold: float | None = None, gated: bool = True,
+               point_name: str | None = None) -> OpenedModel:
+    """Load a model as predict and `tumorclf serve` both do: the operating point recorded with it (`point_name`
+    picks another of a run's; a bad model card or an unknown name stops here, before the model is loaded;
+    `threshold` replaces the threshold only), a warning when it was trained with another decoder or has no
+    quality gate, then the predictor. The point applied is logged by name."""
     model_path = Path(model_path)
     if not model_path.exists():
         raise ModelError(f"cannot load model {model_path}: not found")
-    recorded = recorded_operating_point(model_path, need_threshold=threshold is None)
+    recorded = recorded_operating_point(model_path, need_threshold=threshold is None, point_name=point_name)
     trained_with = trained_decoder(model_path)
     if trained_with not in (None, DECODER_VERSION):
         log.warning("%s was trained with decoder version %s; this decodes with version %s (slightly different "
@@ -416,8 +453,10 @@ def open_model(model_path: Path, threshold: float | None = None, gated: bool = T
     temperature, recorded_threshold, source = operating_point_for(model_path, recorded, predictor,
                                                                   threshold is not None)
     if threshold is None:
-        log.info("temperature %g and threshold %g (from %s)", temperature, recorded_threshold, source)
-        return OpenedModel(predictor, size, min_side, temperature, recorded_threshold, source)
+        described = recorded.description if recorded else None
+        log.info("%s; temperature %g and threshold %g (from %s)", described or "operating point unnamed",
+                 temperature, recorded_threshold, source)
+        return OpenedModel(predictor, size, min_side, temperature, recorded_threshold, source, described)
     log.info("temperature %g (from %s), threshold %g (from --threshold)", temperature, source, threshold)
     return OpenedModel(predictor, size, min_side, temperature, threshold,
                        f"--threshold (temperature from {source})")

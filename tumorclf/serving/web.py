@@ -80,9 +80,11 @@ class Scorer:
     models are not safe to call from several threads at once); decoding runs outside it, at most
     `DECODE_SLOTS` at a time."""
 
-    def __init__(self, model_path: Path, threshold: float | None = None, gated: bool = True):
+    def __init__(self, model_path: Path, threshold: float | None = None, gated: bool = True,
+                 point_name: str | None = None):
         self.model_path = Path(model_path)
-        model = open_model(self.model_path, threshold, gated)
+        model = open_model(self.model_path, threshold, gated, point_name)
+        self.point = model.point
         self.predictor, self.size, self.min_side = model.predictor, model.size, model.min_side
         self.temperature, self.threshold, self.source = model.temperature, model.threshold, model.source
         self.explainer, self.gradcam = load_explainer(self.model_path, self.size)
@@ -128,7 +130,8 @@ class Scorer:
         """What the page states about the model: the operating point and gate applied here, Grad-CAM."""
         return {"model": self.model_path.absolute().name, "size": self.size,
                 "operating_point": {"temperature": self.temperature, "threshold": self.threshold,
-                                    "source": without_folders(self.source, self.model_path)},
+                                    "source": without_folders(self.source, self.model_path),
+                                    "description": self.point and without_folders(self.point, self.model_path)},
                 "gate": None if self.min_side is None else {"min_side": self.min_side},
                 "gradcam": {"available": self.explainer is not None,
                             "detail": without_folders(self.gradcam, self.model_path)}}
@@ -186,7 +189,7 @@ def png_data_url(pixels: np.ndarray) -> str:
 
 
 # the model card ---------------------------------------------------------------------------------------------
-def page_card(model_path: Path) -> tuple[dict | None, str | None]:
+def page_card(model_path: Path, point_name: str | None = None) -> tuple[dict | None, str | None]:
     """(the model card the page shows, where it comes from, without the folder's path):
     ``model_card.json`` beside the model (an export), else the card `tumorclf export` would write
     (`export.model_card`), built from the run folder of a best.keras; (None, None) when neither exists or
@@ -202,7 +205,7 @@ def page_card(model_path: Path) -> tuple[dict | None, str | None]:
         if model_path == run.best_model and run.finished:
             from tumorclf.serving.export import model_card as run_card
 
-            return run_card(run), f"the run folder {folder.absolute().name}"
+            return run_card(run, point_name=point_name), f"the run folder {folder.absolute().name}"
     except (UserError, OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
         log.warning("no model card numbers on the page: %s", one_line(exc))
     return None, None
@@ -239,15 +242,16 @@ def card_numbers(card: dict) -> dict:
 
 # the web application ----------------------------------------------------------------------------------------
 def create_app(model_path: str | Path, threshold: float | None = None, gated: bool = True,
-               max_upload_mb: float = 20, save_uploads: Path | None = None, host: str = "127.0.0.1"):
+               max_upload_mb: float = 20, save_uploads: Path | None = None, host: str = "127.0.0.1",
+               point_name: str | None = None):
     """The Flask application of the page, with its model loaded (a `ModelError` when it cannot be). `host`
     is the address the server listens on: requests whose ``Host`` names neither it nor loopback get a 400."""
     require_flask()
     from flask import Flask, jsonify, request, send_from_directory
     from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-    scorer = Scorer(Path(model_path), threshold, gated)
-    card, card_source = page_card(scorer.model_path)
+    scorer = Scorer(Path(model_path), threshold, gated, point_name)
+    card, card_source = page_card(scorer.model_path, point_name)
     about = {**scorer.describe(), "notice": NOTICE, "max_upload_mb": max_upload_mb,
              "card": card_numbers(card) if card else None, "card_source": card_source,
              "saves_uploads": save_uploads is not None}

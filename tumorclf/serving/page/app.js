@@ -56,6 +56,7 @@ function renderCard(a) {
   root.replaceChildren();
   const op = a.operating_point;
   const applied = [
+    ["operating point", op.description || "unnamed (a threshold given, or a model without a run folder or card)"],
     ["temperature", fmt(op.temperature, 4)],
     ["threshold on calibrated P(tumour)", `${fmt(op.threshold, 4)} (from ${op.source})`],
     ["quality gate", a.gate ? `on: too_small under ${a.gate.min_side} px, then blank, not_grayscale_mri, ` +
