@@ -320,9 +320,11 @@ def test_saved_model_and_keras_agree_and_threshold_applies(unsaturated, tmp_path
 def test_default_threshold_is_the_one_recorded_with_the_model(unsaturated, calibrated_run: Path, trained_run: Path,
                                                               tmp_path: Path):
     run = RunDir(calibrated_run)
-    assert recorded_operating_point(run.best_model) == (RUN_TEMPERATURE, RUN_THRESHOLD, str(run.operating_point_file))
+    recorded = recorded_operating_point(run.best_model)
+    assert recorded[:3] == (RUN_TEMPERATURE, RUN_THRESHOLD, str(run.operating_point_file))
+    assert recorded.description.startswith(f"operating point validation: threshold {RUN_THRESHOLD:.4g} on calibrated")
     old = RunDir(copy_with_operating_point(trained_run, tmp_path / "old_run", None))  # a run from before operating points
-    assert recorded_operating_point(old.best_model) == (1.0, old.threshold(), str(old.metrics_file))
+    assert recorded_operating_point(old.best_model)[:3] == (1.0, old.threshold(), str(old.metrics_file))
     lone = tmp_path / "lone" / "model.keras"
     lone.parent.mkdir()
     shutil.copy(trained_run / "best.keras", lone)
@@ -340,7 +342,7 @@ def test_default_threshold_is_the_one_recorded_with_the_model(unsaturated, calib
     card = carded / predict.MODEL_CARD_FILE
     card.write_text(json.dumps({"threshold": float(threshold), "decoder": {"trained_with": DECODER_VERSION}}))
     for model in (carded, carded / "model.keras"):  # the SavedModel and the .keras file beside its card
-        assert recorded_operating_point(model) == (1.0, threshold, str(card))  # a card without temperature: 1
+        assert recorded_operating_point(model) == (1.0, threshold, str(card), None)  # no temperature: 1; no name
         rows = run_predict(model, images, tmp_path / "carded-preds")
         predicted = [r["predicted"] for r in rows]
         assert predicted == expected_decisions(rows, threshold)
@@ -352,7 +354,9 @@ def test_an_export_records_the_threshold_predict_uses(exported: Path):
     assert json.loads(card.read_text())["threshold"] == EXPORT_THRESHOLD
     assert json.loads(card.read_text())["temperature"] == RUN_TEMPERATURE
     for model in (exported, exported / "model.keras"):
-        assert recorded_operating_point(model) == (RUN_TEMPERATURE, EXPORT_THRESHOLD, str(card))
+        recorded = recorded_operating_point(model)
+        assert recorded[:3] == (RUN_TEMPERATURE, EXPORT_THRESHOLD, str(card))
+        assert recorded.description == json.loads(card.read_text())["operating_point_in_use"]["description"]
 
 
 def test_predict_on_an_export_equals_its_own_outputs(exported: Path, calibrated_run: Path, trained_run: Path,
