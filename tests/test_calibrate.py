@@ -117,21 +117,24 @@ def test_a_one_class_point_selected_is_what_predict_and_the_model_card_apply(tra
                                                                              capsys, caplog):
     run = copy_run(trained_run, tmp_path / "run")
     folder = tumour_folder(tmp_path, per_class=25)
+    seen = next(row["path"] for row in read_csv(run / "split.csv") if row["split"] == "train" and row["label"] == "1")
+    shutil.copy(RunDir(run).data_root() / seen, folder / "tumor" / f"copy{Path(seen).suffix}")
+    caplog.set_level(logging.INFO, logger="tumorclf")
     assert main(["calibrate", "--run", str(run), "--data", str(folder), "--name", "site_b", "--select"]) == 0
     printed = capsys.readouterr().out
     assert "specificity n/a (no healthy slices)" in printed and printed.strip().endswith("(selected)")
     entry = json.loads((run / "operating_points.json").read_text())["points"]["site_b"]
-    assert entry["provenance"]["slices"] == {"Healthy": 0, "Tumor": 25} and entry["specificity"] is None
+    assert entry["provenance"]["slices"] == {"Healthy": 0, "Tumor": 26} and entry["specificity"] is None
+    assert entry["provenance"]["contaminated"] >= 1 and "copies of run's training or validation files" in caplog.text
     validation = RunDir(run).operating_point()
     assert chosen(RunDir(run)).threshold == entry["threshold"]
 
     # predict applies the selected point and names it
     images = write_blob_dataset(tmp_path / "images", per_class=4, seed=8)
-    caplog.set_level(logging.INFO, logger="tumorclf")
     assert main(["predict", "--model-file", str(run / "best.keras"), "--inputs", str(images), "--out",
                  str(tmp_path / "p"), "--no-gate"]) == 0
     assert "operating point site_b: threshold" in caplog.text
-    assert "fitted on tumours (0 Healthy, 25 Tumor)" in caplog.text
+    assert "fitted on tumours (0 Healthy, 26 Tumor)" in caplog.text
     rows = read_csv(tmp_path / "p" / "predictions.csv")
     prob = np.array([float(row["prob_tumor"]) for row in rows])
     sure = np.abs(prob - entry["threshold"]) > 1e-5
@@ -169,3 +172,24 @@ def test_a_one_class_point_selected_is_what_predict_and_the_model_card_apply(tra
     assert main(["predict", "--model-file", str(export / "model.keras"), "--inputs", str(images),
                  "--operating-point", "site_b"]) == 2
     assert "carries no operating point 'site_b'; it has: high_sensitivity" in one_error_line(capsys)
+
+
+def test_export_and_the_page_apply_and_name_the_point_asked_for(trained_run: Path, tmp_path: Path):
+    from tumorclf.serving.predictors import SavedModelPredictor
+    from tumorclf.serving.web import create_app
+
+    run = copy_run(trained_run, tmp_path / "run")
+    high = chosen(RunDir(run), "high_sensitivity")
+    out = tmp_path / "export"
+    assert main(["export", "--run", str(run), "--out", str(out), "--operating-point", "high_sensitivity"]) == 0
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["threshold"] == high.threshold and card["operating_point_in_use"]["description"] == high.describe()
+    import tensorflow as tf
+
+    assert SavedModelPredictor(tf.saved_model.load(str(out)), out).operating_point == (high.temperature,
+                                                                                      high.threshold)
+    about = create_app(out).test_client().get("/api/model").get_json()["operating_point"]
+    assert about["threshold"] == high.threshold and about["description"].startswith("operating point high_sens")
+    about = create_app(run / "best.keras", point_name="youden").test_client().get("/api/model").get_json()
+    assert about["operating_point"]["description"].startswith("operating point youden: threshold ")
+    assert about["card"]["threshold"] == RunDir(run).operating_point().youden_threshold
