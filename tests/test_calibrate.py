@@ -193,3 +193,29 @@ def test_export_and_the_page_apply_and_name_the_point_asked_for(trained_run: Pat
     about = create_app(run / "best.keras", point_name="youden").test_client().get("/api/model").get_json()
     assert about["operating_point"]["description"].startswith("operating point youden: threshold ")
     assert about["card"]["threshold"] == RunDir(run).operating_point().youden_threshold
+
+
+def test_named_points_of_a_run_folder_and_their_refusals(tmp_path: Path):
+    from tumorclf.metrics.calibration import OperatingPoint
+    from tumorclf.runs.folder import RunError
+    from tumorclf.runs.points import available
+
+    run = RunDir(tmp_path)
+    run.write_operating_point(OperatingPoint(2.0, 0.6, 0.95, 0.5, "validation", 10, {}, 0.4))
+    provenance = {"folder": "/somewhere/site", "slices": {"Healthy": 1, "Tumor": 30}, "target_sensitivity": 0.95}
+    run.write_calibrated_points({"selected": "site", "points": {
+        "site": {"threshold": 0.3, "temperature": 2.0, "provenance": provenance}}})
+    points = available(run)
+    assert {name: p.threshold for name, p in points.items()} == {
+        "validation": 0.6, "high_sensitivity": 0.4, "youden": 0.5, "default_0.5": 0.5, "site": 0.3}
+    assert {p.temperature for p in points.values()} == {2.0}  # one calibrated scale per run
+    assert chosen(run).describe() == ("operating point site: threshold 0.3 on calibrated P(Tumor), fitted on site "
+                                      "(1 Healthy, 30 Tumor) for sensitivity >= 0.95")  # no folder of the disk
+    assert chosen(run, "validation").describe().endswith("fitted on validation (10 slices) for sensitivity >= 0.95")
+
+    run.write_operating_point(OperatingPoint(1.5, 0.6, 0.95, 0.5, "validation", 10, {}, 0.4))  # refitted since
+    with pytest.raises(RunError, match="fitted at temperature 2.0, the run's is now 1.5; calibrate it again"):
+        chosen(run)
+    run.calibrated_points_file.write_text(json.dumps({"selected": "gone", "points": {}}))
+    with pytest.raises(RunError, match="selected 'gone' is none of its points"):
+        chosen(run)
