@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import copy_with_operating_point, read_csv, write_blob_dataset
+from conftest import copy_with_operating_point, one_error_line, read_csv, write_blob_dataset
+from tumorclf.cli.main import main
 from tumorclf.data.dataset import CLASS_NAMES
 from tumorclf.runs.config import Config
 from tumorclf.runs.ensemble import ensemble_point, member_points
@@ -36,12 +37,12 @@ def members(trained_run: Path, tmp_path: Path) -> list[Config]:
 
 def test_runs_their_ensemble_and_tta_are_tabled_at_every_point(members: list[Config], tmp_path: Path):
     results = tmp_path / "results"
-    rows = record_transfer(members, results, tta_views=["identity", "hflip"], n_bootstrap=50)
+    rows = record_transfer(members, results, {"views": ["identity", "hflip"], "runs": ["*_seed1"]}, n_bootstrap=50)
     written = read_csv(results / TRANSFER_FILE)
     assert len(written) == len(rows) and all(row["status"] == "evaluated" for row in written)
     kinds = {(r["measure"], r["runs"], r["dataset"]) for r in written}
     assert kinds == {("single", f"blob_seed{s}", d) for s in (1, 2) for d in ("test", "meningioma")} | {
-        ("tta", f"blob_seed{s}", "meningioma") for s in (1, 2)} | {
+        ("tta", "blob_seed1", "meningioma")} | {
         ("ensemble", "blob_seed1+blob_seed2", d) for d in ("test", "meningioma")}
     assert {r["configuration"] for r in written} == {"blob"}
     points = {r["point"] for r in written}
@@ -67,10 +68,11 @@ def test_runs_their_ensemble_and_tta_are_tabled_at_every_point(members: list[Con
 
     table = (results / TABLE_FILE).read_text()
     assert "| `blob` | grouped | single | " in table and ", 2 seeds)" in table
-    assert "| `blob` | grouped | ensemble | " in table and "| `blob` | grouped | tta | " in table
+    assert "| `blob` | grouped | ensemble | " in table
+    assert "(1 seed)" in next(line for line in table.splitlines() if line.startswith("| `blob` | grouped | tta | "))
 
     # a second call reuses every evaluation on record and gives the same rows
-    again = record_transfer(members, results, tta_views=["identity", "hflip"], n_bootstrap=50)
+    again = record_transfer(members, results, {"views": ["identity", "hflip"], "runs": ["*_seed1"]}, n_bootstrap=50)
     assert [{k: v for k, v in r.items()} for r in again] == rows
 
 
@@ -81,3 +83,11 @@ def test_a_member_of_another_split_fails_its_ensemble_row_only(members: list[Con
     failed = [r for r in rows if r["status"] != "evaluated"]
     assert len(failed) == 1 and failed[0]["measure"] == "ensemble" and "split.csv differs" in failed[0]["status"]
     assert {r["runs"] for r in rows if r["measure"] == "single"} == {"blob_seed1", "blob_seed2"}
+
+
+def test_a_study_without_external_folders_is_refused_in_one_line(tmp_path: Path, capsys):
+    study = tmp_path / "study.yaml"
+    study.write_text(f"output: {tmp_path / 'runs'}\nresults: {tmp_path / 'results'}\nruns:\n  - {{model: simplecnn}}\n")
+    assert main(["transfer", "--config", str(study), "--data", str(tmp_path)]) != 0
+    assert "no run names an external folder" in one_error_line(capsys)
+    assert not (tmp_path / "results").exists()

@@ -7,11 +7,6 @@ Each finished run of the study file is scored on its own test split at its valid
 with group-bootstrap intervals, once (``RESULTS/evaluations/RUN_NAME/``); each evaluation is one row appended to
 ``RESULTS/ablation.csv``, never rewritten. The latest row of each configuration, both protocols side by side
 (``RESULTS/ablation.md``), is printed at the end.
-
-A study with external folders (`external:`) also gets its transfer table (`tumorclf.studies.transfer`):
-``RESULTS/transfer.csv`` and ``transfer.md``, every run, the ensemble of each configuration's seeds and, with the
-study's ``tta:`` views, each run with test-time augmentation, on its test split and the external folders at
-every operating point.
 """
 
 from __future__ import annotations
@@ -40,14 +35,4 @@ def run(args: argparse.Namespace) -> int:
     new, results = record_study(args.config, args.data, args.bootstrap)
     print(f"{len(new)} new evaluation(s) appended to {results / ABLATION_FILE}")
     print((results / TABLE_FILE).read_text())
-    from tumorclf.runs.config import load_yaml
-    from tumorclf.studies.study import study_configs
-    from tumorclf.studies.transfer import TABLE_FILE as TRANSFER_TABLE, TRANSFER_FILE, record_transfer
-
-    spec = load_yaml(args.config)
-    configs = study_configs(spec, args.data)
-    if any(cfg.external_folders for cfg in configs):
-        rows = record_transfer(configs, results, spec.get("tta"), args.bootstrap)
-        print(f"{len(rows)} rows in {results / TRANSFER_FILE}")
-        print((results / TRANSFER_TABLE).read_text())
     return 0

@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "serve": "a local web page: drop a slice, see P(tumour), the decision and Grad-CAM",
     "study": "a resumable study of several configurations from a YAML file",
     "ablation": "evaluate a study's finished runs at their operating points, append-only",
+    "transfer": "a study's runs, their seeds' ensemble and test-time augmentation on external folders, every point",
     "bench": "machine limit and per-model training/inference speed",
     "leakage": "test accuracy of runs on leaked vs clean test images",
     "curves": "time-to-accuracy curves of runs",

@@ -5,7 +5,8 @@ finished run of a study, `record_transfer` puts on record, at each operating poi
 (the validation-fitted one, the others it stores, and 0.5), sensitivity and specificity with their 95% intervals:
 
 - on the run's own test split (the grouped split's in-source slices, or the held-out collections of a
-  leave-source-out run), from the ablation's evaluation of the run;
+  leave-source-out run), from the predictions the run saved (test_predictions.csv, its duplicate groups from
+  split.csv): no model is run again;
 - on each external folder of the study (`external:`), from the run's `evaluation_external` (written by
   `train --external`) or, for a run trained without it, from an evaluation written under RESULTS/evaluations;
 
@@ -25,6 +26,7 @@ min-max) beside the ensemble.
 from __future__ import annotations
 
 import csv
+import fnmatch
 import json
 import logging
 from datetime import datetime, timezone
@@ -36,10 +38,11 @@ from tumorclf.data.dataset import CLASS_NAMES
 from tumorclf.errors import UserError
 from tumorclf.metrics import DEFAULT_RESAMPLES
 from tumorclf.metrics.bootstrap import format_interval
+from tumorclf.metrics.calibration import OperatingPoint, with_high_sensitivity
 from tumorclf.runs.config import Config
-from tumorclf.runs.folder import RunDir
+from tumorclf.runs.folder import RunDir, RunError
 from tumorclf.studies import seeds
-from tumorclf.studies.ablation import EVALUATIONS, evaluate_run
+from tumorclf.studies.ablation import EVALUATIONS
 from tumorclf.studies.study import protocol
 from tumorclf.utils.files import atomic_write_text, csv_text
 
@@ -118,58 +121,91 @@ def tta_evaluation(cfg: Config, results: Path, views: list[str], n_bootstrap: in
     return json.loads((out / EVALUATION_FILE).read_text()), str(out / EVALUATION_FILE)
 
 
-def predictions(evaluation: str, dataset: str) -> dict[str, tuple[int, float, int]]:
-    """path -> (label, raw P(Tumor), duplicate group) of one dataset of an evaluation's predictions.csv."""
+Predictions = dict[str, tuple[int, float, int]]  # path -> (label, raw P(Tumor), duplicate group)
+
+
+def evaluation_predictions(evaluation: str, dataset: str) -> Predictions:
+    """One dataset of an evaluation's predictions.csv."""
     with open(Path(evaluation).parent / "predictions.csv", newline="") as handle:
         return {row["path"]: (CLASS_NAMES.index(row["label"]), float(row["prob_tumor_raw"]), int(row["group"]))
                 for row in csv.DictReader(handle) if row["dataset"] == dataset}
 
 
-def ensemble_rows(cfgs: list[Config], evaluations: dict[str, dict[str, str]], n_bootstrap: int) -> list[dict]:
-    """The rows of the ensemble of `cfgs` (one configuration, several seeds) on each dataset all members were
-    evaluated on, from their predictions (`evaluations`: run name -> dataset -> evaluation.json path)."""
+def test_predictions(run: RunDir) -> Predictions:
+    """The run's own test split as it saved it: test_predictions.csv, groups from split.csv."""
+    group = {row["path"]: int(row["group"]) for row in run.split_rows()}
+    return {row["path"]: (int(row["label"]), float(row["prob_tumor"]), group[row["path"]])
+            for row in run.test_predictions()}
+
+
+def run_point(run: RunDir) -> OperatingPoint:
+    """The run's saved operating point, with its high-sensitivity threshold fitted from val_predictions.csv
+    when it was saved before that point existed (the file is left as it is)."""
+    point = run.operating_point()
+    if point is None:
+        raise RunError(f"{run.path} has no operating_point.json (`tumorclf evaluate --run {run.path}` fits it)")
+    if point.high_sensitivity_threshold is None:
+        rows = run.val_predictions()
+        point = with_high_sensitivity(point, np.array([int(r["label"]) for r in rows]),
+                                      np.array([float(r["prob_tumor"]) for r in rows]))
+    return point
+
+
+def report_of(predictions: Predictions, point: OperatingPoint, name: str, n_bootstrap: int) -> dict:
+    """An evaluation.json-like report of one dataset's predictions at `point` (`dataset_report`)."""
     from tumorclf.evaluation.evaluate import dataset_report
+
+    paths = sorted(predictions)
+    labels, raw, groups = (np.array([predictions[p][i] for p in paths]) for i in range(3))
+    entry = dataset_report(labels, raw, groups, point, point.threshold, n_bootstrap, 0)
+    return {"datasets": {name: {**entry, "folder": name}}}
+
+
+def ensemble_rows(cfgs: list[Config], members: dict[str, dict[str, Predictions]], n_bootstrap: int) -> list[dict]:
+    """The rows of the ensemble of `cfgs` (one configuration, several seeds) on each dataset all of them were
+    scored on (`members`: run name -> dataset -> predictions), at its own operating point."""
     from tumorclf.metrics.ensemble import ensemble_probabilities
-    from tumorclf.runs.ensemble import ensemble_point, member_points
+    from tumorclf.runs.ensemble import ensemble_point
 
     runs = [RunDir(cfg.run_dir) for cfg in cfgs]
     point = ensemble_point(runs)
-    points = member_points(runs)
-    datasets = set.intersection(*(set(evaluations[cfg.run_name]) for cfg in cfgs))
+    points = [run_point(run) for run in runs]
     rows = []
-    for dataset in sorted(datasets):
-        members = [predictions(evaluations[cfg.run_name][dataset], dataset) for cfg in cfgs]
-        paths = sorted(members[0])
-        if any(set(member) != set(paths) for member in members):
+    for dataset in sorted(set.intersection(*(set(members[cfg.run_name]) for cfg in cfgs))):
+        scored = [members[cfg.run_name][dataset] for cfg in cfgs]
+        paths = sorted(scored[0])
+        if any(set(member) != set(paths) for member in scored):
             raise UserError(f"the members' {dataset} predictions are not of the same files")
-        labels = np.array([members[0][p][0] for p in paths])
-        groups = np.array([members[0][p][2] for p in paths])
-        score = ensemble_probabilities([np.array([m[p][1] for p in paths]) for m in members], points)
-        entry = dataset_report(labels, score, groups, point, point.threshold, n_bootstrap, 0)
-        rows += report_rows({"datasets": {dataset: {**entry, "folder": dataset}}}, "from the members' predictions")
+        score = ensemble_probabilities([np.array([m[p][1] for p in paths]) for m in scored], points)
+        combined = {p: (scored[0][p][0], float(value), scored[0][p][2]) for p, value in zip(paths, score)}
+        rows += report_rows(report_of(combined, point, dataset, n_bootstrap), "from the members' predictions")
     return rows
 
 
-def record_transfer(configs: list[Config], results: Path, tta_views: list[str] | None = None,
+def record_transfer(configs: list[Config], results: Path, tta: dict | None = None,
                     n_bootstrap: int = DEFAULT_RESAMPLES) -> list[dict]:
-    """Write RESULTS/transfer.csv and transfer.md from the finished runs of `configs`; returns the rows."""
+    """Write RESULTS/transfer.csv and transfer.md from the finished runs of `configs`; returns the rows. `tta`
+    (a study's `tta:`): `views`, and `runs`, shell patterns of the run names to augment (default: all)."""
+    tta_views, tta_runs = (tta or {}).get("views"), (tta or {}).get("runs", ["*"])
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     rows: list[dict] = []
-    evaluations: dict[str, dict[str, str]] = {}
+    members: dict[str, dict[str, Predictions]] = {}
     finished = [cfg for cfg in configs if RunDir(cfg.run_dir).finished]
     for cfg in finished:
         about = {"configuration": seeds.configuration(cfg.run_name), "protocol": protocol(cfg), "runs": cfg.run_name,
                  "seeds": str(cfg.seed)}
         try:
-            test = evaluate_run(cfg, results / EVALUATIONS / cfg.run_name, n_bootstrap)
-            evaluations[cfg.run_name] = {TEST: str(test)}
-            rows += [{**about, "measure": "single", **row}
-                     for row in report_rows(json.loads(test.read_text()), str(test))]
+            run = RunDir(cfg.run_dir)
+            members[cfg.run_name] = {TEST: test_predictions(run)}
+            rows += [{**about, "measure": "single", **row} for row in report_rows(
+                report_of(members[cfg.run_name][TEST], run_point(run), TEST, n_bootstrap),
+                str(run.predictions_file))]
             if cfg.external_folders:
                 report, where = external_evaluation(cfg, results, n_bootstrap)
-                evaluations[cfg.run_name].update({name: where for name in report["datasets"]})
+                members[cfg.run_name].update({name: evaluation_predictions(where, name) for name, entry
+                                              in report["datasets"].items() if entry.get("folder")})
                 rows += [{**about, "measure": "single", **row} for row in report_rows(report, where)]
-                if tta_views:
+                if tta_views and any(fnmatch.fnmatchcase(cfg.run_name, pattern) for pattern in tta_runs):
                     report, where = tta_evaluation(cfg, results, tta_views, n_bootstrap)
                     rows += [{**about, "measure": "tta", **row} for row in report_rows(report, where)]
         except Exception as exc:  # noqa: BLE001 - a failure is a row, as every measure's failures are recorded
@@ -177,15 +213,15 @@ def record_transfer(configs: list[Config], results: Path, tta_views: list[str] |
             rows.append({**about, "measure": "single", "status": f"failed: {' '.join(str(exc).split())}"})
     by_configuration: dict[str, list[Config]] = {}
     for cfg in finished:
-        if cfg.run_name in evaluations:
+        if cfg.run_name in members:
             by_configuration.setdefault(seeds.configuration(cfg.run_name), []).append(cfg)
-    for name, members in by_configuration.items():
-        if len(members) < 2:
+    for name, group in by_configuration.items():
+        if len(group) < 2:
             continue
-        about = {"configuration": name, "protocol": protocol(members[0]), "measure": "ensemble",
-                 "runs": "+".join(cfg.run_name for cfg in members), "seeds": "+".join(str(c.seed) for c in members)}
+        about = {"configuration": name, "protocol": protocol(group[0]), "measure": "ensemble",
+                 "runs": "+".join(cfg.run_name for cfg in group), "seeds": "+".join(str(c.seed) for c in group)}
         try:
-            rows += [{**about, **row} for row in ensemble_rows(members, evaluations, n_bootstrap)]
+            rows += [{**about, **row} for row in ensemble_rows(group, members, n_bootstrap)]
         except Exception as exc:  # noqa: BLE001
             log.warning("transfer: ensemble of %s: %s", about["runs"], exc)
             rows.append({**about, "status": f"failed: {' '.join(str(exc).split())}"})
@@ -246,3 +282,25 @@ def markdown(rows: list[dict]) -> str:
     lines += ["", f"Single and tta: mean ± standard deviation over seeds (min-max); ensemble: its value with a 95% "
               f"interval over duplicate groups. {len(rows)} rows in {TRANSFER_FILE}, {failed} failed."]
     return "\n".join(lines) + "\n"
+
+
+def record_transfer_study(path: Path, data: str | None = None, n_bootstrap: int = DEFAULT_RESAMPLES
+                          ) -> tuple[list[dict], Path]:
+    """`record_transfer` of the study file at `path` (`data` overrides its data folder), into its `results`
+    folder; its runs must name external folders (`external:`)."""
+    from tumorclf.errors import ConfigError
+    from tumorclf.runs.config import load_yaml
+    from tumorclf.studies.study import study_configs
+
+    spec = load_yaml(path)
+    if "results" not in spec:
+        raise ConfigError(f"{path} names no `results` folder, where the transfer table is kept")
+    configs = study_configs(spec, data)
+    if not any(cfg.external_folders for cfg in configs):
+        raise ConfigError(f"{path}: no run names an external folder (`external:` in its defaults or runs)")
+    tta = spec.get("tta")
+    if tta is not None and (not isinstance(tta, dict) or not tta.get("views") or set(tta) - {"views", "runs"}):
+        raise ConfigError(f"{path}: `tta` takes `views` (a list of view names) and optionally `runs` (patterns of "
+                          "run names)")
+    results = Path(spec["results"])
+    return record_transfer(configs, results, tta, n_bootstrap), results
