@@ -41,6 +41,7 @@ from tumorclf.metrics.bootstrap import format_interval
 from tumorclf.metrics.calibration import OperatingPoint, with_high_sensitivity
 from tumorclf.runs.config import Config
 from tumorclf.runs.folder import RunDir, RunError
+from tumorclf.runs.points import HIGH_SENSITIVITY
 from tumorclf.studies import seeds
 from tumorclf.studies.ablation import EVALUATIONS
 from tumorclf.studies.study import protocol
@@ -96,8 +97,9 @@ def external_evaluation(cfg: Config, results: Path, n_bootstrap: int) -> tuple[d
     wanted = {str(folder.resolve()) for folder in cfg.external_folders}
     own = run.external_report()
     if own is not None and wanted <= {str(Path(e["folder"]).resolve()) for e in own["datasets"].values()
-                                      if e.get("folder")}:
-        return own, str(run.external_dir / EVALUATION_FILE)
+                                      if e.get("folder")} and all(
+            HIGH_SENSITIVITY in e["operating_points"] for e in own["datasets"].values()):
+        return own, str(run.external_dir / EVALUATION_FILE)  # (an evaluation from before that point: again)
     out = results / EVALUATIONS / cfg.run_name / "external"
     if not (out / EVALUATION_FILE).is_file():
         log.info("transfer: evaluating %s on %s", cfg.run_name, ", ".join(map(str, cfg.external_folders)))
@@ -251,56 +253,42 @@ TABLE_CELLS = (("external", "target_sensitivity", "sensitivity"), ("external", "
                ("test", "target_sensitivity", "specificity"))
 
 
-def markdown(rows: list[dict]) -> str:
-    """Per configuration and measure: each cell the mean ± sd over seeds (single, tta) or the ensemble's value
-    with its 95% interval, at the operating points of `TABLE_CELLS`."""
+def summary(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """The table's header and rows: per configuration and measure, each cell the mean ± sd over seeds (single,
+    tta) or the ensemble's value with its 95% interval, at the operating points of `TABLE_CELLS`."""
     ok = [row for row in rows if row.get("status") == "evaluated"]
     externals = sorted({row["dataset"] for row in ok if row["dataset"] != TEST})
     cells = [(dataset, point, metric) for kind, point, metric in TABLE_CELLS
              for dataset in (externals if kind == "external" else [TEST])]
     cells = [c for c in cells if any(r["dataset"] == c[0] and r["point"] == c[1] for r in ok)]
-    header = ["configuration", "protocol", "measure", *[f"{d}: {m} at {p}" for d, p, m in cells]]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    keys = list(dict.fromkeys((r["configuration"], r["protocol"], r["measure"]) for r in ok))
-    for configuration, protocol_name, measure in keys:
-        mine = [r for r in ok if (r["configuration"], r["protocol"], r["measure"]) == (configuration, protocol_name,
-                                                                                       measure)]
-        out = [f"`{configuration}`", protocol_name, measure]
+    header = ["configuration", "protocol", "measure",
+              *[f"{'test split' if d == TEST else d}: {m} at {p}" for d, p, m in cells]]
+    table = []
+    for key in dict.fromkeys((r["configuration"], r["protocol"], r["measure"]) for r in ok):
+        mine = [r for r in ok if (r["configuration"], r["protocol"], r["measure"]) == key]
+        out = [f"`{key[0]}`", key[1], key[2]]
         for dataset, point, metric in cells:
             found = [r for r in mine if r["dataset"] == dataset and r["point"] == point]
             values = [v for v in (_number(r.get(metric)) for r in found) if v is not None]
             if not values:
                 out.append("-")
-            elif measure == "ensemble":
-                r = found[0]
-                ci = [_number(r.get(f"{metric}_lo")), _number(r.get(f"{metric}_hi"))]
+            elif key[2] == "ensemble":
+                ci = [_number(found[0].get(f"{metric}_lo")), _number(found[0].get(f"{metric}_hi"))]
                 out.append(format_interval({"value": values[0], "ci95": ci if None not in ci else None}))
             else:
                 out.append(seeds.format_summary(seeds.summary(values)))
-        lines.append("| " + " | ".join(out) + " |")
+        table.append(out)
+    return header, table
+
+
+ABOUT = ("Single and tta: mean ± standard deviation over seeds (min-max); ensemble: its value with a 95% interval "
+         "over duplicate groups.")
+
+
+def markdown(rows: list[dict]) -> str:
+    header, table = summary(rows)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in table]
     failed = sum(1 for row in rows if str(row.get("status", "")).startswith("failed"))
-    lines += ["", f"Single and tta: mean ± standard deviation over seeds (min-max); ensemble: its value with a 95% "
-              f"interval over duplicate groups. {len(rows)} rows in {TRANSFER_FILE}, {failed} failed."]
+    lines += ["", f"{ABOUT} {len(rows)} rows in {TRANSFER_FILE}, {failed} failed."]
     return "\n".join(lines) + "\n"
-
-
-def record_transfer_study(path: Path, data: str | None = None, n_bootstrap: int = DEFAULT_RESAMPLES
-                          ) -> tuple[list[dict], Path]:
-    """`record_transfer` of the study file at `path` (`data` overrides its data folder), into its `results`
-    folder; its runs must name external folders (`external:`)."""
-    from tumorclf.errors import ConfigError
-    from tumorclf.runs.config import load_yaml
-    from tumorclf.studies.study import study_configs
-
-    spec = load_yaml(path)
-    if "results" not in spec:
-        raise ConfigError(f"{path} names no `results` folder, where the transfer table is kept")
-    configs = study_configs(spec, data)
-    if not any(cfg.external_folders for cfg in configs):
-        raise ConfigError(f"{path}: no run names an external folder (`external:` in its defaults or runs)")
-    tta = spec.get("tta")
-    if tta is not None and (not isinstance(tta, dict) or not tta.get("views") or set(tta) - {"views", "runs"}):
-        raise ConfigError(f"{path}: `tta` takes `views` (a list of view names) and optionally `runs` (patterns of "
-                          "run names)")
-    results = Path(spec["results"])
-    return record_transfer(configs, results, tta, n_bootstrap), results

@@ -152,7 +152,25 @@ def view_planes(results: Results) -> Table:
                  "which are rounded to 6 decimals, so where scores saturate it is lower than the evaluation's.")
 
 
+TRANSFER = "transfer/transfer.csv"
+TRANSFER_COMMAND = f"tumorclf transfer --config experiments/transfer.yaml --data {DATA}"
+
+
+def transfer(results: Results) -> Table:
+    """The fast and robust recipes on the external meningiomas and on their test split (held-out collections or
+    in-source grouped), each run alone, with test-time augmentation and as an ensemble of its seeds."""
+    from tumorclf.studies.transfer import ABOUT, summary
+
+    rows = results.csv(TRANSFER)
+    header, table = summary(rows)
+    failed = sum(1 for row in rows if row["status"].startswith("failed"))
+    note = (f"{ABOUT} The points: target_sensitivity (validation, 0.95), high_sensitivity (validation, 0.99), "
+            f"0.5. {failed} of {len(rows)} rows of {TRANSFER} failed (its status column says why).")
+    return Table(header, table, [results.source(TRANSFER)], TRANSFER_COMMAND, note)
+
+
 TABLES = {"robustness-ablation": ablation,
+          "transfer": transfer,
           "robustness-default-threshold": default_threshold,
           "robustness-operating-point": operating_point,
           "robustness-sources": sources,
