@@ -292,3 +292,25 @@ def markdown(rows: list[dict]) -> str:
     failed = sum(1 for row in rows if str(row.get("status", "")).startswith("failed"))
     lines += ["", f"{ABOUT} {len(rows)} rows in {TRANSFER_FILE}, {failed} failed."]
     return "\n".join(lines) + "\n"
+
+
+def record_transfer_study(path: Path, data: str | None = None, n_bootstrap: int = DEFAULT_RESAMPLES
+                          ) -> tuple[list[dict], Path]:
+    """`record_transfer` of the study file at `path` (`data` overrides its data folder), into its `results`
+    folder; its runs must name external folders (`external:`)."""
+    from tumorclf.errors import ConfigError
+    from tumorclf.runs.config import load_yaml
+    from tumorclf.studies.study import study_configs
+
+    spec = load_yaml(path)
+    if "results" not in spec:
+        raise ConfigError(f"{path} names no `results` folder, where the transfer table is kept")
+    configs = study_configs(spec, data)
+    if not any(cfg.external_folders for cfg in configs):
+        raise ConfigError(f"{path}: no run names an external folder (`external:` in its defaults or runs)")
+    tta = spec.get("tta")
+    if tta is not None and (not isinstance(tta, dict) or not tta.get("views") or set(tta) - {"views", "runs"}):
+        raise ConfigError(f"{path}: `tta` takes `views` (a list of view names) and optionally `runs` (patterns of "
+                          "run names)")
+    results = Path(spec["results"])
+    return record_transfer(configs, results, tta, n_bootstrap), results
