@@ -117,8 +117,8 @@ def conv_gradient(results: Results) -> Table:
                          ratio(mine["train_img_per_s"], theirs["train_img_per_s"]),
                          f"{number(theirs['infer_img_per_s'], 1)} / {number(mine['infer_img_per_s'], 1)}"])
     first = runs[1, "forward"]["models"][0]
-    return Table(["model", "repetition", "training img/s, TensorFlow's input gradient (default)",
-                  "training img/s, as forward convolutions", "speed-up",
+    return Table(["model", "repetition", "training img/s, TensorFlow's input gradient",
+                  "training img/s, as forward convolutions (default)", "speed-up",
                   "inference img/s after them (TensorFlow's / forward)"],
                  rows, [results.source(file) for file in CONV_GRADIENT.values()],
                  joined(*(CONV_GRADIENT_COMMAND.format(*key) for key in CONV_GRADIENT)),
