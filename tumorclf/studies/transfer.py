@@ -250,7 +250,8 @@ def _number(value) -> float | None:
 # the table's columns: (dataset kind, operating point, metric)
 TABLE_CELLS = (("external", "target_sensitivity", "sensitivity"), ("external", "high_sensitivity", "sensitivity"),
                ("external", "default_0.5", "sensitivity"), ("test", "target_sensitivity", "sensitivity"),
-               ("test", "target_sensitivity", "specificity"))
+               ("test", "target_sensitivity", "specificity"), ("test", "high_sensitivity", "sensitivity"),
+               ("test", "high_sensitivity", "specificity"))
 
 
 def summary(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
