@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 TRANSFER_FILE = "transfer.csv"
 TABLE_FILE = "transfer.md"
 TEST = "test"
+MEASURES = ("single", "tta", "ensemble")  # the table's order within a configuration
 METRICS = ("sensitivity", "specificity", "auc")
 COLUMNS = ["configuration", "protocol", "measure", "runs", "seeds", "dataset", "point", "threshold", "n",
            *[f"{m}{end}" for m in METRICS for end in ("", "_lo", "_hi")], "evaluation", "status"]
@@ -265,7 +266,10 @@ def summary(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     header = ["configuration", "protocol", "measure",
               *[f"{'test split' if d == TEST else d}: {m} at {p}" for d, p, m in cells]]
     table = []
-    for key in dict.fromkeys((r["configuration"], r["protocol"], r["measure"]) for r in ok):
+    order = list(dict.fromkeys((r["configuration"], r["protocol"]) for r in ok))  # each with its measures
+    keys = sorted(dict.fromkeys((r["configuration"], r["protocol"], r["measure"]) for r in ok),
+                  key=lambda k: (order.index(k[:2]), MEASURES.index(k[2]) if k[2] in MEASURES else len(MEASURES)))
+    for key in keys:
         mine = [r for r in ok if (r["configuration"], r["protocol"], r["measure"]) == key]
         out = [f"`{key[0]}`", key[1], key[2]]
         for dataset, point, metric in cells:
