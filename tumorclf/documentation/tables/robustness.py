@@ -169,8 +169,26 @@ def transfer(results: Results) -> Table:
     return Table(header, table, [results.source(TRANSFER)], TRANSFER_COMMAND, note)
 
 
+TRANSFER_STUDY = study_results("transfer")
+
+
+def transfer_seeds(results: Results) -> Table:
+    """The transfer study's runs at 0.5 on their own test split, each configuration's mean and spread over seeds."""
+    from tumorclf.studies import seeds
+
+    rows = results.csv(TRANSFER_STUDY)
+    table = [[f"`{e['configuration']}`", e["protocol"], str(len(e["runs"])),
+              *(seeds.format_summary(e[m]) for m in seeds.SEED_METRICS)]
+             for e in seeds.across_seeds(rows, seeds.SEED_METRICS)]
+    return Table(["configuration", "protocol", "runs", *(m.replace("_", " ") for m in seeds.SEED_METRICS)], table,
+                 [results.source(TRANSFER_STUDY)], study_command("transfer"),
+                 "At P(tumour) 0.5 on each run's own test split (the held-out collections for leave-source-out); mean "
+                 "± standard deviation over seeds (min-max).")
+
+
 TABLES = {"robustness-ablation": ablation,
           "transfer": transfer,
+          "transfer-seeds": transfer_seeds,
           "robustness-default-threshold": default_threshold,
           "robustness-operating-point": operating_point,
           "robustness-sources": sources,
