@@ -96,11 +96,11 @@ def external_evaluation(cfg: Config, results: Path, n_bootstrap: int) -> tuple[d
 
     run = RunDir(cfg.run_dir)
     wanted = {str(folder.resolve()) for folder in cfg.external_folders}
-    own = run.external_report()
+    own = run.external_report()  # reused when it covers the folders and has every point (older ones lack one)
     if own is not None and wanted <= {str(Path(e["folder"]).resolve()) for e in own["datasets"].values()
                                       if e.get("folder")} and all(
             HIGH_SENSITIVITY in e["operating_points"] for e in own["datasets"].values()):
-        return own, str(run.external_dir / EVALUATION_FILE)  # (an evaluation from before that point: again)
+        return own, str(run.external_dir / EVALUATION_FILE)
     out = results / EVALUATIONS / cfg.run_name / "external"
     if not (out / EVALUATION_FILE).is_file():
         log.info("transfer: evaluating %s on %s", cfg.run_name, ", ".join(map(str, cfg.external_folders)))
