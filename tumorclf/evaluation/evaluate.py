@@ -50,8 +50,7 @@ from tumorclf.utils.files import (atomic_write_bytes, atomic_write_json, atomic_
                                 figure_png, json_safe)
 from tumorclf.metrics import DEFAULT_RESAMPLES  # noqa: E402
 from tumorclf.metrics.bootstrap import bootstrap_intervals, format_interval, not_reportable  # noqa: E402
-from tumorclf.metrics.calibration import (OperatingPoint, fit_operating_point, reliability,  # noqa: E402
-                                          with_high_sensitivity)
+from tumorclf.metrics.calibration import OperatingPoint, fit_operating_point, reliability  # noqa: E402
 from tumorclf.data.decoder import DECODER_VERSION  # noqa: E402
 from tumorclf.errors import UsageError  # noqa: E402
 from tumorclf.metrics.classification import confusion_matrix, decide, roc_curve  # noqa: E402
@@ -60,6 +59,7 @@ from tumorclf.transforms.pipeline import make_dataset, predict_images  # noqa: E
 from tumorclf.utils.progress import keras_progress  # noqa: E402
 from tumorclf.runs.folder import DEFAULT_THRESHOLD, RunDir, RunError  # noqa: E402
 from tumorclf.runs.own_split import own_split  # noqa: E402
+from tumorclf.runs.points import saved_point  # noqa: E402
 from tumorclf.evaluation.scoring import Scoring  # noqa: E402
 from tumorclf.data.splits import group_duplicates, perceptual_hash  # noqa: E402
 
@@ -205,12 +205,7 @@ def validation_predictions(run: RunDir, model, batch_size: int) -> tuple[np.ndar
                         "fitted on them as they are now")
         probs = predict_images(model, val.images(), val.labels, batch_size, "predicting the validation split")
         run.write_val_predictions(val.paths, val.labels, probs[:, 1])
-    rows = run.val_predictions()
-    try:
-        return (np.array([int(row["label"]) for row in rows], dtype=np.int64),
-                np.array([float(row["prob_tumor"]) for row in rows], dtype=np.float64))
-    except ValueError as exc:
-        raise RunError(f"{run.val_predictions_file} is corrupt: {exc}") from None
+    return run.validation_scores()
 
 
 def operating_point(run: RunDir, model, batch_size: int, target: float | None) -> tuple[OperatingPoint, bool]:
@@ -218,14 +213,12 @@ def operating_point(run: RunDir, model, batch_size: int, target: float | None) -
 
     A run without one gets it fitted and saved (at its config's target sensitivity); a different `target` is
     fitted for this evaluation only and leaves the saved one unchanged."""
-    saved = run.operating_point()
+    saved = saved_point(run)  # one saved before the high-sensitivity point gets it for this evaluation
     if saved is None:  # saved at the config's target: `target` must not change the run's operating point
         labels, prob = validation_predictions(run, model, batch_size)
         saved = fit_operating_point(labels, prob, run.config().target_sensitivity)
         run.write_operating_point(saved)
         log.info("saved the operating point fitted on validation in %s", run.operating_point_file)
-    if saved.high_sensitivity_threshold is None and run.val_predictions_file.is_file():  # saved before it existed
-        saved = with_high_sensitivity(saved, *validation_predictions(run, model, batch_size))  # file unchanged
     if target is None or target == saved.target_sensitivity:
         return saved, True
     labels, prob = validation_predictions(run, model, batch_size)

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tumorclf.utils.files import atomic_write_json, atomic_write_text, csv_text, json_safe
 from tumorclf.metrics.calibration import OperatingPoint
 from tumorclf.runs.config import Config, ConfigError
@@ -290,6 +292,16 @@ class RunDir:
     def val_predictions(self) -> list[dict[str, str]]:
         """val_predictions.csv: path,label,prob_tumor (raw, uncalibrated) of every validation image."""
         return self._csv(self.val_predictions_file, ("path", "label", "prob_tumor"))
+
+    def validation_scores(self) -> tuple[np.ndarray, np.ndarray]:
+        """The labels (int64) and raw P(Tumor) (float64) of val_predictions.csv; a RunError when a value is not
+        a number."""
+        rows = self.val_predictions()
+        try:
+            return (np.array([int(row["label"]) for row in rows], dtype=np.int64),
+                    np.array([float(row["prob_tumor"]) for row in rows], dtype=np.float64))
+        except ValueError as exc:
+            raise RunError(f"{self.val_predictions_file} is corrupt: {exc}") from None
 
     def write_operating_point(self, point: OperatingPoint) -> None:
         self._write(lambda: atomic_write_json(self.operating_point_file, json_safe(point.to_dict())))

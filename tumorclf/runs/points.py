@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from tumorclf.errors import UsageError
-from tumorclf.metrics.calibration import HIGH_SENSITIVITY_TARGET, with_high_sensitivity
+from tumorclf.metrics.calibration import HIGH_SENSITIVITY_TARGET, OperatingPoint, with_high_sensitivity
 from tumorclf.metrics.classification import DEFAULT_THRESHOLD
 from tumorclf.runs.folder import RunDir, RunError
 
@@ -58,20 +58,22 @@ class NamedPoint:
         return {**asdict(self), "description": self.describe()}
 
 
+def saved_point(run: RunDir) -> OperatingPoint | None:
+    """The run's operating_point.json, with its high-sensitivity threshold fitted from val_predictions.csv when
+    it was saved before that point existed (the file is left as it is); None when the run has none."""
+    point = run.operating_point()
+    if point is None or point.high_sensitivity_threshold is not None or not run.val_predictions_file.is_file():
+        return point
+    return with_high_sensitivity(point, *run.validation_scores())
+
+
 def available(run: RunDir) -> dict[str, NamedPoint]:
     """Every operating point of `run`, by name (`BUILTIN` first, then the calibrated ones)."""
-    point = run.operating_point()
+    point = saved_point(run)
     if point is None:
         on = f"from {run.metrics_file.name} (the run has no operating point: uncalibrated)"
         return {VALIDATION: NamedPoint(VALIDATION, 1.0, run.metrics_threshold(), on),
                 DEFAULT: NamedPoint(DEFAULT, 1.0, DEFAULT_THRESHOLD, "the default, fitted on nothing")}
-    if point.high_sensitivity_threshold is None and run.val_predictions_file.is_file():
-        rows = run.val_predictions()
-        try:
-            labels, raw = [int(r["label"]) for r in rows], [float(r["prob_tumor"]) for r in rows]
-            point = with_high_sensitivity(point, labels, raw)
-        except ValueError as exc:
-            raise RunError(f"{run.val_predictions_file} is corrupt: {exc}") from None
     on = f"fitted on {point.fitted_on} ({point.n} slices)"
     points = {VALIDATION: NamedPoint(VALIDATION, point.temperature, point.threshold,
                                      f"{on} for sensitivity >= {point.target_sensitivity:g}")}

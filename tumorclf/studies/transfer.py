@@ -38,10 +38,10 @@ from tumorclf.data.dataset import CLASS_NAMES
 from tumorclf.errors import UserError
 from tumorclf.metrics import DEFAULT_RESAMPLES
 from tumorclf.metrics.bootstrap import format_interval
-from tumorclf.metrics.calibration import OperatingPoint, with_high_sensitivity
+from tumorclf.metrics.calibration import OperatingPoint
 from tumorclf.runs.config import Config
 from tumorclf.runs.folder import RunDir, RunError
-from tumorclf.runs.points import HIGH_SENSITIVITY
+from tumorclf.runs.points import HIGH_SENSITIVITY, saved_point
 from tumorclf.studies import seeds
 from tumorclf.studies.ablation import EVALUATIONS
 from tumorclf.studies.study import protocol
@@ -144,13 +144,9 @@ def test_predictions(run: RunDir) -> Predictions:
 def run_point(run: RunDir) -> OperatingPoint:
     """The run's saved operating point, with its high-sensitivity threshold fitted from val_predictions.csv
     when it was saved before that point existed (the file is left as it is)."""
-    point = run.operating_point()
+    point = saved_point(run)
     if point is None:
         raise RunError(f"{run.path} has no operating_point.json (`tumorclf evaluate --run {run.path}` fits it)")
-    if point.high_sensitivity_threshold is None:
-        rows = run.val_predictions()
-        point = with_high_sensitivity(point, np.array([int(r["label"]) for r in rows]),
-                                      np.array([float(r["prob_tumor"]) for r in rows]))
     return point
 
 
