@@ -12,24 +12,16 @@ with group-bootstrap intervals, once (``RESULTS/evaluations/RUN_NAME/``); each e
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from tumorclf.errors import UsageError
-from tumorclf.metrics import DEFAULT_RESAMPLES
+from tumorclf.cli import flags
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, type=Path, metavar="FILE.yaml",
-                        help="the study file (e.g. experiments/robust.yaml); it names the results folder")
-    parser.add_argument("--data", metavar="DIR", help="data folder (default: the study file's `data`, else "
-                        "$TUMORCLF_DATA)")
-    parser.add_argument("--bootstrap", type=int, default=DEFAULT_RESAMPLES, metavar="N",
-                        help=f"bootstrap resamples of duplicate groups (default: {DEFAULT_RESAMPLES})")
+    flags.add_study_file(parser, "experiments/robust.yaml")
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.bootstrap < 1:
-        raise UsageError(f"ablation: --bootstrap must be >= 1, got {args.bootstrap}")
+    flags.check_bootstrap(args, "ablation")
     from tumorclf.studies.ablation import ABLATION_FILE, TABLE_FILE, record_study
 
     new, results = record_study(args.config, args.data, args.bootstrap)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from tumorclf.errors import UsageError
+from tumorclf.metrics import DEFAULT_RESAMPLES
 
 
 def notice(message: str) -> None:
@@ -79,6 +80,21 @@ def check_point_or_threshold(args: argparse.Namespace, command: str) -> None:
     """`--threshold` and `--operating-point` both choose the threshold: one of them at most."""
     if args.threshold is not None and args.operating_point is not None:
         raise UsageError(f"{command}: give --threshold or --operating-point, not both")
+
+
+def add_study_file(parser: argparse.ArgumentParser, example: str, names: str = "the results folder") -> None:
+    """--config, --data and --bootstrap of a command that evaluates a study file's finished runs."""
+    parser.add_argument("--config", required=True, type=Path, metavar="FILE.yaml",
+                        help=f"the study file (e.g. {example}); it names {names}")
+    parser.add_argument("--data", metavar="DIR", help="data folder (default: the study file's `data`, else "
+                        "$TUMORCLF_DATA)")
+    parser.add_argument("--bootstrap", type=int, default=DEFAULT_RESAMPLES, metavar="N",
+                        help=f"bootstrap resamples of duplicate groups (default: {DEFAULT_RESAMPLES})")
+
+
+def check_bootstrap(args: argparse.Namespace, command: str) -> None:
+    if args.bootstrap < 1:
+        raise UsageError(f"{command}: --bootstrap must be >= 1, got {args.bootstrap}")
 
 
 def add_model_file(parser: argparse.ArgumentParser, help: str) -> None:

@@ -12,25 +12,16 @@ Writes ``RESULTS/transfer.csv`` (one row per configuration, measure, run, datase
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from tumorclf.errors import UsageError
-from tumorclf.metrics import DEFAULT_RESAMPLES
+from tumorclf.cli import flags
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, type=Path, metavar="FILE.yaml",
-                        help="the study file (e.g. experiments/transfer.yaml); it names the results folder and the "
-                             "external folders")
-    parser.add_argument("--data", metavar="DIR", help="data folder (default: the study file's `data`, else "
-                        "$TUMORCLF_DATA)")
-    parser.add_argument("--bootstrap", type=int, default=DEFAULT_RESAMPLES, metavar="N",
-                        help=f"bootstrap resamples of duplicate groups (default: {DEFAULT_RESAMPLES})")
+    flags.add_study_file(parser, "experiments/transfer.yaml", "the results folder and the external folders")
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.bootstrap < 1:
-        raise UsageError(f"transfer: --bootstrap must be >= 1, got {args.bootstrap}")
+    flags.check_bootstrap(args, "transfer")
     from tumorclf.studies.transfer import TABLE_FILE, TRANSFER_FILE, record_transfer_study
 
     rows, results = record_transfer_study(args.config, args.data, args.bootstrap)

@@ -1,10 +1,10 @@
 """External validation: a finished run scored on folders from collections it never trained on.
 
 A model chosen and calibrated on slices of its training collections can look excellent there and miss tumours
-of another collection (docs/robustness.md). `train --external DIR...` (and a study's or ablation's `external:`)
-evaluates every such folder at the end of the run, at every stored operating point and at 0.5, with the
-contamination check and group-bootstrap intervals of `tumorclf evaluate`, into the run's `evaluation_external`
-folder, where the model card finds it. One-class folders (e.g. tumour slices only) report the metrics their class
+of another collection (docs/robustness.md). `train --external DIR...` (a study's `external:`) evaluates every
+such folder at the end of the run, at every stored operating point and at 0.5, with the contamination check and
+group-bootstrap intervals of `tumorclf evaluate`, into the run's `evaluation_external` folder, where the model
+card finds it. One-class folders (e.g. tumour slices only) report the metrics their class
 allows. The folders are checked before training starts, so a typo costs seconds, not a training run.
 """
 

@@ -24,10 +24,10 @@ from pathlib import Path
 from tumorclf.utils.files import atomic_write_text
 from tumorclf.metrics import DEFAULT_RESAMPLES
 from tumorclf.metrics.bootstrap import format_interval
-from tumorclf.runs.config import PLAIN, Config, load_yaml
-from tumorclf.errors import ConfigError, UsageError
+from tumorclf.runs.config import PLAIN, Config
+from tumorclf.errors import UsageError
 from tumorclf.runs.folder import RunDir
-from tumorclf.studies.study import protocol, study_configs
+from tumorclf.studies.study import protocol, study_file
 
 log = logging.getLogger(__name__)
 
@@ -152,11 +152,8 @@ def record(configs: list[Config], results: Path, n_bootstrap: int = DEFAULT_RESA
 def record_study(path: Path, data: str | None = None, n_bootstrap: int = DEFAULT_RESAMPLES) -> tuple[list[dict], Path]:
     """`record` the runs of the study file at `path` (`data` overrides its data folder) in its `results`
     folder, which the file must name: the table is kept there for good. Returns the new rows and the folder."""
-    spec = load_yaml(path)
-    if "results" not in spec:
-        raise ConfigError(f"{path} names no `results` folder, where the ablation table is kept")
-    results = Path(spec["results"])
-    return record(study_configs(spec, data), results, n_bootstrap), results
+    _, configs, results = study_file(path, data, "the ablation table")
+    return record(configs, results, n_bootstrap), results
 
 
 def configuration(run_name: str) -> str:

@@ -306,6 +306,15 @@ def is_finished(row: dict) -> bool:
     return str(row.get("status", "")).startswith("finished")
 
 
+def study_file(path: str | Path, data: str | None, kept: str) -> tuple[dict, list[Config], Path]:
+    """The study file at `path`: its spec, its configurations (`data` overrides its data folder) and its
+    `results` folder, which it must name because `kept` is kept there for good."""
+    spec = load_yaml(path)
+    if "results" not in spec:
+        raise ConfigError(f"{path} names no `results` folder, where {kept} is kept")
+    return spec, study_configs(spec, data), Path(spec["results"])
+
+
 def run_study_file(path: str | Path, data: str | None = None, train: bool = True,
                    only: list[str] | None = None) -> list[dict]:
     """The study of the file at `path` (`data` overrides its data folder): report every configuration, train

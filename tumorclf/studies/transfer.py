@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from tumorclf.data.dataset import CLASS_NAMES
-from tumorclf.errors import UserError
+from tumorclf.errors import ConfigError, UserError
 from tumorclf.metrics import DEFAULT_RESAMPLES
 from tumorclf.metrics.bootstrap import format_interval
 from tumorclf.metrics.calibration import OperatingPoint
@@ -44,7 +44,7 @@ from tumorclf.runs.folder import RunDir, RunError
 from tumorclf.runs.points import HIGH_SENSITIVITY, saved_point
 from tumorclf.studies import seeds
 from tumorclf.studies.ablation import EVALUATIONS
-from tumorclf.studies.study import protocol
+from tumorclf.studies.study import protocol, study_file
 from tumorclf.utils.files import atomic_write_text, csv_text
 
 log = logging.getLogger(__name__)
@@ -299,19 +299,11 @@ def record_transfer_study(path: Path, data: str | None = None, n_bootstrap: int 
                           ) -> tuple[list[dict], Path]:
     """`record_transfer` of the study file at `path` (`data` overrides its data folder), into its `results`
     folder; its runs must name external folders (`external:`)."""
-    from tumorclf.errors import ConfigError
-    from tumorclf.runs.config import load_yaml
-    from tumorclf.studies.study import study_configs
-
-    spec = load_yaml(path)
-    if "results" not in spec:
-        raise ConfigError(f"{path} names no `results` folder, where the transfer table is kept")
-    configs = study_configs(spec, data)
+    spec, configs, results = study_file(path, data, "the transfer table")
     if not any(cfg.external_folders for cfg in configs):
         raise ConfigError(f"{path}: no run names an external folder (`external:` in its defaults or runs)")
     tta = spec.get("tta")
     if tta is not None and (not isinstance(tta, dict) or not tta.get("views") or set(tta) - {"views", "runs"}):
         raise ConfigError(f"{path}: `tta` takes `views` (a list of view names) and optionally `runs` (patterns of "
                           "run names)")
-    results = Path(spec["results"])
     return record_transfer(configs, results, tta, n_bootstrap), results
