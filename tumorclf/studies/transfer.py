@@ -164,11 +164,11 @@ def ensemble_rows(cfgs: list[Config], members: dict[str, dict[str, Predictions]]
     """The rows of the ensemble of `cfgs` (one configuration, several seeds) on each dataset all of them were
     scored on (`members`: run name -> dataset -> predictions), at its own operating point."""
     from tumorclf.metrics.ensemble import ensemble_probabilities
-    from tumorclf.runs.ensemble import ensemble_point
+    from tumorclf.runs.ensemble import ensemble_point, member_points
 
     runs = [RunDir(cfg.run_dir) for cfg in cfgs]
     point = ensemble_point(runs)
-    points = [run_point(run) for run in runs]
+    points = member_points(runs)  # each member's temperature
     rows = []
     for dataset in sorted(set.intersection(*(set(members[cfg.run_name]) for cfg in cfgs))):
         scored = [members[cfg.run_name][dataset] for cfg in cfgs]
