@@ -21,9 +21,13 @@ from tumorclf.transforms.pipeline import augmenter
 from tumorclf.utils.array_cache import ArrayCache, cache_key
 
 
-def test_round_trip_and_missing_key(tmp_path: Path):
+@pytest.mark.parametrize("dtype", ["float32", "float16", "uint8", "bfloat16"])
+def test_round_trip_and_missing_key(tmp_path: Path, dtype: str):
+    """bfloat16 (ml_dtypes, the features of a mixed_bfloat16 run) comes back as bfloat16, not as raw bytes."""
+    import ml_dtypes
+
     cache = ArrayCache(tmp_path)
-    array = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    array = np.arange(24, dtype=np.float32).reshape(2, 3, 4).astype(getattr(ml_dtypes, dtype, dtype))
     assert cache.get("k") is None
     cache.put("k", array)
     got = cache.get("k")

@@ -49,6 +49,24 @@ def limit_bytes() -> int:
     return int(gigabytes * 1e9)
 
 
+def storable(array: np.ndarray) -> np.ndarray:
+    """`array` as .npy can hold it: an ml_dtypes type (bfloat16 features of a mixed_bfloat16 run) would be
+    saved as raw void bytes that load as no number type, so it is stored as a one-field record named after it."""
+    if array.dtype.kind != "V" or array.dtype.names:
+        return array
+    return array.view(np.dtype([(array.dtype.name, f"<u{array.dtype.itemsize}")]))
+
+
+def from_storable(array: np.ndarray) -> np.ndarray:
+    """The array `storable` was given."""
+    if not array.dtype.names:
+        return array
+    import ml_dtypes
+
+    (name,) = array.dtype.names
+    return array[name].view(getattr(ml_dtypes, name))
+
+
 class ArrayCache:
     """Arrays under `folder`, one `KEY.npy` each (its header holds the SHA-256 of the array's bytes)."""
 
@@ -70,7 +88,7 @@ class ArrayCache:
             digest, payload = blob[:64].decode(), memoryview(blob)[64:]  # a view: entries run to gigabytes
             if hashlib.sha256(payload).hexdigest() != digest:
                 raise ValueError("its SHA-256 does not match its contents")
-            array = np.load(io.BytesIO(payload), allow_pickle=False)
+            array = from_storable(np.load(io.BytesIO(payload), allow_pickle=False))
         except (ValueError, UnicodeDecodeError, OSError, EOFError) as exc:
             log.warning("feature cache: entry %s is damaged (%s); computing it again", key[:12], exc)
             path.unlink(missing_ok=True)
@@ -82,7 +100,7 @@ class ArrayCache:
         """Store `array` under `key` atomically, then evict least recently used entries beyond the limit."""
         self.folder.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
-        np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+        np.save(buffer, storable(np.ascontiguousarray(array)), allow_pickle=False)
         payload = buffer.getbuffer()  # a view of the bytes, not a copy
         if len(payload) > self.limit:
             log.info("feature cache: %s (%.1f GB) exceeds the cache limit; not stored", key[:12], len(payload) / 1e9)
