@@ -14,7 +14,9 @@ import pytest
 from tumorclf.cli.main import main
 from tumorclf.runs.config import Config, ConfigError
 from tumorclf.models.stem import split_model
-from tumorclf.training.feature_cache import CachedFeatures
+from tumorclf.training.feature_cache import CachedFeatures, predict_from_features
+from tumorclf.transforms.pipeline import predict_images
+from tumorclf.utils.array_cache import ArrayCache
 from tumorclf.models.factory import build_model
 from tumorclf.models.registry import MODELS
 
@@ -31,6 +33,21 @@ def test_stem_then_top_is_the_whole_model(name):
     # the top trains the model's own layers, and none of the stem's
     assert all(layer is model.get_layer(layer.name) for layer in top.layers[1:])
     assert not {layer.name for layer in stem.layers[1:]} & {layer.name for layer in top.layers[1:]}
+
+
+def test_predictions_from_cached_features_equal_the_whole_models_and_run_the_stem_once(tmp_path: Path, caplog):
+    model = build_model("vgg16", 32)
+    images = np.random.default_rng(1).integers(0, 256, (11, 32, 32, 3), dtype=np.uint8)
+    whole = predict_images(model, images, np.zeros(11, np.int64), 4, "whole")
+    cache = ArrayCache(tmp_path)
+    first, gflop = predict_from_features(model, MODELS["vgg16"].fast_cut, images, 4, "val", cache)
+    with caplog.at_level("INFO", logger="tumorclf"):
+        again, gflop_again = predict_from_features(model, MODELS["vgg16"].fast_cut, images, 4, "val", cache)
+    np.testing.assert_allclose(first, whole, atol=1e-6)
+    np.testing.assert_array_equal(again, first)
+    assert "feature cache hit" in caplog.text and 0 < gflop_again < gflop / 10  # the second: only the top ran
+    empty, none = predict_from_features(model, MODELS["vgg16"].fast_cut, images[:0], 4, "val", cache)
+    assert empty.shape == (0, 2) and none == 0
 
 
 def test_cached_features_shuffle_by_epoch_and_cycle_views():
@@ -99,8 +116,9 @@ def test_fast_run_trains_only_the_top_and_saves_the_whole_model(blob_dataset: Pa
     assert timing["peak_gflops"] > 0 and all(0 < p["share_of_peak"] < 2 for p in timing["phases"] if p["gflop"])
     with caplog.at_level("INFO", logger="tumorclf"):
         assert main([*args[:6], "fast_again", *args[7:]]) == 0
-    # the first run's gate hit, then the rerun's two train views, val, test and the gate's train features
-    assert caplog.text.count("feature cache hit") == 6
+    # the first run's calibration (val), test and gate (train) hits, then the rerun's two train views, val, test,
+    # and its own calibration, test and gate hits: the frozen part never ran twice over the same images
+    assert caplog.text.count("feature cache hit") == 10
     again = tmp_path / "runs" / "fast_again"
     assert (again / "test_predictions.csv").read_text() == (run / "test_predictions.csv").read_text()
     assert json.loads((again / "metrics.json").read_text())["f1"] == metrics["f1"]

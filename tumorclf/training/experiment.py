@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tumorclf.data.dataset import CLASS_NAMES, DataError, file_sha256, load_dataset
@@ -30,9 +31,11 @@ from tumorclf.models.factory import (
     set_trainable,
 )
 from tumorclf.models.flops import forward_flops
+from tumorclf.models.registry import MODELS
 from tumorclf.models.stem import feature_cache
 from tumorclf.runs.config import Config, ConfigError
 from tumorclf.runs.folder import DEFAULT_THRESHOLD, RunDir
+from tumorclf.training.feature_cache import predict_from_features
 from tumorclf.training.loop import is_chief, select_precision, select_strategy, train
 from tumorclf.training.timing import PhaseTimes, table_lines
 from tumorclf.transforms.pipeline import predict_images
@@ -134,11 +137,19 @@ def run_experiment(cfg: Config) -> Path:
                        boxes=boxes)  # every recipe
 
         best = load_model(result.best_checkpoint)
-        image_gflop = forward_flops(best) / 1e9
+
+        def predict(name: str) -> tuple[np.ndarray, float]:
+            """(outputs, GFLOP) of the best model on split `name`: a cached-feature recipe's through the feature
+            cache, so the frozen part does not run again over images it already ran over."""
+            if cfg.cached_features:
+                return predict_from_features(best, MODELS[cfg.model].fast_cut, images[name], cfg.batch_size, name,
+                                             feature_cache(cfg.cache_dir))
+            probs = predict_images(best, images[name], labels[name], cfg.batch_size, f"predicting the {name} split")
+            return probs, len(labels[name]) * forward_flops(best) / 1e9
+
         with times.phase("calibration") as phase:
-            point = save_operating_point(run, cfg, best, [data.paths[i] for i in subsets["val"]], images["val"],
-                                         labels["val"])
-            phase.gflop = len(subsets["val"]) * image_gflop
+            probs, phase.gflop = predict("val")
+            point = save_operating_point(run, cfg, [data.paths[i] for i in subsets["val"]], labels["val"], probs)
         if is_chief(strategy):  # the gate is fitted on the un-augmented train images, its threshold on validation
             with times.phase("gate"):  # a cached-feature recipe's training features are read back, not recomputed
                 gate = fit_gate(best, images["train"], labels["train"], images["val"], cfg.batch_size,
@@ -147,8 +158,7 @@ def run_experiment(cfg: Config) -> Path:
             log.info("%s", describe(gate))
         test_labels = labels["test"]
         with times.phase("test") as phase:
-            probs = predict_images(best, images["test"], test_labels, cfg.batch_size, "predicting the test split")
-            phase.gflop = len(test_labels) * image_gflop
+            probs, phase.gflop = predict("test")
         metrics = classification_metrics(test_labels, probs, DEFAULT_THRESHOLD)
         metrics.update(best_epoch=result.best_epoch, best_val_f1=result.best_val_f1, epochs_run=result.epochs_run,
                        train_minutes=round(result.train_seconds / 60, 2),
@@ -188,10 +198,9 @@ def run_experiment(cfg: Config) -> Path:
     return cfg.run_dir
 
 
-def save_operating_point(run: RunDir, cfg: Config, model: keras.Model, paths: list[str], images, labels):
-    """Predict the validation split with the best model, keep it (val_predictions.csv), and fit and save the
-    run's operating point on it (operating_point.json): validation only, never the test split."""
-    probs = predict_images(model, images, labels, cfg.batch_size, "predicting the validation split")
+def save_operating_point(run: RunDir, cfg: Config, paths: list[str], labels: np.ndarray, probs: np.ndarray):
+    """Keep the best model's validation outputs `probs` (val_predictions.csv), and fit and save the run's
+    operating point on them (operating_point.json): validation only, never the test split."""
     point = fit_operating_point(labels, run.write_val_predictions(paths, labels, probs[:, 1]), cfg.target_sensitivity)
     run.write_operating_point(point)
     return point

@@ -21,7 +21,9 @@ import numpy as np
 import tensorflow as tf
 
 from tumorclf.explain.boxes import Boxes
-from tumorclf.models.stem import feature_cache, stem_outputs
+from tumorclf.models.flops import forward_flops
+from tumorclf.models.stem import feature_cache, split_model, stem_outputs
+from tumorclf.utils.array_cache import ArrayCache
 from tumorclf.runs.config import Config
 from tumorclf.transforms.lesion_zoom import lesion_zoom
 from tumorclf.transforms.pipeline import augmenter
@@ -61,6 +63,20 @@ def cache_features(cfg: Config, stem: keras.Model, images: dict[str, np.ndarray]
     log.info("fast recipe: %d train views and %s features %s (%s) ready in %.1f s", len(views),
              "/".join(held_out), views[0].shape[1:], views[0].dtype, time.time() - started)
     return views, held, computed
+
+
+def predict_from_features(model: keras.Model, cut: str, images: np.ndarray, batch_size: int, desc: str,
+                          cache: ArrayCache) -> tuple[np.ndarray, float]:
+    """((n, 2) outputs of `model` on uint8 images, GFLOP computed): the stem's outputs up to `cut` read from
+    the feature cache when training or an earlier run stored them for these images (so validation, which
+    training already ran through the frozen part, is not run through it again), else computed and stored
+    there (a rerun reads the test split's back), then the model's top on them, in the same batches."""
+    if not len(images):
+        return np.zeros((0, 2), dtype=np.float32), 0.0
+    stem, top = split_model(model, cut)
+    features, computed = stem_outputs(stem, images, batch_size, f"features, {desc}", cache)
+    probs = np.asarray(top.predict(features, batch_size=batch_size, verbose=0), dtype=np.float32)
+    return probs, len(images) * (computed * forward_flops(stem) + forward_flops(top)) / 1e9
 
 
 class CachedFeatures(keras.utils.PyDataset):
