@@ -3,6 +3,7 @@ augmentation, on the test split and the external folders at every operating poin
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from conftest import copy_with_operating_point, one_error_line, read_csv, write_blob_dataset
 from tumorclf.cli.main import main
-from tumorclf.data.dataset import CLASS_NAMES
+from tumorclf.data.dataset import CLASS_NAMES, file_sha256
 from tumorclf.runs.config import Config
 from tumorclf.runs.ensemble import ensemble_point, member_points
 from tumorclf.runs.folder import RunDir
@@ -35,7 +36,7 @@ def members(trained_run: Path, tmp_path: Path) -> list[Config]:
             for seed in (1, 2)]
 
 
-def test_runs_their_ensemble_and_tta_are_tabled_at_every_point(members: list[Config], tmp_path: Path):
+def test_runs_their_ensemble_and_tta_are_tabled_at_every_point(members: list[Config], tmp_path: Path, caplog):
     results = tmp_path / "results"
     rows = record_transfer(members, results, {"views": ["identity", "hflip"], "runs": ["*_seed1"]}, n_bootstrap=50)
     written = read_csv(results / TRANSFER_FILE)
@@ -74,6 +75,14 @@ def test_runs_their_ensemble_and_tta_are_tabled_at_every_point(members: list[Con
     # a second call reuses every evaluation on record and gives the same rows
     again = record_transfer(members, results, {"views": ["identity", "hflip"], "runs": ["*_seed1"]}, n_bootstrap=50)
     assert [{k: v for k, v in r.items()} for r in again] == rows
+
+    # an evaluation on record of another model under the run's name (a run trained again) is not reused
+    stale = results / "evaluations" / "blob_seed2" / "external" / "evaluation.json"
+    stale.write_text(json.dumps({**json.loads(stale.read_text()), "model_sha256": "0" * 64}))
+    with caplog.at_level("INFO", logger="tumorclf"):
+        assert record_transfer(members, results, n_bootstrap=50)
+    assert "is of another model" in caplog.text and "evaluating blob_seed2" in caplog.text
+    assert json.loads(stale.read_text())["model_sha256"] == file_sha256(RunDir(members[1].run_dir).best_model)
 
 
 def test_a_member_of_another_split_fails_its_ensemble_row_only(members: list[Config]):

@@ -334,7 +334,8 @@ def evaluate(run: RunDir, data_dirs: list[Path] | None = None, threshold: float 
                   else group_duplicates(dataset.image_index, dataset.unique_images, cfg.near_duplicate_bits)[0])
         scored.append(Scored(name, dataset, probs, groups,
                              check_contamination(dataset, reference, cfg.near_duplicate_bits), quality, ood))
-    report = {"run": str(run.path), "decoder": DECODER_VERSION, "threshold": threshold,
+    report = {"run": str(run.path), "model_sha256": data.file_sha256(run.best_model), "decoder": DECODER_VERSION,
+              "threshold": threshold,
               "temperature": point.temperature,
               "operating_point": {**point.to_dict(), "saved_in_run": saved},
               "bootstrap": {"resamples": n_bootstrap, "unit": "duplicate groups", "level": 0.95, "seed": seed,

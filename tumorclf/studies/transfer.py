@@ -102,11 +102,25 @@ def external_evaluation(cfg: Config, results: Path, n_bootstrap: int) -> tuple[d
             HIGH_SENSITIVITY in e["operating_points"] for e in own["datasets"].values()):
         return own, str(run.external_dir / EVALUATION_FILE)
     out = results / EVALUATIONS / cfg.run_name / "external"
-    if not (out / EVALUATION_FILE).is_file():
+    if not of_this_model(out / EVALUATION_FILE, run):
         log.info("transfer: evaluating %s on %s", cfg.run_name, ", ".join(map(str, cfg.external_folders)))
         report, scored, point = evaluate(run, data_dirs=cfg.external_folders, n_bootstrap=n_bootstrap)
         write_outputs(out, report, scored, point)
     return json.loads((out / EVALUATION_FILE).read_text()), str(out / EVALUATION_FILE)
+
+
+def of_this_model(evaluation: Path, run: RunDir) -> bool:
+    """Whether `evaluation` (written under RESULTS, kept between sessions) is of the model now in `run`: a run
+    trained again under the same name (another machine, another session) is evaluated again."""
+    from tumorclf.data.dataset import file_sha256
+
+    if not evaluation.is_file():
+        return False
+    recorded = json.loads(evaluation.read_text()).get("model_sha256")
+    if recorded != file_sha256(run.best_model):
+        log.info("transfer: %s is of another model than %s's best.keras now; evaluating again", evaluation, run)
+        return False
+    return True
 
 
 def tta_evaluation(cfg: Config, results: Path, views: list[str], n_bootstrap: int) -> tuple[dict, str]:
@@ -115,9 +129,9 @@ def tta_evaluation(cfg: Config, results: Path, views: list[str], n_bootstrap: in
     from tumorclf.evaluation.evaluate import EVALUATION_FILE, evaluate, write_outputs
 
     out = results / EVALUATIONS / cfg.run_name / f"tta_{'+'.join(views)}"
-    if not (out / EVALUATION_FILE).is_file():
+    run = RunDir(cfg.run_dir)
+    if not of_this_model(out / EVALUATION_FILE, run):
         log.info("transfer: evaluating %s with test-time views %s", cfg.run_name, " ".join(views))
-        run = RunDir(cfg.run_dir)
         report, scored, point = evaluate(run, data_dirs=cfg.external_folders, n_bootstrap=n_bootstrap,
                                          scoring=Combined([run], views))
         write_outputs(out, report, scored, point)
