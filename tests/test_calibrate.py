@@ -83,6 +83,15 @@ def test_a_site_point_is_stored_with_its_provenance_and_replaced_only_with_overw
     assert entry["specificity"] == pytest.approx(np.mean(decided[dataset.labels == 0] == 0))
     assert chosen(RunDir(run)).name == "validation"  # stored, not selected
 
+    # evaluate reports it beside the run's own points, on every folder: here the site's own, where it was fitted
+    assert main(["evaluate", "--run", str(run), "--data", str(site), "--out", str(tmp_path / "eval"),
+                 "--bootstrap", "20"]) == 0
+    points = json.loads((tmp_path / "eval" / "evaluation.json").read_text())["datasets"]["site_a"]["operating_points"]
+    assert set(points) == {*BUILTIN[1:], "target_sensitivity", "site_a"}
+    assert points["site_a"]["threshold"] == entry["threshold"]
+    assert points["site_a"]["sensitivity"]["value"] == pytest.approx(entry["sensitivity"])
+    assert f"at site_a {entry['threshold']:.3f}: sensitivity " in capsys.readouterr().out
+
     # an existing name is replaced only with --overwrite
     before = (run / "operating_points.json").read_bytes()
     assert main(["calibrate", "--run", str(run), "--data", str(site), "--target-sensitivity", "0.9"]) == 2

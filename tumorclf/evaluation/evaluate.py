@@ -14,7 +14,8 @@ Brier score, at every operating point); the others are None and its ``not_report
   before operating points existed gets its validation split predicted and its operating point saved in
   the run folder (once). A ``target_sensitivity`` other than the run's refits for this evaluation only.
   Each dataset reports sensitivity and specificity at every point (``operating_points``: target_sensitivity,
-  high_sensitivity, youden, default_0.5); an operating_point.json from before ``high_sensitivity`` gets it
+  high_sensitivity, youden, default_0.5, and each point `tumorclf calibrate` fitted on a site's folder, by its
+  name; not for an ensemble or test-time views); an operating_point.json from before ``high_sensitivity`` gets it
   fitted from val_predictions.csv for the report, the file left unchanged (without that file it is absent).
 - **Contamination check**: every scored image is matched against the images the run trained and
   validated on, by SHA-256 and by perceptual hash within the run's near-duplicate distance. Metrics are
@@ -59,7 +60,7 @@ from tumorclf.transforms.pipeline import make_dataset, predict_images  # noqa: E
 from tumorclf.utils.progress import keras_progress  # noqa: E402
 from tumorclf.runs.folder import DEFAULT_THRESHOLD, RunDir, RunError  # noqa: E402
 from tumorclf.runs.own_split import own_split  # noqa: E402
-from tumorclf.runs.points import saved_point  # noqa: E402
+from tumorclf.runs.points import BUILTIN, available, saved_point  # noqa: E402
 from tumorclf.evaluation.scoring import Scoring  # noqa: E402
 from tumorclf.data.splits import group_duplicates, perceptual_hash  # noqa: E402
 
@@ -259,10 +260,11 @@ def gate_report(labels: np.ndarray, raw: np.ndarray, groups: np.ndarray, codes: 
 
 
 def dataset_report(labels: np.ndarray, raw: np.ndarray, groups: np.ndarray, point: OperatingPoint,
-                   threshold: float, n_bootstrap: int, seed: int) -> dict:
+                   threshold: float, n_bootstrap: int, seed: int, site_points: dict[str, float] | None = None) -> dict:
     """Every metric with its group-bootstrap interval, on calibrated P(Tumor) decided at `threshold`, plus
-    the uncalibrated ECE and Brier score and sensitivity/specificity at each operating point. Images of one
-    class leave some of them None; `not_reportable` names those, with why (empty with both classes)."""
+    the uncalibrated ECE and Brier score and sensitivity/specificity at each operating point: `point`'s and
+    `site_points` (name -> threshold on the same calibrated scale, those `tumorclf calibrate` stored). Images of
+    one class leave some of them None; `not_reportable` names those, with why (empty with both classes)."""
     calibrated = point.calibrate(raw)
 
     def intervals(prob: np.ndarray, at: float) -> dict:
@@ -279,7 +281,7 @@ def dataset_report(labels: np.ndarray, raw: np.ndarray, groups: np.ndarray, poin
               "confusion_matrix": confusion_matrix(labels, decide(calibrated, threshold)).tolist(),
               "not_reportable": missing}
     points = {"target_sensitivity": point.threshold, "high_sensitivity": point.high_sensitivity_threshold,
-              "youden": point.youden_threshold, "default_0.5": DEFAULT_THRESHOLD}
+              "youden": point.youden_threshold, "default_0.5": DEFAULT_THRESHOLD, **(site_points or {})}
     report["operating_points"] = {}
     for name, at in points.items():
         if at is None:  # a point saved before high_sensitivity existed, given here as it is
@@ -323,6 +325,8 @@ def evaluate(run: RunDir, data_dirs: list[Path] | None = None, threshold: float 
         gate.check(model, run.path)
     point, saved = (scoring.operating_point(model, batch_size, target_sensitivity) if scoring
                     else operating_point(run, model, batch_size, target_sensitivity))
+    site = {} if scoring else {name: named.threshold for name, named in available(run).items()
+                                            if name not in BUILTIN}  # points fitted on a site's own folder
     threshold = point.threshold if threshold is None else threshold
     reference = reference_set(run)
     scorer = gated_model(model, gate) if gate else model
@@ -353,7 +357,7 @@ def evaluate(run: RunDir, data_dirs: list[Path] | None = None, threshold: float 
                       np.concatenate([p[6] for p in parts]), np.concatenate([p[7] for p in parts]) if gate else None))
     for name, folder, skipped, labels, raw, groups, dirty, codes in parts:
         entry = {"folder": folder, "skipped": skipped, "contaminated": int(dirty.sum()), "contamination_check": checked,
-                 **dataset_report(labels, raw, groups, point, threshold, n_bootstrap, seed)}
+                 **dataset_report(labels, raw, groups, point, threshold, n_bootstrap, seed, site)}
         clean = ~dirty
         entry["clean"] = ({"n": entry["n"], "same_as_all": True} if not dirty.any() else
                           {"n": int(clean.sum()), "same_as_all": False,
@@ -448,7 +452,7 @@ def metric_cell(metrics: dict, key: str) -> str:
 def table(report: dict) -> str:
     """The datasets of a report as text: n, contaminated, and each headline metric with its interval; under a
     dataset of one class, a line with its one recall at each operating point, under one of both classes its
-    sensitivity and specificity at the high-sensitivity point; with a gate, a line under each dataset with its
+    sensitivity and specificity at the high-sensitivity point and at each site's point; with a gate, a line under each dataset with its
     rejections and the metrics of the accepted images."""
     width = max(len("dataset"), *(len(name) for name in report["datasets"]))
     cells = [["dataset", "n", "contam."] + [title for _, title in TABLE_METRICS] + ["ECE raw"]]
@@ -463,8 +467,8 @@ def table(report: dict) -> str:
     out = lines[:1]
     for line, metrics in zip(lines[1:], report["datasets"].values()):
         out += ([line] + ([f"  {one_class_line(metrics)}"] if metrics.get("not_reportable") else
-                          [f"  {high_sensitivity_line(metrics)}"] if "high_sensitivity" in metrics["operating_points"]
-                          else [])
+                          [f"  {point_line(name, at)}" for name, at in metrics["operating_points"].items()
+                           if name not in REPORT_POINTS])
                 + ([f"  {gate_line(metrics['n'], metrics['gate'])}"] if "gate" in metrics else []))
     return "\n".join(out)
 
@@ -478,10 +482,13 @@ def one_class_line(metrics: dict) -> str:
     return f"only {only} slices ({NOT_REPORTABLE_CELL}: needs both classes); {recall} at {at}"
 
 
-def high_sensitivity_line(metrics: dict) -> str:
-    """`at high_sensitivity 0.012: sensitivity 1.000 [...], specificity 0.310 [...]`"""
-    point = metrics["operating_points"]["high_sensitivity"]
-    return (f"at high_sensitivity {point['threshold']:.3f}: sensitivity {format_interval(point['sensitivity'])}, "
+# points whose metrics the table's row already shows, or that it leaves to evaluation.json
+REPORT_POINTS = ("target_sensitivity", "youden", "default_0.5")
+
+
+def point_line(name: str, point: dict) -> str:
+    """`at high_sensitivity 0.012: sensitivity 1.000 [...], specificity 0.310 [...]` (also for a site's point)"""
+    return (f"at {name} {point['threshold']:.3f}: sensitivity {format_interval(point['sensitivity'])}, "
             f"specificity {format_interval(point['specificity'])}")
 
 
