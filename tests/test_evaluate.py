@@ -701,3 +701,25 @@ def test_one_class_report_and_table_without_a_model():
     text = table({"datasets": {"tumours": {**entry, "contaminated": 0}}})
     assert text.splitlines()[1].split()[:4] == ["tumours", "40", "0", "n/a"]
     assert f"sensitivity at target_sensitivity 0.600: {np.mean(raw >= 0.6):.3f} [" in text.splitlines()[2]
+
+
+def test_roc_figure_marks_the_applied_youden_and_high_sensitivity_points(monkeypatch):
+    """Where each of the run's points sits on the ROC curve: the applied threshold, Youden's, the high-sensitivity
+    one (its FPR and TPR as decide() gives them)."""
+    from types import SimpleNamespace
+
+    from tumorclf.evaluation import evaluate as module
+
+    figures = []
+    monkeypatch.setattr(module, "figure_png", lambda fig: figures.append(fig) or b"png")
+    labels = np.repeat([0, 1], 50)
+    raw = np.clip(np.linspace(0.05, 0.95, 100) + np.random.default_rng(0).normal(0, 0.2, 100), 0, 1)
+    point = OperatingPoint(temperature=1.0, threshold=0.6, target_sensitivity=0.95, youden_threshold=0.5,
+                           fitted_on="validation", n=100, validation={}, high_sensitivity_threshold=0.2)
+    item = SimpleNamespace(name="test", labels=labels, prob_tumor=raw)
+    assert module.roc_png([item], point, 0.6) == b"png"
+    marks = {line.get_label(): (line.get_xdata()[0], line.get_ydata()[0]) for line in figures[0].axes[0].lines
+             if line.get_marker() in ("o", "s", "^")}
+    assert set(marks) == {"test: threshold 0.600", "test: Youden 0.500", "test: high sensitivity 0.200"}
+    (tn, fp), (fn, tp) = confusion_matrix(labels, decide(point.calibrate(raw), 0.2))
+    assert marks["test: high sensitivity 0.200"] == pytest.approx((fp / (tn + fp), tp / (tp + fn)))

@@ -399,7 +399,10 @@ def roc_png(scored: list[Scored], point: OperatingPoint, threshold: float) -> by
         calibrated = point.calibrate(item.prob_tumor)
         fpr, tpr, _ = roc_curve(item.labels, item.prob_tumor)  # the raw order: the reported AUC's curve
         line, = ax.plot(fpr, tpr, label=item.name)
-        for at, marker, what in ((threshold, "o", "threshold"), (point.youden_threshold, "s", "Youden")):
+        marks = [(threshold, "o", "threshold"), (point.youden_threshold, "s", "Youden")]
+        if point.high_sensitivity_threshold is not None:
+            marks.append((point.high_sensitivity_threshold, "^", "high sensitivity"))
+        for at, marker, what in marks:
             (tn, fp), (fn, tp) = confusion_matrix(item.labels, decide(calibrated, at))
             ax.plot(fp / max(tn + fp, 1), tp / max(tp + fn, 1), marker, color=line.get_color(), markersize=8,
                     label=f"{item.name}: {what} {at:.3f}")
