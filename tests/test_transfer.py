@@ -84,6 +84,15 @@ def test_runs_their_ensemble_and_tta_are_tabled_at_every_point(members: list[Con
     assert "is of another model" in caplog.text and "evaluating blob_seed2" in caplog.text
     assert json.loads(stale.read_text())["model_sha256"] == file_sha256(RunDir(members[1].run_dir).best_model)
 
+    # a run whose folder is gone (trained on another machine) keeps its recorded rows; its ensemble, with one
+    # member left here, is not formed again
+    recorded = [r for r in read_csv(results / TRANSFER_FILE) if r["runs"] == "blob_seed2"]
+    shutil.rmtree(members[1].run_dir)
+    rows = record_transfer(members, results, n_bootstrap=50)
+    kept = [r for r in read_csv(results / TRANSFER_FILE) if r["runs"] == "blob_seed2"]
+    assert kept == recorded and {r["runs"] for r in rows} == {"blob_seed1", "blob_seed2"}
+    assert "| `blob` | grouped | single | " in (results / TABLE_FILE).read_text()
+
 
 def test_a_member_of_another_split_fails_its_ensemble_row_only(members: list[Config]):
     split = RunDir(members[1].run_dir).split_file

@@ -18,9 +18,11 @@ and, per configuration, for two measures:
 - **tta** (test-time augmentation, the study's `tta:` views) of each run on the external folders, with its
   operating point refitted on the validation split's augmented predictions (`tumorclf.evaluation.combined`).
 
-Each row is one (configuration, measure, run or ensemble, dataset, operating point); `transfer.csv` is derived
-from evaluation files that are kept, so it is rewritten whole; `transfer.md` aggregates the seeds (mean ± sd,
-min-max) beside the ensemble.
+Each row is one (configuration, measure, run or ensemble, dataset, operating point); `transfer.csv` is rewritten
+whole from the runs on this machine, keeping the rows of an earlier one whose runs are not here (trained on
+another machine or in another session; an ensemble row is kept only when none of its members is here, else
+it is formed again from the members that are);
+`transfer.md` aggregates the seeds (mean ± sd, min-max) beside the ensemble.
 """
 
 from __future__ import annotations
@@ -238,10 +240,28 @@ def record_transfer(configs: list[Config], results: Path, tta: dict | None = Non
         except Exception as exc:  # noqa: BLE001
             log.warning("transfer: ensemble of %s: %s", about["runs"], exc)
             rows.append({**about, "status": f"failed: {' '.join(str(exc).split())}"})
-    atomic_write_text(results / TRANSFER_FILE, csv_text(["evaluated_at", *COLUMNS],
-                                                        ([stamp, *(_text(r.get(c)) for c in COLUMNS)] for r in rows)))
-    atomic_write_text(results / TABLE_FILE, markdown(rows))
-    return rows
+    kept = recorded_rows(results / TRANSFER_FILE, {cfg.run_name for cfg in configs},
+                         {cfg.run_name for cfg in finished})
+    if kept:
+        log.info("transfer: %d rows kept from %s: their runs are not on this machine", len(kept),
+                 results / TRANSFER_FILE)
+    written = [[stamp, *(_text(r.get(c)) for c in COLUMNS)] for r in rows]
+    written += [[r["evaluated_at"], *(r.get(c, "") for c in COLUMNS)] for r in kept]
+    atomic_write_text(results / TRANSFER_FILE, csv_text(["evaluated_at", *COLUMNS], written))
+    atomic_write_text(results / TABLE_FILE, markdown(rows + kept))
+    return rows + kept
+
+
+def recorded_rows(path: Path, configured: set[str], here: set[str]) -> list[dict]:
+    """The rows of an earlier transfer.csv to keep: those whose runs are all still configurations of the study
+    and none finished on this machine (their folders are gone: another machine or session trained them), as
+    results.csv keeps a run's row when its folder is gone. A row of a run found here is computed again."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return [row for row in rows if row.get("runs") and set(row["runs"].split("+")) <= configured
+            and not set(row["runs"].split("+")) & here]
 
 
 def _text(value) -> str:
