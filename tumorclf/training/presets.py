@@ -23,17 +23,17 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    # the CPU budget of experiments/transfer.yaml, whose three seeds per split docs/robustness.md reports; its runs
-    # took 5-7 minutes each on 2 cores (experiments/results/transfer/results.csv, experiments/results/headline/)
-    "robust": Preset({"model": "vgg16", "imagenet": True, "recipe": "robust", "image_size": 128, "feature_views": 2,
-                      "epochs": 6, "patience": 2},
-                     "ImageNet VGG16 at 128 px, robust recipe (cached frozen features of 2 views, block5 and head), "
-                     "at most 6 epochs, early stopping after 2 without a better validation F1", (5, 7)),
-    # experiments/results/robust/results.csv: the robust recipe at 224 px took 25.5-45.6 minutes per run on 2 cores
-    "robust-224": Preset({"model": "vgg16", "imagenet": True, "recipe": "robust", "image_size": 224,
-                          "feature_views": 3, "epochs": 12, "patience": 4},
-                         "ImageNet VGG16 at 224 px, robust recipe (cached frozen features of 3 views, block5 and "
-                         "head), at most 12 epochs, early stopping after 4 without a better validation F1", (25, 46)),
+    # experiments/results/robust/results.csv: the robust recipe took 25.5-45.6 minutes per run on 2 cores
+    "robust": Preset({"model": "vgg16", "imagenet": True, "recipe": "robust", "epochs": 12, "patience": 4},
+                     "ImageNet VGG16, robust recipe (cached frozen features, block5 and head), at most 12 epochs, "
+                     "early stopping after 4 without a better validation F1", (25, 46)),
+    # the CPU budget of experiments/transfer.yaml (3 seeds a split in experiments/results/transfer/results.csv);
+    # the README's command with these settings took 6-7 minutes cold on 2 cores (experiments/results/headline/)
+    "robust-128": Preset({"model": "vgg16", "imagenet": True, "recipe": "robust", "image_size": 128,
+                          "feature_views": 2, "epochs": 6, "patience": 2},
+                         "ImageNet VGG16 at 128 px, robust recipe (cached frozen features of 2 views, block5 and "
+                         "head), at most 6 epochs, early stopping after 2: quick, and less steady over seeds",
+                         (6, 7)),
     # experiments/results/cpu_budget/results.csv and robust/results.csv: 31.4-41.9 minutes
     "fast": Preset({"model": "vgg16", "imagenet": True, "recipe": "fast", "epochs": 12, "patience": 4},
                    "ImageNet VGG16, fast recipe (cached frozen features, block5 and head), at most 12 epochs, "

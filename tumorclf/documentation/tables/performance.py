@@ -235,7 +235,58 @@ def run_times(results: Results) -> Table:
                  "without a better validation F1 (at most 12), the paper-recipe runs after 2 (at most 6).")
 
 
-TABLES = {"performance-machine": machine, "performance-models": models, "performance-xla": xla,
+HEADLINE = "headline"  # one folder per measured run of the headline command: its log, timing.json and evaluation
+HEADLINE_RUNS = (  # (folder, column label, the flags added to README's command; each cache folder new and empty)
+    ("cold_1", "cold", "--name cold_1 --cache-dir EMPTY_1"),
+    ("cold_2", "cold, again", "--name cold_2 --cache-dir EMPTY_2 --deterministic"),
+    ("warm", "warm", "--name warm --cache-dir EMPTY_2 --deterministic"),
+)
+HEADLINE_COMMAND = ("tumorclf train --data ../shared/data/brain_tumor_dataset --weights-dir ../shared/weights "
+                    "--preset robust-128")
+PHASES = ("decode", "feature cache", "epochs", "calibration", "gate", "test")
+
+
+def wall_seconds(log: str) -> float:
+    """The wall time `/usr/bin/time -v` printed at the end of a log ("Elapsed (wall clock) time ...: 1:02:03")."""
+    line = next(line for line in log.splitlines() if "Elapsed (wall clock) time" in line)
+    parts = [float(x) for x in line.rsplit(": ", 1)[1].split(":")]
+    return sum(value * 60 ** i for i, value in enumerate(reversed(parts)))
+
+
+def headline_phases(results: Results) -> Table:
+    """The headline command's runs, phase by phase: where its wall time goes, cold (empty caches) and warm."""
+    columns, sources = [], []
+    for folder, label, _ in HEADLINE_RUNS:
+        timing = results.json(f"{HEADLINE}/{folder}/timing.json")
+        log = results.path(f"{HEADLINE}/{folder}/train.log").read_text()
+        test = results.json(f"{HEADLINE}/{folder}/evaluation.json")["datasets"]["test"]
+        seconds: dict[str, float] = {}
+        for phase in timing["phases"]:
+            name = "epochs" if phase["name"].startswith("epoch ") else phase["name"]
+            seconds[name] = seconds.get(name, 0.0) + phase["seconds"]
+        epochs = sum(phase["name"].startswith("epoch ") for phase in timing["phases"])
+        compute = [phase for phase in timing["phases"] if phase["share_of_peak"] is not None]
+        columns.append([*(number(seconds.get(name), 0) for name in PHASES[:2]),
+                        f"{number(seconds['epochs'], 0)} ({epochs})", *(number(seconds.get(n), 0) for n in PHASES[3:]),
+                        number(timing["total_seconds"], 0), number(wall_seconds(log) / 60, 1),
+                        f"{100 * max(p['share_of_peak'] for p in compute):.0f}%", timing["precision"],
+                        interval(test, "accuracy"), interval(test, "balanced_accuracy")])
+        sources += [results.source(f"{HEADLINE}/{folder}/{name}")
+                    for name in ("train.log", "timing.json", "evaluation.json")]
+    names = ["decode (s)", "feature cache (s)", "epochs (s, how many)", "calibration (s)", "gate (s)", "test (s)",
+             "phases in all (s)", "command wall time (min)", "best share of the compute limit", "precision",
+             "test accuracy at the operating point", "balanced accuracy at the operating point"]
+    return Table(["", *(label for _, label, _ in HEADLINE_RUNS)],
+                 [[name, *(column[i] for column in columns)] for i, name in enumerate(names)], sources,
+                 "; ".join(f"/usr/bin/time -v {HEADLINE_COMMAND} --out DIR {flags}; tumorclf evaluate --run DIR/"
+                           f"{folder}" for folder, _, flags in HEADLINE_RUNS),
+                 "Cold: empty decoded-image and feature caches; warm: the same command again into a new run "
+                 "folder. The wall time is the command's, from start to exit; the phases are timing.json's. The "
+                 "runs were made when these settings were the default preset, so their logs name it `robust`.")
+
+
+TABLES = {"performance-machine": machine, "performance-headline-phases": headline_phases,
+          "performance-models": models, "performance-xla": xla,
           "performance-conv-gradient": conv_gradient,
           "performance-input-pipeline": input_pipeline, "performance-fit": fit, "performance-precision": precision,
           "performance-recipes": recipes, "performance-time-to-accuracy": time_to_accuracy,

@@ -15,11 +15,12 @@ from tumorclf.training.presets import EARLY_STOPPING, PRESETS
 
 # preset -> (results file, the columns its runs match, whether those runs used the preset's epochs and patience)
 MEASURED: dict[str, tuple[str, dict[str, str], bool]] = {
-    "robust": (study_results("robust"), ROBUST_RECIPE, True),
+    "robust": (study_results("robust"), {**ROBUST_RECIPE, "image_size": "224"}, True),
+    "robust-128": (study_results("transfer"), {**ROBUST_RECIPE, "image_size": "128"}, True),
     "fast": (study_results("cpu_budget"), {"recipe": "fast"}, True),
     "scratch": (study_results("cpu_budget"), {"model": "simplecnn", "recipe": "paper"}, False),
 }
-COMMAND = "; ".join(study_command(study) for study in ("robust", "cpu_budget"))
+COMMAND = "; ".join(study_command(study) for study in ("transfer", "robust", "cpu_budget"))
 
 
 def span(values: list[float]) -> str:
