@@ -60,7 +60,7 @@ from tumorclf.transforms.pipeline import make_dataset, predict_images  # noqa: E
 from tumorclf.utils.progress import keras_progress  # noqa: E402
 from tumorclf.runs.folder import DEFAULT_THRESHOLD, RunDir, RunError  # noqa: E402
 from tumorclf.runs.own_split import own_split  # noqa: E402
-from tumorclf.runs.points import BUILTIN, available, saved_point  # noqa: E402
+from tumorclf.runs.points import calibrated, saved_point  # noqa: E402
 from tumorclf.evaluation.scoring import Scoring  # noqa: E402
 from tumorclf.data.splits import group_duplicates, perceptual_hash  # noqa: E402
 
@@ -325,8 +325,9 @@ def evaluate(run: RunDir, data_dirs: list[Path] | None = None, threshold: float 
         gate.check(model, run.path)
     point, saved = (scoring.operating_point(model, batch_size, target_sensitivity) if scoring
                     else operating_point(run, model, batch_size, target_sensitivity))
-    site = {} if scoring else {name: named.threshold for name, named in available(run).items()
-                                            if name not in BUILTIN}  # points fitted on a site's own folder
+    site = {} if scoring else {  # points fitted on a site's own folder, on the temperature just read
+        name: calibrated(run, name, entry, point.temperature).threshold
+        for name, entry in run.calibrated_points()["points"].items()}
     threshold = point.threshold if threshold is None else threshold
     reference = reference_set(run)
     scorer = gated_model(model, gate) if gate else model
@@ -455,8 +456,8 @@ def metric_cell(metrics: dict, key: str) -> str:
 def table(report: dict) -> str:
     """The datasets of a report as text: n, contaminated, and each headline metric with its interval; under a
     dataset of one class, a line with its one recall at each operating point, under one of both classes its
-    sensitivity and specificity at the high-sensitivity point and at each site's point; with a gate, a line under each dataset with its
-    rejections and the metrics of the accepted images."""
+    sensitivity and specificity at the high-sensitivity point and at each site's point; with a gate, a line under
+    each dataset with its rejections and the metrics of the accepted images."""
     width = max(len("dataset"), *(len(name) for name in report["datasets"]))
     cells = [["dataset", "n", "contam."] + [title for _, title in TABLE_METRICS] + ["ECE raw"]]
     for name, metrics in report["datasets"].items():
