@@ -30,10 +30,10 @@ def test_auto_trains_the_robust_recipe_when_the_vgg16_file_is_there(tmp_path: Pa
     preset, cfg = train_config("--data", "d", "--weights-dir", str(weights_folder(tmp_path)))
     assert preset == "robust"
     assert (cfg.model, cfg.imagenet, cfg.recipe, cfg.image_size, cfg.feature_views, cfg.epochs, cfg.patience) == (
-        "vgg16", True, "robust", 224, 3, 12, 4)
-    _, quick = train_config("--data", "d", "--preset", "robust-128")
-    assert (quick.recipe, quick.image_size, quick.feature_views, quick.epochs, quick.patience) == (
-        "robust", 128, 2, 6, 2)
+        "vgg16", True, "robust", 128, 2, 12, 4)
+    _, large = train_config("--data", "d", "--preset", "robust-224")
+    assert (large.recipe, large.image_size, large.feature_views, large.epochs, large.patience) == (
+        "robust", 224, 3, 12, 4)
 
 
 def test_auto_finds_the_file_through_the_environment_and_keras_cache(tmp_path: Path, monkeypatch):
@@ -80,7 +80,7 @@ def test_the_first_log_line_says_what_it_trains_and_how_long(tmp_path: Path, cap
         code = main(["train", "--data", str(tmp_path / "missing"), "--weights-dir", str(weights_folder(tmp_path))])
     assert code == 2
     first = caplog.records[0].getMessage()
-    assert first.startswith("preset robust: vgg16 (ImageNet weights), 224 px, robust recipe, grouped split, at most "
+    assert first.startswith("preset robust: vgg16 (ImageNet weights), 128 px, robust recipe, grouped split, at most "
                             "12 epochs")
     assert "early stopping after 4 epochs" in first and "minutes on 2 CPU cores" in first
     assert "--preset paper" in first
