@@ -243,8 +243,8 @@ def test_members_of_another_split_or_size_are_refused_in_one_line(trained_run: P
     assert "unknown test-time view sideways" in one_error_line(capsys) and not out.exists()
 
 
-def test_export_of_an_ensemble_is_one_savedmodel_at_the_ensembles_operating_point(trained_run: Path,
-                                                                                   tmp_path: Path, capsys):
+def test_export_of_an_ensemble_is_one_model_at_the_ensembles_operating_point(trained_run: Path,
+                                                                              tmp_path: Path, capsys):
     import tensorflow as tf
 
     from tumorclf.metrics.classification import decide
@@ -254,7 +254,8 @@ def test_export_of_an_ensemble_is_one_savedmodel_at_the_ensembles_operating_poin
     second = RunDir(copy_with_operating_point(trained_run, tmp_path / "hot", temperature=2.5 * own.temperature,
                                               threshold=own.threshold))
     out = tmp_path / "export"
-    assert main(["export", "--run", str(first.path), str(second.path), "--out", str(out)]) == 0
+    assert main(["export", "--run", str(first.path), str(second.path), "--out", str(out),
+                 "--format", "savedmodel", "onnx"]) == 0
     assert capsys.readouterr().out.strip() == str(out)
     card = json.loads((out / "model_card.json").read_text())
     expected = ensemble_point([first, second])
@@ -274,6 +275,18 @@ def test_export_of_an_ensemble_is_one_savedmodel_at_the_ensembles_operating_poin
     assert np.array_equal(served["decision"].numpy()[sure], decide(calibrated, expected.threshold)[sure])
     assert "quality" not in served
 
+    # model.onnx: the same graph in float32, the same outputs, the ensemble's point in its metadata
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = [output.name for output in session.get_outputs()]
+    onnx = dict(zip(names, session.run(names, {"images": images})))
+    assert set(onnx) == {"probabilities", "prob_tumor", "decision"} and card["formats"] == ["savedmodel", "onnx"]
+    assert float(card["onnx"]["metadata_props"]["threshold"]) == expected.threshold
+    for name in ("probabilities", "prob_tumor"):
+        assert np.allclose(onnx[name], served[name].numpy(), atol=1e-5), name
+    assert np.array_equal(onnx["decision"][sure], served["decision"].numpy()[sure])
+
     # tumorclf predict takes the export's folder: the card's temperature and threshold, the ensemble's mean
     pictures = sorted((Path(json.loads((trained_run / "config.json").read_text())["resolved"]["data"]) / "tumor")
                       .iterdir())[:3]
@@ -284,8 +297,13 @@ def test_export_of_an_ensemble_is_one_savedmodel_at_the_ensembles_operating_poin
     raw = column(rows, "prob_tumor_raw")
     assert len(rows) == 3 and np.allclose(column(rows, "prob_tumor"), apply_temperature(raw, expected.temperature),
                                           atol=1e-5)
+    assert main(["predict", "--model-file", str(out / "model.onnx"), "--inputs", *map(str, pictures), "--out",
+                 str(tmp_path / "onnx_predictions")]) == 0
+    capsys.readouterr()
+    assert np.allclose(column(read_csv(tmp_path / "onnx_predictions" / "predictions.csv"), "prob_tumor"),
+                       column(rows, "prob_tumor"), atol=1e-5)
 
     # what a single run's export adds is refused for an ensemble, in one line, and so is another split
     assert main(["export", "--run", str(first.path), str(second.path), "--out", str(tmp_path / "x"),
-                 "--format", "onnx"]) == 2
-    assert "drop --format onnx" in one_error_line(capsys) and not (tmp_path / "x").exists()
+                 "--measure", "8"]) == 2
+    assert "drop --measure" in one_error_line(capsys) and not (tmp_path / "x").exists()

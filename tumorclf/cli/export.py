@@ -8,9 +8,9 @@ Usage: ``tumorclf export --run RUN [RUN ...] [--out DIR] [--format savedmodel on
 only with ``--overwrite``, and never a run folder or a folder of other files. ``--evaluation`` adds
 evaluations of this run written elsewhere (``tumorclf evaluate --run RUN --out DIR``) to the model card,
 beside the run's own ``evaluation*/`` subfolders. ``--measure N`` times each format and in-process Keras on
-the same N images and records img/s in the card. Several ``--run`` export their ensemble as one SavedModel
-(`tumorclf.serving.ensemble`: the mean of the members' calibrated P(Tumor) at the ensemble's operating point;
-no gate, no ONNX, no --measure or --evaluation).
+the same N images and records img/s in the card. Several ``--run`` export their ensemble as one model, SavedModel
+and/or ONNX (`tumorclf.serving.ensemble`: the mean of the members' calibrated P(Tumor) at the ensemble's
+operating point; no gate, no --measure or --evaluation).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from tumorclf.serving.formats import DEFAULT_FORMATS, FORMATS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    flags.add_run(p, "a finished run folder; several: one SavedModel of their ensemble (same split, image size and "
+    flags.add_run(p, "a finished run folder; several: one model of their ensemble (same split, image size and "
                      "classes)", many=True)
     flags.add_out(p, "the export's folder (default: saved_models/<run name>)")
     p.add_argument("--format", nargs="+", default=list(DEFAULT_FORMATS), metavar="FORMAT", dest="formats",
@@ -52,14 +52,13 @@ def run(args: argparse.Namespace) -> int:
     flags.check_point_or_threshold(args, "export")
     if len(args.run) > 1:
         given = [flag for flag, value in (("--measure", args.measure), ("--evaluation", args.evaluation),
-                                          ("--format onnx", "onnx" in args.formats),
                                           ("--operating-point", args.operating_point)) if value]
         if given:
-            raise UsageError(f"export: an ensemble (several --run) is exported as a SavedModel alone, at its own "
+            raise UsageError(f"export: an ensemble (several --run) is exported without a gate or timings, at its own "
                              f"operating point; drop {', '.join(given)}")
         from tumorclf.serving.ensemble import export_ensemble
 
-        print(export_ensemble(args.run, args.out, args.threshold, args.overwrite))
+        print(export_ensemble(args.run, args.out, args.threshold, args.overwrite, args.formats))
         return 0
     from tumorclf.serving.export import export_run
 

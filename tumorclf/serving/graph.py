@@ -1,12 +1,12 @@
 """The serving graph, one definition for the SavedModel (`tumorclf.serving.export`) and the ONNX graph
 (`tumorclf.serving.onnx_export`): the operating point applied to the model's softmax (`OperatingPointHead`), the
-quality gate's outputs (`QualityHead`), and the Python functions of the `serve` and `serve_bytes`
-signatures (`serving_functions`)."""
+quality gate's outputs (`QualityHead`), an ensemble of runs scored as one model (`EnsembleMean`), and the Python
+functions of the `serve` and `serve_bytes` signatures (`serving_functions`)."""
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import keras
 import numpy as np
@@ -16,6 +16,7 @@ from tumorclf.data import decoder
 from tumorclf.metrics.calibration import CLIP, apply_temperature
 from tumorclf.metrics.classification import decide
 from tumorclf.gate.quality_gate import OK, REASONS, TOO_SMALL, Gate
+from tumorclf.models.factory import to_float32
 
 
 def decision_cutoff(temperature: float, threshold: float) -> float:
@@ -108,6 +109,34 @@ class QualityHead(tf.Module):
         return {**served, "decision": tf.where(ok, served["decision"], tf.constant(-1, tf.int64)),
                 "quality_code": code, "quality": tf.gather(tf.constant(REASONS), code),
                 "ood_score": tf.cast(gated["ood_score"], tf.float32)}
+
+
+class EnsembleMean(tf.Module):
+    """Called like a model on 0-255 RGB images: [1 - P, P] (float32) with P the mean over `models` of each
+    one's P(Tumor) calibrated at its temperature, in float64 as `apply_temperature` (T = 1: unchanged)."""
+
+    def __init__(self, models: Sequence[keras.Model], temperatures: Sequence[float]):
+        super().__init__(name="ensemble")
+        self.members = list(models)
+        self.temperatures = [float(t) for t in temperatures]
+        self.member_temperatures = tf.Variable(self.temperatures, dtype=tf.float64, trainable=False,
+                                               name="member_temperatures")
+        self.input_shape = self.members[0].input_shape
+
+    def __call__(self, images, training: bool = False):
+        calibrated = []
+        for member, temperature in zip(self.members, self.temperatures):
+            raw = tf.cast(tf.cast(member(images, training=False), tf.float32)[:, 1], tf.float64)
+            if temperature != 1.0:
+                p = tf.clip_by_value(raw, CLIP, 1 - CLIP)
+                raw = 1.0 / (1.0 + tf.exp(-(tf.math.log(p) - tf.math.log1p(-p)) / temperature))
+            calibrated.append(raw)
+        mean = tf.cast(tf.reduce_mean(tf.stack(calibrated), axis=0), tf.float32)
+        return tf.stack([1.0 - mean, mean], axis=1)
+
+    def float32(self) -> "EnsembleMean":
+        """The same ensemble with float32 copies of its members (`to_float32`), as the ONNX graph needs."""
+        return EnsembleMean([to_float32(member) for member in self.members], self.temperatures)
 
 
 def serving_functions(model: keras.Model, head: OperatingPointHead,

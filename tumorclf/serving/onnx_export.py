@@ -53,7 +53,8 @@ import numpy as np
 from tumorclf.utils.files import atomic_write_bytes
 from tumorclf.errors import UserError, one_line
 from tumorclf.runs.folder import DEFAULT_THRESHOLD
-from tumorclf.serving.graph import OperatingPointHead, QualityHead, decision_cutoff, pixel_spec, serving_functions
+from tumorclf.serving.graph import (EnsembleMean, OperatingPointHead, QualityHead, decision_cutoff, pixel_spec,
+                                    serving_functions)
 
 if TYPE_CHECKING:
     import keras
@@ -163,11 +164,11 @@ def _projective_transform_as_grid_sample(ctx, node, name, args) -> None:
 HANDLERS = {"Log1p": (_log1p_as_log, ["Log"]), "ImageProjectiveTransformV3": (_projective_transform_as_grid_sample, [])}
 
 
-def export_onnx(model: "keras.Model", path: Path, temperature: float = 1.0, threshold: float = DEFAULT_THRESHOLD,
-                gate: "Gate | None" = None, opset: int = OPSET) -> dict:
-    """Write the `serve` signature of `model` at `temperature`, `threshold` (and `gate`) as an ONNX model at
-    `path`; returns the model card's facts about it. `OnnxConversionError` when an op does not convert or
-    onnxruntime cannot load the result.
+def export_onnx(model: "keras.Model | EnsembleMean", path: Path, temperature: float = 1.0,
+                threshold: float = DEFAULT_THRESHOLD, gate: "Gate | None" = None, opset: int = OPSET) -> dict:
+    """Write the `serve` signature of `model` (a run's model, or an ensemble's `EnsembleMean`) at `temperature`,
+    `threshold` (and `gate`) as an ONNX model at `path`; returns the model card's facts about it.
+    `OnnxConversionError` when an op does not convert or onnxruntime cannot load the result.
 
     The graph computes in float32 whatever the model was trained in: tf2onnx turns a mixed_bfloat16 model's
     casts into a graph onnxruntime refuses (float16 and bfloat16 bound to one Mul), and onnxruntime has no
@@ -178,7 +179,7 @@ def export_onnx(model: "keras.Model", path: Path, temperature: float = 1.0, thre
     from tumorclf.gate.quality_gate import gated_model
     from tumorclf.models.factory import to_float32
 
-    model = to_float32(model)
+    model = model.float32() if isinstance(model, EnsembleMean) else to_float32(model)
     size = int(model.input_shape[1])
     gated = (gated_model(model, gate), QualityHead(gate)) if gate is not None else None
     serve, _ = serving_functions(model, OperatingPointHead(temperature, threshold), gated)
