@@ -8,6 +8,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tumorclf.cli.main import main
@@ -55,7 +56,7 @@ def test_an_unknown_table_or_a_missing_results_file_is_one_line(tmp_path: Path):
     with pytest.raises(UserError, match="no generated table named 'no-such-table'"):
         drifted(pages(tmp_path), body_of(tmp_path))
     (tmp_path / "README.md").write_text("<!-- generated: headline -->\n<!-- end generated -->\n")
-    with pytest.raises(UserError, match="results file .*robust/results.csv is missing"):
+    with pytest.raises(UserError, match="results file .*headline_recipe/results.csv is missing"):
         drifted(pages(tmp_path), body_of(tmp_path))
 
 
@@ -76,9 +77,9 @@ def test_a_changed_results_file_is_caught_and_docs_rewrites_the_table(tmp_path: 
     shutil.copytree(ROOT / "docs", tmp_path / "docs")
     shutil.copytree(ROOT / "experiments" / "results", tmp_path / "experiments" / "results")
     assert main(["docs", "--check", "--project", str(tmp_path)]) == 0
-    study = tmp_path / "experiments" / "results" / "robust" / "results.csv"
+    study = tmp_path / "experiments" / "results" / "headline_recipe" / "results.csv"
     rows = list(csv.DictReader(study.open()))
-    row = next(r for r in rows if r["protocol"] == "grouped" and r["recipe"] == "robust"
+    row = next(r for r in rows if r["protocol"] == "grouped" and r["recipe"] == "robust" and r["seed"] == "42"
                and r["measures"] == "percentile+foreground+acquisition")
     row["auc"] = "0.5123"
     with study.open("w", newline="") as f:
@@ -164,19 +165,32 @@ def test_readme_shows_each_main_command_early_with_an_example(command: str):
 
 
 def test_readme_headline_numbers_are_those_of_the_results_file():
-    """Independently of the generator: each headline row's cells against results.csv's columns."""
+    """Independently of the generator: each headline run's cells against results.csv's columns, and each
+    protocol's mean ± sd row against numpy over its runs."""
     block = next(b for b in blocks(README) if b.name == "headline")
-    rows = {r["protocol"]: r for r in csv.DictReader((ROOT / "experiments/results/robust/results.csv").open())
-            if r["recipe"] == "robust" and r["measures"] == "percentile+foreground+acquisition"}
-    table = [line.strip("|").split(" | ") for line in block.body.splitlines() if line.startswith("| ")][1:]
-    assert len(table) == 3
-    for cells, protocol in zip(table, ("grouped", "paper", "leave-source-out:figshare+sartaj"), strict=True):
-        row = rows[protocol]
-        assert cells[1].strip() == row["n_test"]
-        for cell, metric in zip(cells[2:], ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "auc"),
-                                strict=True):
+    runs = [r for r in csv.DictReader((ROOT / "experiments/results/headline_recipe/results.csv").open())
+            if r["recipe"] == "robust" and r["measures"] == "percentile+foreground+acquisition"
+            and r["status"].startswith("finished")]
+    table = [[c.strip() for c in line.strip("|").split(" | ")] for line in block.body.splitlines()
+             if line.startswith("| ")][1:]
+    metrics = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "auc",
+               "external_figshare_meningioma_sensitivity")
+    per_run = [cells for cells in table if not cells[1].startswith("mean")]
+    assert len(per_run) == len(runs) >= 7  # 3 seeds grouped, 3 leave-source-out, 1 on the paper's split
+    by_key = {(r["protocol"], r["seed"]): r for r in runs}
+    labels = {"in-source, grouped split": "grouped", "the paper's split (duplicates leak)": "paper",
+              "leave-source-out: figshare and sartaj never seen": "leave-source-out:figshare+sartaj"}
+    for cells in per_run:
+        row = by_key[(labels[cells[0]], cells[1])]
+        assert cells[2] == row["n_test"]
+        for cell, metric in zip(cells[3:], metrics, strict=True):
             lo, hi = float(row[f"{metric}_lo"]), float(row[f"{metric}_hi"])
-            assert cell.strip() == f"{float(row[metric]):.3f} [{lo:.3f}, {hi:.3f}]", (protocol, metric)
+            assert cell == f"{float(row[metric]):.3f} [{lo:.3f}, {hi:.3f}]", (cells[:2], metric)
+    for cells in (c for c in table if c[1].startswith("mean")):
+        values = [[float(r[m]) for r in runs if r["protocol"] == labels[cells[0]]] for m in metrics]
+        assert cells[1] == f"mean ± sd of {len(values[0])}"
+        for cell, v in zip(cells[3:], values, strict=True):
+            assert cell == f"{np.mean(v):.3f} ± {np.std(v, ddof=1):.3f}"
 
 
 def test_the_box_guidance_table_compares_configurations_over_seeds(tmp_path: Path):

@@ -23,12 +23,12 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    # experiments/results/headline/: the README's command with these settings took MINUTES cold on 2 cores, and
-    # over 3 seeds (experiments/results/headline_recipe/) its in-source accuracy held as at 224 px
+    # experiments/results/headline/: the README's command with these settings took 9.0 and 10.9 minutes cold on
+    # 2 cores, and over 3 seeds (experiments/results/headline_recipe/) its in-source accuracy held as at 224 px
     "robust": Preset({"model": "vgg16", "imagenet": True, "recipe": "robust", "image_size": 128,
                       "feature_views": 2, "epochs": 12, "patience": 4},
                      "ImageNet VGG16 at 128 px, robust recipe (cached frozen features of 2 views, block5 and head), "
-                     "at most 12 epochs, early stopping after 4 without a better validation F1", (7, 11)),
+                     "at most 12 epochs, early stopping after 4 without a better validation F1", (9, 11)),
     # experiments/results/robust/results.csv: the robust recipe took 25.5-45.6 minutes per run on 2 cores
     "robust-224": Preset({"model": "vgg16", "imagenet": True, "recipe": "robust", "epochs": 12, "patience": 4},
                          "ImageNet VGG16 at 224 px, robust recipe (cached frozen features of 3 views, block5 and "
@@ -36,8 +36,8 @@ PRESETS: dict[str, Preset] = {
                          (25, 46)),
     # experiments/results/cpu_budget/results.csv and robust/results.csv: 31.4-41.9 minutes
     "fast": Preset({"model": "vgg16", "imagenet": True, "recipe": "fast", "epochs": 12, "patience": 4},
-                   "ImageNet VGG16 at 224 px, fast recipe (cached frozen features, block5 and head), at most 12 epochs, "
-                   "early stopping after 4 without a better validation F1", (31, 42)),
+                   "ImageNet VGG16 at 224 px, fast recipe (cached frozen features, block5 and head), at most 12 "
+                   "epochs, early stopping after 4 without a better validation F1", (31, 42)),
     # experiments/results/cpu_budget/results.csv: SimpleCNN took about 2 minutes an epoch at 224 px on 2 cores
     "scratch": Preset({"model": "simplecnn", "recipe": "paper", "epochs": 20, "patience": 4},
                       "SimpleCNN from scratch, the study's SGD recipe, at most 20 epochs, early stopping after 4 "

@@ -35,7 +35,8 @@ def headline(results: Results) -> Table:
     for protocol, label in PROTOCOLS:
         rows = runs_of(results, protocol)
         for row in rows:
-            body.append([label, row["seed"], row["n_test"], *(interval(row, metric) for metric in (*METRICS, EXTERNAL))])
+            body.append([label, row["seed"], row["n_test"],
+                         *(interval(row, metric) for metric in (*METRICS, EXTERNAL))])
         if len(rows) > 1:
             spread = seeds.across_seeds(rows, (*METRICS, EXTERNAL))[0]
             body.append([label, f"mean ± sd of {len(rows)}", "",
@@ -66,10 +67,11 @@ def headline_time(results: Results) -> Table:
                  [[row["protocol"], row["seed"], row["epochs_run"], row["best_epoch"],
                    number(row["train_minutes"], 1)] for row in rows],
                  [results.source(STUDY)], COMMAND,
-                 "Training minutes on 2 CPU cores: building the model and the epochs (at most 12, early stopping "
-                 "after 4), with the frozen features already cached by an earlier run of the study; caching them, "
-                 "the quality gate's fit and the test come on top (the whole command, cold and warm: "
-                 "docs/performance.md).")
+                 "Training minutes on 2 CPU cores: building the model, caching the frozen features and the epochs "
+                 "(at most 12, early stopping after 4); the grouped and leave-source-out runs read their features "
+                 "from the cache of earlier runs with the same views (experiments/transfer.yaml's), the paper-split "
+                 "run computed its own. The quality gate's fit and the test come on top (the whole command, cold "
+                 "and warm: docs/performance.md).")
 
 
 TABLES = {"headline": headline, "headline-output": headline_output, "headline-time": headline_time}

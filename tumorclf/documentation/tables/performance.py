@@ -241,8 +241,7 @@ HEADLINE_RUNS = (  # (folder, column label, the flags added to README's command;
     ("cold_2", "cold, again", "--name cold_2 --cache-dir EMPTY_2 --deterministic"),
     ("warm", "warm", "--name warm --cache-dir EMPTY_2 --deterministic"),
 )
-HEADLINE_COMMAND = ("tumorclf train --data ../shared/data/brain_tumor_dataset --weights-dir ../shared/weights "
-                    "--preset robust-128")
+HEADLINE_COMMAND = "tumorclf train --data ../shared/data/brain_tumor_dataset --weights-dir ../shared/weights"
 PHASES = ("decode", "feature cache", "epochs", "calibration", "gate", "test")
 
 
@@ -281,8 +280,7 @@ def headline_phases(results: Results) -> Table:
                  "; ".join(f"/usr/bin/time -v {HEADLINE_COMMAND} --out DIR {flags}; tumorclf evaluate --run DIR/"
                            f"{folder}" for folder, _, flags in HEADLINE_RUNS),
                  "Cold: empty decoded-image and feature caches; warm: the same command again into a new run "
-                 "folder. The wall time is the command's, from start to exit; the phases are timing.json's. The "
-                 "runs were made when these settings were the default preset, so their logs name it `robust`.")
+                 "folder. The wall time is the command's, from start to exit; the phases are timing.json's.")
 
 
 TABLES = {"performance-machine": machine, "performance-headline-phases": headline_phases,

@@ -154,19 +154,31 @@ def view_planes(results: Results) -> Table:
 
 TRANSFER = "transfer/transfer.csv"
 TRANSFER_COMMAND = f"tumorclf transfer --config experiments/transfer.yaml --data {DATA}"
+HEADLINE_TRANSFER = "headline_recipe/transfer.csv"
+HEADLINE_TRANSFER_COMMAND = f"tumorclf transfer --config experiments/headline.yaml --data {DATA}"
 
 
-def transfer(results: Results) -> Table:
-    """The fast and robust recipes on the external meningiomas and on their test split (held-out collections or
-    in-source grouped), each run alone, with test-time augmentation and as an ensemble of its seeds."""
+def transfer_table(results: Results, file: str, command: str) -> Table:
+    """A transfer study's runs (`tumorclf.studies.transfer.summary`) on the external meningiomas and on their test
+    split, alone, with test-time augmentation and as an ensemble of their seeds, at every point."""
     from tumorclf.studies.transfer import ABOUT, summary
 
-    rows = results.csv(TRANSFER)
+    rows = results.csv(file)
     header, table = summary(rows)
     failed = sum(1 for row in rows if row["status"].startswith("failed"))
     note = (f"{ABOUT} The points: target_sensitivity (validation, 0.95), high_sensitivity (validation, 0.99), "
-            f"0.5. {failed} of {len(rows)} rows of {TRANSFER} failed (its status column says why).")
-    return Table(header, table, [results.source(TRANSFER)], TRANSFER_COMMAND, note)
+            f"0.5. {failed} of {len(rows)} rows of {file} failed (its status column says why).")
+    return Table(header, table, [results.source(file)], command, note)
+
+
+def transfer(results: Results) -> Table:
+    """The fast and robust recipes at the transfer study's budget (at most 6 epochs, early stopping after 2)."""
+    return transfer_table(results, TRANSFER, TRANSFER_COMMAND)
+
+
+def transfer_headline(results: Results) -> Table:
+    """The default preset's recipe (at most 12 epochs, early stopping after 4) over its study's seeds."""
+    return transfer_table(results, HEADLINE_TRANSFER, HEADLINE_TRANSFER_COMMAND)
 
 
 TRANSFER_STUDY = study_results("transfer")
@@ -188,6 +200,7 @@ def transfer_seeds(results: Results) -> Table:
 
 TABLES = {"robustness-ablation": ablation,
           "transfer": transfer,
+          "transfer-headline": transfer_headline,
           "transfer-seeds": transfer_seeds,
           "robustness-default-threshold": default_threshold,
           "robustness-operating-point": operating_point,
