@@ -451,6 +451,10 @@ def test_bad_arguments_give_one_line(trained_run: Path, tmp_path: Path, capsys):
     model = ["--model-file", str(trained_run / "best.keras")]
     assert "cannot load model" in error(["--model-file", str(tmp_path / "nope.keras"), "--inputs", str(tmp_path)])
     assert "cannot load model" in error(["--model-file", str(tmp_path / "junk.keras"), "--inputs", str(tmp_path)])
+    onnx_only = tmp_path / "onnx_export"  # an export in ONNX alone: the error names the file to give
+    onnx_only.mkdir()
+    (onnx_only / "model.onnx").write_bytes(b"not read")
+    assert f"give {onnx_only / 'model.onnx'}" in error(["--model-file", str(onnx_only), "--inputs", str(tmp_path)])
     assert "--model-file is required" in error(["--inputs", str(tmp_path)])
     assert "nothing to score: give the images with --inputs" in error(model)
     assert "inputs not found" in error([*model, "--inputs", str(tmp_path / "missing")])

@@ -34,6 +34,9 @@ def test_auto_trains_the_robust_recipe_when_the_vgg16_file_is_there(tmp_path: Pa
     _, large = train_config("--data", "d", "--preset", "robust-224")
     assert (large.recipe, large.image_size, large.feature_views, large.epochs, large.patience) == (
         "robust", 224, 3, 12, 4)
+    _, quick = train_config("--data", "d", "--preset", "robust-128")
+    assert (quick.recipe, quick.image_size, quick.feature_views, quick.epochs, quick.patience) == (
+        "robust", 128, 2, 6, 2)
 
 
 def test_auto_finds_the_file_through_the_environment_and_keras_cache(tmp_path: Path, monkeypatch):

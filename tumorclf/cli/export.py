@@ -10,7 +10,7 @@ evaluations of this run written elsewhere (``tumorclf evaluate --run RUN --out D
 beside the run's own ``evaluation*/`` subfolders. ``--measure N`` times each format and in-process Keras on
 the same N images and records img/s in the card. Several ``--run`` export their ensemble as one model, SavedModel
 and/or ONNX (`tumorclf.serving.ensemble`: the mean of the members' calibrated P(Tumor) at the ensemble's
-operating point; no gate, no --measure or --evaluation).
+operating point; no gate, no --measure, --evaluation or --operating-point).
 """
 
 from __future__ import annotations

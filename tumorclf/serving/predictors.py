@@ -205,7 +205,11 @@ def load_predictor(path: Path, gated: bool = True) -> tuple[Predictor, int]:
     except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError, zipfile.BadZipFile,
             tf.errors.OpError) as exc:
         raise ModelError(f"cannot load model {path}: {exc}") from None
-    raise ModelError(f"cannot load model {path}: neither a .keras file, a SavedModel folder nor a .onnx file")
+    from tumorclf.serving.onnx_export import ONNX_FILE
+
+    onnx = path / ONNX_FILE  # an export in ONNX alone (e.g. an ensemble's): the file, not its folder
+    hint = f"; give {onnx}" if path.is_dir() and onnx.is_file() else ""
+    raise ModelError(f"cannot load model {path}: neither a .keras file, a SavedModel folder nor a .onnx file{hint}")
 
 
 def _card_number(card: Path, values: dict, key: str, default: float | None, valid) -> float:

@@ -30,12 +30,21 @@ PRESETS: dict[str, Preset] = {
                      "ImageNet VGG16 at 128 px, robust recipe (cached frozen features of 2 views, block5 and head), "
                      "at most 12 epochs, early stopping after 4 without a better validation F1", (9, 11)),
     # experiments/results/robust/results.csv: the robust recipe took 25.5-45.6 minutes per run on 2 cores
-    "robust-224": Preset({"model": "vgg16", "imagenet": True, "recipe": "robust", "epochs": 12, "patience": 4},
+    "robust-224": Preset({"model": "vgg16", "imagenet": True, "recipe": "robust", "image_size": 224,
+                          "feature_views": 3, "epochs": 12, "patience": 4},
                          "ImageNet VGG16 at 224 px, robust recipe (cached frozen features of 3 views, block5 and "
                          "head), at most 12 epochs, early stopping after 4 without a better validation F1",
                          (25, 46)),
+    # the budget of experiments/transfer.yaml (3 seeds a split in experiments/results/transfer/results.csv); the
+    # README's command with these settings took 6-7 minutes cold on 2 cores (experiments/results/headline_6_epochs/)
+    "robust-128": Preset({"model": "vgg16", "imagenet": True, "recipe": "robust", "image_size": 128,
+                          "feature_views": 2, "epochs": 6, "patience": 2},
+                         "ImageNet VGG16 at 128 px, robust recipe (cached frozen features of 2 views, block5 and "
+                         "head), at most 6 epochs, early stopping after 2: the transfer study's budget, quicker and "
+                         "less steady over seeds", (6, 7)),
     # experiments/results/cpu_budget/results.csv and robust/results.csv: 31.4-41.9 minutes
-    "fast": Preset({"model": "vgg16", "imagenet": True, "recipe": "fast", "epochs": 12, "patience": 4},
+    "fast": Preset({"model": "vgg16", "imagenet": True, "recipe": "fast", "image_size": 224, "epochs": 12,
+                    "patience": 4},
                    "ImageNet VGG16 at 224 px, fast recipe (cached frozen features, block5 and head), at most 12 "
                    "epochs, early stopping after 4 without a better validation F1", (31, 42)),
     # experiments/results/cpu_budget/results.csv: SimpleCNN took about 2 minutes an epoch at 224 px on 2 cores

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import statistics
 
+from tumorclf.errors import UserError
 from tumorclf.documentation.tables.cells import (
     DATA,
     ROBUST_RECIPE,
@@ -247,7 +248,9 @@ PHASES = ("decode", "feature cache", "epochs", "calibration", "gate", "test")
 
 def wall_seconds(log: str) -> float:
     """The wall time `/usr/bin/time -v` printed at the end of a log ("Elapsed (wall clock) time ...: 1:02:03")."""
-    line = next(line for line in log.splitlines() if "Elapsed (wall clock) time" in line)
+    line = next((line for line in log.splitlines() if "Elapsed (wall clock) time" in line), None)
+    if line is None:
+        raise UserError("a headline log has no `Elapsed (wall clock) time` line: it was not run under /usr/bin/time -v")
     parts = [float(x) for x in line.rsplit(": ", 1)[1].split(":")]
     return sum(value * 60 ** i for i, value in enumerate(reversed(parts)))
 
