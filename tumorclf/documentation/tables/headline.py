@@ -24,16 +24,16 @@ METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "auc")
 EXTERNAL = "external_figshare_meningioma_sensitivity"  # at the run's operating point (`train --external`)
 
 
-def runs_of(results: Results, protocol: str) -> list[dict[str, str]]:
-    """The finished headline-recipe runs of `protocol`, in the study's order (seed by seed)."""
-    return [row for row in results.csv(STUDY) if row["protocol"] == protocol and row["status"].startswith("finished")
+def runs_of(rows: list[dict[str, str]], protocol: str) -> list[dict[str, str]]:
+    """The finished headline-recipe runs of `protocol` among the study's `rows`, in its order (seed by seed)."""
+    return [row for row in rows if row["protocol"] == protocol and row["status"].startswith("finished")
             and all(row[key] == value for key, value in ROBUST_RECIPE.items())]
 
 
 def headline(results: Results) -> Table:
-    body = []
+    study, body = results.csv(STUDY), []
     for protocol, label in PROTOCOLS:
-        rows = runs_of(results, protocol)
+        rows = runs_of(study, protocol)
         for row in rows:
             body.append([label, row["seed"], row["n_test"],
                          *(interval(row, metric) for metric in (*METRICS, EXTERNAL))])
@@ -62,7 +62,8 @@ def headline_output(results: Results) -> Snippet:
 
 def headline_time(results: Results) -> Table:
     """Training minutes of the default preset's runs: what a user of a bare `tumorclf train` should expect."""
-    rows = [row for protocol, _ in PROTOCOLS for row in runs_of(results, protocol)]
+    study = results.csv(STUDY)
+    rows = [row for protocol, _ in PROTOCOLS for row in runs_of(study, protocol)]
     return Table(["protocol", "seed", "epochs run", "best epoch", "training minutes"],
                  [[row["protocol"], row["seed"], row["epochs_run"], row["best_epoch"],
                    number(row["train_minutes"], 1)] for row in rows],
