@@ -255,6 +255,11 @@ def wall_seconds(log: str) -> float:
     return sum(value * 60 ** i for i, value in enumerate(reversed(parts)))
 
 
+def epochs_run(timing: dict) -> int:
+    """How many epochs a timing.json records (its phases `epoch 1`, `epoch 2`, ...)."""
+    return sum(phase["name"].startswith("epoch ") for phase in timing["phases"])
+
+
 def headline_phases(results: Results) -> Table:
     """The headline command's runs, phase by phase: where its wall time goes, cold (empty caches) and warm."""
     columns, sources = [], []
@@ -266,7 +271,7 @@ def headline_phases(results: Results) -> Table:
         for phase in timing["phases"]:
             name = "epochs" if phase["name"].startswith("epoch ") else phase["name"]
             seconds[name] = seconds.get(name, 0.0) + phase["seconds"]
-        epochs = sum(phase["name"].startswith("epoch ") for phase in timing["phases"])
+        epochs = epochs_run(timing)
         compute = [phase for phase in timing["phases"] if phase["share_of_peak"] is not None]
         columns.append([*(number(seconds.get(name), 0) for name in PHASES[:2]),
                         f"{number(seconds['epochs'], 0)} ({epochs})", *(number(seconds.get(n), 0) for n in PHASES[3:]),
@@ -286,7 +291,22 @@ def headline_phases(results: Results) -> Table:
                  "folder. The wall time is the command's, from start to exit; the phases are timing.json's.")
 
 
+def headline_wall(results: Results) -> Table:
+    """The README's short answer to "how long does the headline command take": its wall time, cold and warm."""
+    body, sources = [], []
+    for folder, label, _ in HEADLINE_RUNS:
+        timing = results.json(f"{HEADLINE}/{folder}/timing.json")
+        log = f"{HEADLINE}/{folder}/train.log"
+        body.append([label, str(epochs_run(timing)), number(wall_seconds(results.path(log).read_text()) / 60, 1)])
+        sources += [results.source(log), results.source(f"{HEADLINE}/{folder}/timing.json")]
+    return Table(["run", "epochs", "wall time (min)"], body, sources,
+                 "; ".join(f"/usr/bin/time -v {HEADLINE_COMMAND} --out DIR {flags}" for _, _, flags in HEADLINE_RUNS),
+                 "On 2 CPU cores, nothing else running. Cold: empty decoded-image and feature caches; warm: the same "
+                 "command again, its features read back from the cache.")
+
+
 TABLES = {"performance-machine": machine, "performance-headline-phases": headline_phases,
+          "performance-headline-wall": headline_wall,
           "performance-models": models, "performance-xla": xla,
           "performance-conv-gradient": conv_gradient,
           "performance-input-pipeline": input_pipeline, "performance-fit": fit, "performance-precision": precision,
